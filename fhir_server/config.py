@@ -1,0 +1,54 @@
+"""Server configuration: one ``Settings`` object, read from ``FHIR_*`` environment variables.
+
+The CLI documents every field from here (``fhir-server serve --help``), so the
+description of each field is also its user-facing help text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIR_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    base_url: str | None = Field(
+        None,
+        description="Public base URL of the FHIR API (e.g. https://fhir.example.org/fhir), "
+        "used in Location headers and Bundle links. Default: derived from each request.",
+    )
+    mongo_url: str | None = Field(
+        None,
+        description="MongoDB connection string (replica set or sharded cluster). "
+        "Unset: start an embedded mongod in --data-dir.",
+    )
+    database: str = Field("fhir", description="MongoDB database name.")
+    data_dir: Path = Field(
+        Path(".fhir-data"), description="Data directory of the embedded mongod."
+    )
+    mongod_bin: str | None = Field(
+        None, description="Path of the mongod binary for the embedded default."
+    )
+    workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
+    allow_update_create: bool = Field(
+        True, description="Allow PUT to create a resource with a client-chosen id."
+    )
+    conditional_delete: Literal["single", "multiple"] = Field(
+        "single",
+        description="Conditional delete matching several resources: 'single' answers 412, "
+        "'multiple' deletes them all.",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
+    )
+    history_max_count: int = Field(
+        1000, ge=1, description="Largest _count honoured on _history."
+    )
+    history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
+    log_level: str = Field("info", description="Log level (debug, info, warning, error).")

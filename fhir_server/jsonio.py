@@ -1,0 +1,76 @@
+"""FHIR JSON in and out.
+
+Parsing uses the standard library on purpose: FHIR decimals keep their precision
+("1.50" is not "1.5", datatypes.html#decimal) so they are read as ``Decimal``, duplicate
+keys are an error rather than a silent loss, and NaN/Infinity are not JSON. Output goes
+through orjson, writing Decimals back verbatim as JSON fragments.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from fhir_server.outcome import bad_request
+
+
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(f"duplicate property {key!r}")
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(
+    parse_float=Decimal,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_object_without_duplicates,
+)
+
+
+def parse_json(body: bytes | str, what: str = "request body") -> Any:
+    """Parse client JSON; malformed input raises a 400 FhirError with a position."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"The {what} is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return _decoder.decode(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="structure",
+        ) from None
+    except (DuplicateKeyError, ValueError, RecursionError) as exc:
+        raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+
+
+def load_stored(raw: bytes) -> Any:
+    """Parse JSON this server wrote itself (trusted: no duplicate check)."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return orjson.Fragment(str(obj))
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(obj: Any, pretty: bool = False) -> bytes:
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return orjson.dumps(obj, default=_default, option=option)
