@@ -1,0 +1,1 @@
+"""The HTTP face of the server: parses requests, calls services, renders responses."""

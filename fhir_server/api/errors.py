@@ -1,0 +1,59 @@
+"""Every error becomes an OperationOutcome with the right status: FhirError from the
+layers below, routing errors from Starlette, and anything unforeseen (500, logged,
+never a stack trace to the client)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from fhir_server.jsonio import dumps
+from fhir_server.outcome import FhirError, Issue, operation_outcome
+
+log = logging.getLogger("fhir_server")
+CONTENT_TYPE = "application/fhir+json; charset=utf-8"
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def outcome_response(status: int, issues: list[Issue], headers: dict[str, str]) -> Response:
+    return Response(
+        dumps(operation_outcome(issues)), status, headers=headers, media_type=CONTENT_TYPE
+    )
+
+
+async def on_fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    return outcome_response(exc.status, exc.issues, exc.headers)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "processing")
+    if exc.status_code == 404:
+        message = f"No FHIR endpoint at {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return outcome_response(exc.status_code, [Issue(code, message)], dict(exc.headers or {}))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    return outcome_response(400, [Issue("invalid", "The request is malformed")], {})
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    issue = Issue("exception", "Internal server error; the request was not completed")
+    return outcome_response(500, [issue], {})
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FhirError, on_fhir_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

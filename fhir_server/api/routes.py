@@ -1,0 +1,342 @@
+"""FHIR REST routes under the base path (http.html). Each handler parses what the
+request asks for, calls one service method, and renders the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+from urllib.parse import urlencode
+
+import jsonpatch
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from fhir_server.api import negotiation as neg
+from fhir_server.api.rendering import (
+    bundle,
+    etag,
+    json_response,
+    outcome_response,
+    resource_json,
+    resource_response,
+    version_headers,
+)
+from fhir_server.config import Settings
+from fhir_server.datetimes import format_instant
+from fhir_server.jsonio import parse_json
+from fhir_server.outcome import FhirError, bad_request, info_outcome
+from fhir_server.resource_types import is_resource_type
+from fhir_server.service.capability import capability_statement
+from fhir_server.service.history import HistoryService, parse_instant_param
+from fhir_server.service.resources import ResourceService, WriteOutcome
+from fhir_server.storage import StoredVersion
+from fhir_server.storage.store import HistoryQuery
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    resources: ResourceService
+    history: HistoryService
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def base_url(request: Request) -> str:
+    configured = services(request).settings.base_url
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def resource_type(name: str) -> str:
+    if not is_resource_type(name):
+        raise FhirError.of(404, "not-supported", f"Unknown resource type {name!r}", "type")
+    return name
+
+
+def instance_id(value: str) -> str:
+    if value.startswith("$"):
+        raise FhirError.of(
+            400, "not-supported", f"Operation {value} is not supported on this endpoint"
+        )
+    return value
+
+
+# --- capabilities ----------------------------------------------------------------------
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    out = neg.negotiate(request)
+    mode = request.query_params.get("mode", "full")
+    if mode not in ("full", "normative", "terminology"):
+        raise bad_request("mode must be full, normative or terminology", "mode")
+    if mode == "terminology":
+        raise FhirError.of(
+            400, "not-supported", "TerminologyCapabilities is not available yet", "mode"
+        )
+    body = capability_statement(services(request).settings, base_url(request))
+    return json_response(body, out)
+
+
+# --- history ---------------------------------------------------------------------------
+
+_HISTORY_PARAMS = frozenset(
+    {"_count", "_since", "_at", "_cursor", "_format", "_pretty", "_summary", "_elements"}
+)
+
+
+async def _history(request: Request, query: HistoryQuery, path: str) -> Response:
+    svc = services(request)
+    out = neg.negotiate(request, allow_count=True)
+    params = request.query_params
+    lenient = neg.prefer(request).handling == "lenient"
+    for name in params:
+        if name not in _HISTORY_PARAMS and not lenient:
+            raise bad_request(f"Unknown or unsupported history parameter {name!r}", name)
+    count = svc.settings.history_default_count
+    if "_count" in params:
+        raw = params["_count"]
+        if not raw.isdigit():
+            raise bad_request("_count must be a non-negative integer", "_count")
+        count = min(int(raw), svc.settings.history_max_count)
+    since = at = None
+    if "_since" in params:
+        since = parse_instant_param("_since", params["_since"])[0]
+    if "_at" in params:
+        at = parse_instant_param("_at", params["_at"])
+    query = HistoryQuery(
+        query.type,
+        query.id,
+        since=since,
+        at_low=at[0] if at else None,
+        at_high=at[1] if at else None,
+    )
+    if out.summary == "count":
+        total = await svc.resources.storage.history_count(query)
+        return json_response(bundle("history", [], {"self": str(request.url)}, total), out)
+    page = await svc.history.page(query, count, params.get("_cursor"), query.id is not None)
+    base = base_url(request)
+    kept = [(k, v) for k, v in params.multi_items() if k in _HISTORY_PARAMS and k != "_cursor"]
+
+    def link(cursor: str | None) -> str:
+        items = kept + ([("_cursor", cursor)] if cursor else [])
+        return f"{base}/{path}" + (f"?{urlencode(items)}" if items else "")
+
+    links = {"self": link(params.get("_cursor")), "first": link(None)}
+    if page.previous:
+        links["previous"] = link(page.previous)
+    if page.next:
+        links["next"] = link(page.next)
+    entries = [_history_entry(v, base, out) for v in page.versions]
+    return json_response(bundle("history", entries, links, page.total), out)
+
+
+def _history_entry(v: StoredVersion, base: str, out: neg.Output) -> dict[str, Any]:
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{v.type}/{v.id}"}
+    if v.raw is not None:
+        entry["resource"] = resource_json(v.raw, out)
+    url = v.type if v.method == "POST" else f"{v.type}/{v.id}"
+    entry["request"] = {"method": v.method, "url": url}
+    status = {"POST": "201 Created", "DELETE": "204 No Content"}.get(v.method, "200 OK")
+    entry["response"] = {
+        "status": status,
+        "etag": etag(v.version),
+        "lastModified": format_instant(v.last_updated.astimezone(UTC)),
+    }
+    return entry
+
+
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    return await _history(request, HistoryQuery(), "_history")
+
+
+@router.get("/{rtype}/_history")
+async def history_type(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    return await _history(request, HistoryQuery(type=t), f"{t}/_history")
+
+
+@router.get("/{rtype}/{rid}/_history")
+async def history_instance(request: Request, rtype: str, rid: str) -> Response:
+    t = resource_type(rtype)
+    svc = services(request)
+    await svc.resources.read_any(t, instance_id(rid))
+    return await _history(request, HistoryQuery(type=t, id=rid), f"{t}/{rid}/_history")
+
+
+# --- read ------------------------------------------------------------------------------
+
+
+def _not_modified(request: Request, stored: StoredVersion) -> bool:
+    """Conditional read (http.html#cread): If-None-Match / If-Modified-Since."""
+    tag = neg.if_none_match(request)
+    if tag is not None:
+        return tag == stored.version
+    since = neg.if_modified_since(request)
+    return since is not None and stored.last_updated.replace(microsecond=0) <= since
+
+
+@router.get("/{rtype}/{rid}")
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    stored = await services(request).resources.read(t, instance_id(rid))
+    if _not_modified(request, stored):
+        return Response(status_code=304, headers=version_headers(stored))
+    return resource_response(stored, out)
+
+
+@router.get("/{rtype}/{rid}/_history/{vid}")
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    stored = await services(request).resources.vread(t, instance_id(rid), vid)
+    return resource_response(stored, out)
+
+
+# --- writes ----------------------------------------------------------------------------
+
+
+def _write_response(
+    request: Request, result: WriteOutcome, out: neg.Output, prefer: neg.Prefer
+) -> Response:
+    stored = result.stored
+    status = 201 if result.created else 200
+    location = f"{base_url(request)}/{stored.type}/{stored.id}/_history/{stored.version}"
+    headers = {"Location": location} if result.created else {"Content-Location": location}
+    if prefer.return_ == "minimal":
+        return Response(status_code=status, headers={**version_headers(stored), **headers})
+    if prefer.return_ == "OperationOutcome":
+        verb = "Created" if result.created else "Updated"
+        message = f"{verb} {stored.type}/{stored.id} version {stored.version}"
+        return outcome_response(
+            info_outcome(message), out, status, {**version_headers(stored), **headers}
+        )
+    return resource_response(stored, out, status, headers)
+
+
+async def _resource_body(request: Request) -> Any:
+    limit = services(request).settings.max_body_bytes
+    body = await neg.read_body(request, limit, neg.RESOURCE_BODY, "application/fhir+json")
+    return parse_json(body)
+
+
+@router.post("/{rtype}")
+async def create(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    body = await _resource_body(request)
+    criteria = request.headers.get("if-none-exist")
+    result = await services(request).resources.create(t, body, criteria)
+    return _write_response(request, result, out, neg.prefer(request))
+
+
+@router.put("/{rtype}/{rid}")
+async def update(request: Request, rtype: str, rid: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    body = await _resource_body(request)
+    result = await services(request).resources.update(
+        t, instance_id(rid), body, neg.if_match(request)
+    )
+    return _write_response(request, result, out, neg.prefer(request))
+
+
+def _criteria(request: Request) -> str:
+    query = request.url.query
+    if not query:
+        raise bad_request("A conditional interaction needs search criteria in the URL", "url")
+    return query
+
+
+@router.put("/{rtype}")
+async def conditional_update(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    body = await _resource_body(request)
+    result = await services(request).resources.conditional_update(
+        t, _criteria(request), body, neg.if_match(request)
+    )
+    return _write_response(request, result, out, neg.prefer(request))
+
+
+async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
+    limit = services(request).settings.max_body_bytes
+    raw = await neg.read_body(request, limit, neg.PATCH_BODY, neg.JSON_PATCH)
+    operations = parse_json(raw)
+    if not isinstance(operations, list) or not operations:
+        raise bad_request("A JSON Patch body is a non-empty array of operations")
+    for i, op in enumerate(operations):
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise bad_request(f"JSON Patch operation {i} has no 'op'", f"[{i}]")
+        if not isinstance(op.get("path"), str):
+            raise bad_request(f"JSON Patch operation {i} has no 'path'", f"[{i}]")
+    try:
+        return jsonpatch.JsonPatch(operations)
+    except (jsonpatch.JsonPatchException, Exception) as exc:
+        raise bad_request(f"Invalid JSON Patch: {exc}") from None
+
+
+@router.patch("/{rtype}/{rid}")
+async def patch(request: Request, rtype: str, rid: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    ops = await _patch_body(request)
+    result = await services(request).resources.patch(
+        t, instance_id(rid), ops, neg.if_match(request)
+    )
+    return _write_response(request, result, out, neg.prefer(request))
+
+
+@router.patch("/{rtype}")
+async def conditional_patch(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    ops = await _patch_body(request)
+    result = await services(request).resources.conditional_patch(
+        t, _criteria(request), ops, neg.if_match(request)
+    )
+    return _write_response(request, result, out, neg.prefer(request))
+
+
+def _delete_response(
+    request: Request, deleted: list[StoredVersion], message: str, out: neg.Output
+) -> Response:
+    headers = version_headers(deleted[0]) if len(deleted) == 1 else {}
+    if neg.prefer(request).return_ == "minimal":
+        return Response(status_code=204, headers=headers)
+    return outcome_response(info_outcome(message), out, 200, headers)
+
+
+@router.delete("/{rtype}/{rid}")
+async def delete(request: Request, rtype: str, rid: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    stored = await services(request).resources.delete(t, instance_id(rid), neg.if_match(request))
+    if stored is None:
+        message = f"{t}/{rid} does not exist; nothing to delete"
+    else:
+        message = f"{t}/{rid} is deleted (version {stored.version})"
+    return _delete_response(request, [stored] if stored else [], message, out)
+
+
+@router.delete("/{rtype}")
+async def conditional_delete(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    out = neg.negotiate(request)
+    deleted = await services(request).resources.conditional_delete(t, _criteria(request))
+    if deleted:
+        names = ", ".join(f"{d.type}/{d.id}" for d in deleted)
+        message = f"Deleted {len(deleted)} resource(s): {names}"
+    else:
+        message = "No resource matches the criteria; nothing to delete"
+    return _delete_response(request, deleted, message, out)
+

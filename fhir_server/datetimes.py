@@ -1,0 +1,78 @@
+"""FHIR date/time values as instants and ranges.
+
+A FHIR dateTime carries its precision ("2020" is the whole year), so a parsed value is
+the half-open instant range [low, high) it covers (search.html#date). Values without a
+time zone are taken as UTC, the server's time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+
+_DATETIME = re.compile(
+    r"(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})"
+    r"(T(?P<hour>\d{2}):(?P<minute>\d{2})(:(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+def now() -> datetime:
+    """The current instant at MongoDB's precision (milliseconds), in UTC."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def after(previous: datetime | None) -> datetime:
+    """Now, but strictly later than ``previous``: versions of one resource never share
+    a lastUpdated, so history order by time is also version order."""
+    t = now()
+    if previous is not None and t <= previous:
+        t = previous + timedelta(milliseconds=1)
+    return t
+
+
+def format_instant(t: datetime) -> str:
+    t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}+00:00"
+
+
+def http_date(t: datetime) -> str:
+    return format_datetime(t.astimezone(UTC), usegmt=True)
+
+
+def parse_range(value: str) -> tuple[datetime, datetime]:
+    """The [low, high) range of a FHIR date, dateTime or instant; ValueError if malformed."""
+    m = _DATETIME.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a FHIR date/dateTime")
+    g = m.groupdict()
+    year = int(g["year"])
+    month = int(g["month"] or 1)
+    day = int(g["day"] or 1)
+    hour = int(g["hour"] or 0)
+    minute = int(g["minute"] or 0)
+    second = int(g["second"] or 0)
+    fraction = g["fraction"] or ""
+    micro = int((fraction[1:] + "000000")[:6]) if fraction else 0
+    tz: timezone = UTC  # a time without a zone is read as UTC (the server's zone)
+    if g["tz"] and g["tz"] != "Z":
+        sign = 1 if g["tz"][0] == "+" else -1
+        hh, mm = g["tz"][1:].split(":")
+        tz = timezone(sign * timedelta(hours=int(hh), minutes=int(mm)))
+    low = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
+    if g["month"] is None:
+        high = low.replace(year=year + 1)
+    elif g["day"] is None:
+        high = (low.replace(day=28) + timedelta(days=4)).replace(day=1)
+    elif g["hour"] is None:
+        high = low + timedelta(days=1)
+    elif g["second"] is None:
+        high = low + timedelta(minutes=1)
+    elif not fraction:
+        high = low + timedelta(seconds=1)
+    else:
+        digits = len(fraction) - 1
+        high = low + timedelta(microseconds=10 ** max(0, 6 - digits))
+    return low, high

@@ -1,0 +1,1 @@
+"""FHIR interactions: knows FHIR semantics, not HTTP or MongoDB."""

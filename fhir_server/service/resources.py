@@ -1,0 +1,397 @@
+"""Instance-level interactions: create, read, vread, update, patch, delete, and their
+conditional forms (http.html). Every write is one MongoDB transaction that re-reads
+the current version, so concurrent writers never lose an update."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import jsonpatch
+import jsonpointer
+
+from fhir_server.conditional import criteria_filter
+from fhir_server.config import Settings
+from fhir_server.datetimes import after, format_instant
+from fhir_server.indexing import index_values
+from fhir_server.jsonio import dumps, load_stored
+from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
+from fhir_server.resource_types import is_valid_id
+from fhir_server.storage import Storage, StoredVersion, VersionWrite
+from fhir_server.storage.store import Session
+from fhir_server.validation import validate_resource
+
+MAX_CONDITIONAL_DELETE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    stored: StoredVersion
+    created: bool  # 201 Created rather than 200 OK
+
+
+def gone(stored: StoredVersion) -> FhirError:
+    return FhirError.of(
+        410,
+        "deleted",
+        f"{stored.type}/{stored.id} was deleted (version {stored.version})",
+        headers={"ETag": f'W/"{stored.version}"'},
+    )
+
+
+def check_id(resource_id: str) -> None:
+    if not is_valid_id(resource_id):
+        raise bad_request(
+            f"{resource_id!r} is not a valid resource id (1-64 of A-Z a-z 0-9 - .)", "id"
+        )
+
+
+def check_version_match(current: StoredVersion | None, if_match: int | None) -> None:
+    """If-Match (http.html#concurrency): the update must be based on the current version."""
+    if if_match is None:
+        return
+    if current is None or current.deleted:
+        raise precondition_failed(f"If-Match W/\"{if_match}\" given but no current version exists")
+    if current.version != if_match:
+        raise precondition_failed(
+            f"Version conflict: If-Match W/\"{if_match}\" but the current version is "
+            f"{current.version}",
+            "If-Match",
+        )
+
+
+def with_meta(resource: dict[str, Any], write: VersionWrite) -> dict[str, Any]:
+    """The resource as stored: server-owned id, meta.versionId and meta.lastUpdated set,
+    everything else the client sent kept as sent."""
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
+    out: dict[str, Any] = {
+        "resourceType": resource["resourceType"],
+        "id": write.id,
+        "meta": {
+            "versionId": str(write.version),
+            "lastUpdated": format_instant(write.last_updated),
+            **meta,
+        },
+    }
+    out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    return out
+
+
+def _content(resource: dict[str, Any]) -> bytes:
+    """What makes two versions different: all but id, versionId and lastUpdated."""
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
+    rest = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    return dumps({**rest, "meta": meta} if meta else rest)
+
+
+def _criteria_key(resource_type: str, query: str) -> str:
+    return f"{resource_type}?{urlencode(sorted(parse_qsl(query.lstrip('?'))))}"
+
+
+class ResourceService:
+    def __init__(self, storage: Storage, settings: Settings) -> None:
+        self.storage = storage
+        self.settings = settings
+
+    # --- checks ------------------------------------------------------------------------
+
+    def checked(
+        self, resource_type: str, body: Any, where: str = "body"
+    ) -> dict[str, Any]:
+        """The body as a valid resource of ``resource_type``, or a 400 explaining why.
+
+        Base-specification validation failures are 400 (http.html#2.21.0.16: "failed
+        basic FHIR validation rules"); 422 is for profile and business rules."""
+        if not isinstance(body, dict):
+            raise bad_request(f"The {where} must be a JSON object holding a resource")
+        actual = body.get("resourceType")
+        if actual != resource_type:
+            raise bad_request(
+                f"resourceType {actual!r} does not match the request's type {resource_type!r}",
+                "resourceType",
+            )
+        issues = validate_resource(body, resource_type)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(400, errors)
+        return body
+
+    def new_version(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any] | None,
+        current: StoredVersion | None,
+        method: str,
+    ) -> VersionWrite:
+        write = VersionWrite(
+            type=resource_type,
+            id=resource_id,
+            version=current.version + 1 if current else 1,
+            last_updated=after(current.last_updated if current else None),
+            method=method,
+            raw=None,
+            previous=current.version if current else None,
+        )
+        if resource is not None:
+            stored = with_meta(resource, write)
+            write.raw = dumps(stored)
+            write.index = index_values(stored)
+        return write
+
+    async def _transaction(self, fn: Callable[[Session], Awaitable[Any]]) -> Any:
+        return await self.storage.transaction(fn)
+
+    async def _match(
+        self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
+    ) -> list[StoredVersion]:
+        await self.storage.claim(_criteria_key(resource_type, query), s)
+        return await self.storage.find_current(
+            resource_type, criteria_filter(query, where), limit, s
+        )
+
+    # --- read --------------------------------------------------------------------------
+
+    async def read(self, resource_type: str, resource_id: str) -> StoredVersion:
+        check_id(resource_id)
+        stored = await self.storage.read_current(resource_type, resource_id)
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        if stored.deleted:
+            raise gone(stored)
+        return stored
+
+    async def read_any(self, resource_type: str, resource_id: str) -> StoredVersion:
+        """The current version even if it is a deletion (for instance history)."""
+        check_id(resource_id)
+        stored = await self.storage.read_current(resource_type, resource_id)
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        return stored
+
+    async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
+        check_id(resource_id)
+        if not version.isdigit() or int(version) < 1:
+            raise bad_request(f"{version!r} is not a version id (a positive integer)", "vid")
+        stored = await self.storage.read_version(resource_type, resource_id, int(version))
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} has no version {version}")
+        if stored.deleted:
+            raise gone(stored)
+        return stored
+
+    # --- create ------------------------------------------------------------------------
+
+    async def create(
+        self, resource_type: str, body: Any, if_none_exist: str | None = None
+    ) -> WriteOutcome:
+        if isinstance(body, dict):
+            # http.html#create: an id in the body SHALL be ignored; drop it before
+            # validation so a malformed one does not fail the request.
+            body = {k: v for k, v in body.items() if k != "id"}
+        resource = self.checked(resource_type, body)
+        new_id = str(uuid.uuid4())
+
+        async def txn(s: Session) -> WriteOutcome:
+            if if_none_exist is not None:
+                matches = await self._match(s, resource_type, if_none_exist, "If-None-Exist")
+                if len(matches) > 1:
+                    raise precondition_failed(
+                        f"If-None-Exist criteria match {len(matches)} or more resources",
+                        "If-None-Exist",
+                    )
+                if matches:
+                    return WriteOutcome(matches[0], created=False)
+            write = self.new_version(resource_type, new_id, resource, None, "POST")
+            await self.storage.write([write], s)
+            return WriteOutcome(write.stored(), created=True)
+
+        return await self._transaction(txn)  # type: ignore[no-any-return]
+
+    # --- update ------------------------------------------------------------------------
+
+    async def _put(
+        self,
+        s: Session,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        if_match: int | None,
+        method: str = "PUT",
+    ) -> WriteOutcome:
+        current = await self.storage.read_current(resource_type, resource_id, s)
+        check_version_match(current, if_match)
+        if current is None and not self.settings.allow_update_create:
+            raise FhirError.of(
+                405,
+                "not-supported",
+                f"{resource_type}/{resource_id} does not exist and this server does not "
+                "allow update-as-create (FHIR_ALLOW_UPDATE_CREATE=false)",
+            )
+        if (
+            current is not None
+            and current.raw is not None
+            and _content(load_stored(current.raw)) == _content(resource)
+        ):
+            return WriteOutcome(current, created=False)  # no change: no new version
+        write = self.new_version(resource_type, resource_id, resource, current, method)
+        await self.storage.write([write], s)
+        return WriteOutcome(write.stored(), created=current is None or current.deleted)
+
+    async def update(
+        self, resource_type: str, resource_id: str, body: Any, if_match: int | None
+    ) -> WriteOutcome:
+        check_id(resource_id)
+        resource = self.checked(resource_type, body)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise bad_request(
+                "The resource must have an id equal to the id in the URL (http.html#update)",
+                f"{resource_type}.id",
+            )
+        if body_id != resource_id:
+            raise bad_request(
+                f"The resource id {body_id!r} does not match the URL id {resource_id!r}",
+                f"{resource_type}.id",
+            )
+        return await self._transaction(  # type: ignore[no-any-return]
+            lambda s: self._put(s, resource_type, resource_id, resource, if_match)
+        )
+
+    async def conditional_update(
+        self, resource_type: str, query: str, body: Any, if_match: int | None
+    ) -> WriteOutcome:
+        """http.html#cond-update: no match creates, one match updates, several: 412."""
+        resource = self.checked(resource_type, body)
+        body_id = resource.get("id")
+
+        async def txn(s: Session) -> WriteOutcome:
+            matches = await self._match(s, resource_type, query, "url")
+            if len(matches) > 1:
+                raise precondition_failed(
+                    "The conditional update criteria match more than one resource", "url"
+                )
+            if matches:
+                target = matches[0].id
+                if body_id is not None and body_id != target:
+                    raise bad_request(
+                        f"The resource id {body_id!r} does not match the resource the "
+                        f"criteria found ({resource_type}/{target})",
+                        f"{resource_type}.id",
+                    )
+            elif body_id is not None:
+                target = body_id  # update-as-create with the client's id
+            else:
+                target = str(uuid.uuid4())
+            return await self._put(s, resource_type, target, resource, if_match)
+
+        return await self._transaction(txn)  # type: ignore[no-any-return]
+
+    # --- patch -------------------------------------------------------------------------
+
+    async def _patch(
+        self,
+        s: Session,
+        resource_type: str,
+        resource_id: str,
+        patch: jsonpatch.JsonPatch,
+        if_match: int | None,
+    ) -> WriteOutcome:
+        current = await self.storage.read_current(resource_type, resource_id, s)
+        if current is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        if current.raw is None:
+            raise gone(current)
+        check_version_match(current, if_match)
+        try:
+            patched = patch.apply(load_stored(current.raw))
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise FhirError.of(
+                422, "processing", f"The JSON Patch cannot be applied: {exc}"
+            ) from None
+        resource = self.checked(resource_type, patched, "patched resource")
+        if resource.get("id") != resource_id:
+            raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
+        return await self._put(s, resource_type, resource_id, resource, None, "PATCH")
+
+    async def patch(
+        self, resource_type: str, resource_id: str, patch: jsonpatch.JsonPatch, if_match: int | None
+    ) -> WriteOutcome:
+        check_id(resource_id)
+        return await self._transaction(  # type: ignore[no-any-return]
+            lambda s: self._patch(s, resource_type, resource_id, patch, if_match)
+        )
+
+    async def conditional_patch(
+        self, resource_type: str, query: str, patch: jsonpatch.JsonPatch, if_match: int | None
+    ) -> WriteOutcome:
+        async def txn(s: Session) -> WriteOutcome:
+            matches = await self._match(s, resource_type, query, "url")
+            if not matches:
+                raise not_found("The conditional patch criteria match no resource")
+            if len(matches) > 1:
+                raise precondition_failed(
+                    "The conditional patch criteria match more than one resource", "url"
+                )
+            return await self._patch(s, resource_type, matches[0].id, patch, if_match)
+
+        return await self._transaction(txn)  # type: ignore[no-any-return]
+
+    # --- delete ------------------------------------------------------------------------
+
+    async def _delete(
+        self, s: Session, resource_type: str, resource_id: str, if_match: int | None
+    ) -> StoredVersion | None:
+        current = await self.storage.read_current(resource_type, resource_id, s)
+        check_version_match(current, if_match)
+        if current is None or current.deleted:
+            return current  # nothing to do (http.html#delete: still a success)
+        write = self.new_version(resource_type, resource_id, None, current, "DELETE")
+        await self.storage.write([write], s)
+        return write.stored()
+
+    async def delete(
+        self, resource_type: str, resource_id: str, if_match: int | None
+    ) -> StoredVersion | None:
+        check_id(resource_id)
+        return await self._transaction(  # type: ignore[no-any-return]
+            lambda s: self._delete(s, resource_type, resource_id, if_match)
+        )
+
+    async def conditional_delete(self, resource_type: str, query: str) -> list[StoredVersion]:
+        """http.html#3.1.0.7.1: several matches are all deleted only when the server is
+        configured for 'multiple'; otherwise 412."""
+        multiple = self.settings.conditional_delete == "multiple"
+        limit = MAX_CONDITIONAL_DELETE + 1 if multiple else 2
+
+        async def txn(s: Session) -> list[StoredVersion]:
+            matches = await self._match(s, resource_type, query, "url", limit)
+            if len(matches) > 1 and not multiple:
+                raise precondition_failed(
+                    "The conditional delete criteria match more than one resource", "url"
+                )
+            if len(matches) > MAX_CONDITIONAL_DELETE:
+                raise precondition_failed(
+                    f"The conditional delete criteria match more than "
+                    f"{MAX_CONDITIONAL_DELETE} resources",
+                    "url",
+                )
+            writes = [self.new_version(resource_type, m.id, None, m, "DELETE") for m in matches]
+            if writes:
+                await self.storage.write(writes, s)
+            return [w.stored() for w in writes]
+
+        return await self._transaction(txn)  # type: ignore[no-any-return]

@@ -1,0 +1,220 @@
+"""Storage on MongoDB through PyMongo's native async API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from fhir_server.resource_types import resource_types
+from fhir_server.storage.documents import HISTORY, StoredVersion, VersionWrite, history_key
+
+T = TypeVar("T")
+Session = AsyncClientSession
+
+# Writes are acknowledged by a majority and journaled: a 201 means the version survives
+# a crash or a failover, never "accepted but lost".
+_WRITE_CONCERN = WriteConcern(w="majority", j=True)
+_MAX_ATTEMPTS = 20
+
+
+class ConcurrentModification(Exception):
+    """The version a write was based on is no longer current; the caller retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Keyset position in a history listing ordered by (lastUpdated, key) descending."""
+
+    last_updated: datetime
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    type: str | None = None
+    id: str | None = None
+    since: datetime | None = None
+    # _at: versions current at some point in [at_low, at_high)
+    at_low: datetime | None = None
+    at_high: datetime | None = None
+
+    def filter(self) -> dict[str, Any]:
+        f: dict[str, Any] = {}
+        if self.type is not None:
+            f["t"] = self.type
+        if self.id is not None:
+            f["id"] = self.id
+        lu: dict[str, Any] = {}
+        if self.since is not None:
+            lu["$gte"] = self.since
+        if self.at_high is not None:
+            lu["$lt"] = self.at_high
+            f["$or"] = [{"ut": None}, {"ut": {"$gt": self.at_low}}]
+        if lu:
+            f["lu"] = lu
+        return f
+
+
+class Storage:
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
+        self.client = client
+        self.db = client.get_database(
+            database, write_concern=_WRITE_CONCERN, read_concern=ReadConcern("majority")
+        )
+        self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
+
+    def current(self, resource_type: str) -> AsyncCollection[dict[str, Any]]:
+        return self.db[resource_type]
+
+    async def ensure_indexes(self) -> None:
+        """Create every collection's indexes (idempotent; run at start-up)."""
+        history = [
+            IndexModel([("lu", DESCENDING), ("_id", DESCENDING)], name="system_history"),
+            IndexModel(
+                [("t", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)], name="type_history"
+            ),
+            IndexModel(
+                [("t", ASCENDING), ("id", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)],
+                name="instance_history",
+            ),
+        ]
+        current = [
+            IndexModel(
+                [("sp.identifier.v", ASCENDING), ("sp.identifier.s", ASCENDING)],
+                name="identifier",
+            ),
+            IndexModel([("lu", DESCENDING)], name="last_updated"),
+        ]
+        existing = set(await self.db.list_collection_names())
+        missing = [t for t in resource_types() if t not in existing]
+        await asyncio.gather(*(self._create_collection(t) for t in missing))
+        await asyncio.gather(
+            self.history.create_indexes(history),
+            *(self.current(t).create_indexes(current) for t in resource_types()),
+        )
+
+    async def _create_collection(self, name: str) -> None:
+        try:
+            await self.db.create_collection(name)
+        except OperationFailure as exc:  # created concurrently by another worker
+            if exc.code != 48:  # NamespaceExists
+                raise
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def read_current(
+        self, resource_type: str, resource_id: str, session: Session | None = None
+    ) -> StoredVersion | None:
+        doc = await self.current(resource_type).find_one(
+            {"_id": resource_id}, {"sp": 0}, session=session
+        )
+        return StoredVersion.from_current(resource_type, doc) if doc else None
+
+    async def read_version(
+        self, resource_type: str, resource_id: str, version: int
+    ) -> StoredVersion | None:
+        doc = await self.history.find_one({"_id": history_key(resource_type, resource_id, version)})
+        return StoredVersion.from_history(doc) if doc else None
+
+    async def find_current(
+        self,
+        resource_type: str,
+        query: dict[str, Any],
+        limit: int,
+        session: Session | None = None,
+    ) -> list[StoredVersion]:
+        """Live (not deleted) resources matching an index query, at most ``limit``."""
+        cursor = self.current(resource_type).find(
+            {**query, "del": False}, {"sp": 0}, limit=limit, session=session
+        )
+        return [StoredVersion.from_current(resource_type, d) async for d in cursor]
+
+    async def history_page(
+        self,
+        query: HistoryQuery,
+        count: int,
+        after: HistoryCursor | None = None,
+        before: HistoryCursor | None = None,
+    ) -> list[StoredVersion]:
+        """Up to ``count`` versions, newest first, strictly after/before a cursor."""
+        f = query.filter()
+        sort = DESCENDING
+        if after is not None:
+            f = {"$and": [f, _keyset(after, "$lt")]}
+        elif before is not None:
+            f = {"$and": [f, _keyset(before, "$gt")]}
+            sort = ASCENDING
+        cursor = self.history.find(f, sort=[("lu", sort), ("_id", sort)], limit=count)
+        docs = [StoredVersion.from_history(d) async for d in cursor]
+        if before is not None:
+            docs.reverse()
+        return docs
+
+    async def history_count(self, query: HistoryQuery) -> int:
+        return await self.history.count_documents(query.filter())
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def transaction(self, fn: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``fn`` in a multi-document transaction, retrying it from the start on
+        write conflicts and on :class:`ConcurrentModification` (its reads are redone)."""
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                async with self.client.start_session() as session:
+                    return await session.with_transaction(fn, write_concern=_WRITE_CONCERN)
+            except (ConcurrentModification, DuplicateKeyError):
+                if attempt == _MAX_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.002 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def claim(self, key: str, session: Session) -> None:
+        """Serialise transactions that decide on the same key (e.g. a conditional
+        create's criteria): both write this document, so one of them conflicts and is
+        retried, and its re-run sees what the other committed."""
+        await self.db["locks"].update_one(
+            {"_id": key}, {"$inc": {"n": 1}}, upsert=True, session=session
+        )
+
+    async def write(self, writes: Sequence[VersionWrite], session: Session) -> None:
+        """Apply new versions inside ``session``'s transaction.
+
+        Each write replaces the current document only if it is still at ``previous``
+        (compare-and-set), records the version in history, and closes the previous
+        history version's validity interval (``ut``) for ``_at`` queries.
+        """
+        for w in writes:
+            coll = self.current(w.type)
+            if w.previous is None:
+                await coll.insert_one(w.current_document(), session=session)
+            else:
+                result = await coll.replace_one(
+                    {"_id": w.id, "v": w.previous}, w.current_document(), session=session
+                )
+                if result.matched_count != 1:
+                    raise ConcurrentModification(f"{w.type}/{w.id}")
+                await self.history.update_one(
+                    {"_id": history_key(w.type, w.id, w.previous)},
+                    {"$set": {"ut": w.last_updated}},
+                    session=session,
+                )
+        await self.history.insert_many([w.history_document() for w in writes], session=session)
+
+
+def _keyset(cursor: HistoryCursor, op: str) -> dict[str, Any]:
+    return {
+        "$or": [
+            {"lu": {op: cursor.last_updated}},
+            {"lu": cursor.last_updated, "_id": {op: cursor.key}},
+        ]
+    }
