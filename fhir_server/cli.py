@@ -1,0 +1,106 @@
+"""The ``fhir-server`` command. Options mirror ``Settings``; each one's help names its
+environment variable, and the flag wins over the variable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from fhir_server.config import Settings
+
+_ENV_PREFIX = "FHIR_"
+
+
+def setting_option(name: str, *flags: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """A click option documented from the Settings field of the same name."""
+    field = Settings.model_fields[name]
+    env = f"{_ENV_PREFIX}{name.upper()}"
+    default = field.default if field.default is not None else "unset"
+    help_text = f"{field.description} [env: {env}; default: {default}]"
+    return click.option(*flags, name, default=None, help=help_text, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fhir-server")
+def main() -> None:
+    """A FHIR R4 server on MongoDB."""
+
+
+_SERVE_FLAGS = (
+    "host",
+    "port",
+    "data_dir",
+    "mongo_url",
+    "database",
+    "mongod_bin",
+    "base_url",
+    "workers",
+    "log_level",
+)
+
+
+def _environment_only_settings() -> str:
+    lines = ["\b", "Further settings, by environment variable only:"]
+    for name, field in Settings.model_fields.items():
+        if name not in _SERVE_FLAGS:
+            lines.append(
+                f"  {_ENV_PREFIX}{name.upper()}: {field.description} (default: {field.default})"
+            )
+    return "\n".join(lines)
+
+
+@main.command(epilog=_environment_only_settings())
+@setting_option("host", "--host")
+@setting_option("port", "--port", type=int)
+@setting_option("data_dir", "--data-dir", type=click.Path(file_okay=False))
+@setting_option("mongo_url", "--mongo-url")
+@setting_option("database", "--database")
+@setting_option("mongod_bin", "--mongod-bin")
+@setting_option("base_url", "--base-url")
+@setting_option("workers", "--workers", type=int)
+@setting_option("log_level", "--log-level")
+def serve(**options: Any) -> None:
+    """Run the FHIR API (http://HOST:PORT/fhir).
+
+    Without --mongo-url it starts a private mongod (single-node replica set) with its
+    data in --data-dir, and stops it on exit.
+    """
+    import uvicorn
+
+    from fhir_server.embedded_mongo import DataDirLocked, EmbeddedMongo, MongodNotFound
+
+    # Flags become FHIR_* variables so that every uvicorn worker reads the same Settings.
+    for name, value in options.items():
+        if value is not None:
+            os.environ[f"{_ENV_PREFIX}{name.upper()}"] = str(value)
+    settings = Settings()
+    embedded: EmbeddedMongo | None = None
+    if not settings.mongo_url:
+        try:
+            embedded = EmbeddedMongo(settings.data_dir, settings.mongod_bin)
+            os.environ["FHIR_MONGO_URL"] = embedded.start()
+        except (MongodNotFound, DataDirLocked) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
+    try:
+        uvicorn.run(
+            "fhir_server.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            proxy_headers=True,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Suite-wide fixtures. Tests run against a real MongoDB replica set, never a fake."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pymongo import MongoClient
+
+from fhir_server.app import create_app
+from fhir_server.config import Settings
+from fhir_server.embedded_mongo import EmbeddedMongo, MongodNotFound
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """FHIR_TEST_MONGO_URL if set, else a private mongod for the session (fails if none)."""
+    external = os.environ.get("FHIR_TEST_MONGO_URL")
+    if external:
+        yield external
+        return
+    mongo = EmbeddedMongo(
+        tmp_path_factory.mktemp("mongo"), os.environ.get("FHIR_MONGOD_BIN"), cache_size_gb=0.25
+    )
+    try:
+        url = mongo.start()
+    except MongodNotFound as exc:  # a missing mongod must fail the suite, never skip it
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    try:
+        yield url
+    finally:
+        mongo.stop()
+
+
+@pytest.fixture
+def settings(mongo_url: str) -> Settings:
+    """Settings for one test: its own database, so tests never see each other's data."""
+    return Settings(mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """An HTTP client on the real ASGI app (lifespan run), dropping the database after."""
+    with TestClient(create_app(settings), base_url="http://testserver") as c:
+        yield c
+    with MongoClient(settings.mongo_url) as mc:
+        mc.drop_database(settings.database)
