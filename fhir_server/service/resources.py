@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
@@ -25,6 +25,7 @@ from fhir_server.storage.store import Session
 from fhir_server.validation import validate_resource
 
 MAX_CONDITIONAL_DELETE = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,10 @@ def check_version_match(current: StoredVersion | None, if_match: int | None) -> 
     if if_match is None:
         return
     if current is None or current.deleted:
-        raise precondition_failed(f"If-Match W/\"{if_match}\" given but no current version exists")
+        raise precondition_failed(f'If-Match W/"{if_match}" given but no current version exists')
     if current.version != if_match:
         raise precondition_failed(
-            f"Version conflict: If-Match W/\"{if_match}\" but the current version is "
+            f'Version conflict: If-Match W/"{if_match}" but the current version is '
             f"{current.version}",
             "If-Match",
         )
@@ -106,9 +107,7 @@ class ResourceService:
 
     # --- checks ------------------------------------------------------------------------
 
-    def checked(
-        self, resource_type: str, body: Any, where: str = "body"
-    ) -> dict[str, Any]:
+    def checked(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
         """The body as a valid resource of ``resource_type``, or a 400 explaining why.
 
         Base-specification validation failures are 400 (http.html#2.21.0.16: "failed
@@ -150,8 +149,8 @@ class ResourceService:
             write.index = index_values(stored)
         return write
 
-    async def _transaction(self, fn: Callable[[Session], Awaitable[Any]]) -> Any:
-        return await self.storage.transaction(fn)
+    async def _transaction(self, resource_type: str, fn: Callable[[Session], Awaitable[T]]) -> T:
+        return await self.storage.transaction(fn, (resource_type,))
 
     async def _match(
         self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
@@ -217,7 +216,7 @@ class ResourceService:
             await self.storage.write([write], s)
             return WriteOutcome(write.stored(), created=True)
 
-        return await self._transaction(txn)  # type: ignore[no-any-return]
+        return await self._transaction(resource_type, txn)
 
     # --- update ------------------------------------------------------------------------
 
@@ -265,8 +264,8 @@ class ResourceService:
                 f"The resource id {body_id!r} does not match the URL id {resource_id!r}",
                 f"{resource_type}.id",
             )
-        return await self._transaction(  # type: ignore[no-any-return]
-            lambda s: self._put(s, resource_type, resource_id, resource, if_match)
+        return await self._transaction(
+            resource_type, lambda s: self._put(s, resource_type, resource_id, resource, if_match)
         )
 
     async def conditional_update(
@@ -296,7 +295,7 @@ class ResourceService:
                 target = str(uuid.uuid4())
             return await self._put(s, resource_type, target, resource, if_match)
 
-        return await self._transaction(txn)  # type: ignore[no-any-return]
+        return await self._transaction(resource_type, txn)
 
     # --- patch -------------------------------------------------------------------------
 
@@ -331,8 +330,8 @@ class ResourceService:
         self, resource_type: str, resource_id: str, patch: jsonpatch.JsonPatch, if_match: int | None
     ) -> WriteOutcome:
         check_id(resource_id)
-        return await self._transaction(  # type: ignore[no-any-return]
-            lambda s: self._patch(s, resource_type, resource_id, patch, if_match)
+        return await self._transaction(
+            resource_type, lambda s: self._patch(s, resource_type, resource_id, patch, if_match)
         )
 
     async def conditional_patch(
@@ -348,7 +347,7 @@ class ResourceService:
                 )
             return await self._patch(s, resource_type, matches[0].id, patch, if_match)
 
-        return await self._transaction(txn)  # type: ignore[no-any-return]
+        return await self._transaction(resource_type, txn)
 
     # --- delete ------------------------------------------------------------------------
 
@@ -367,8 +366,8 @@ class ResourceService:
         self, resource_type: str, resource_id: str, if_match: int | None
     ) -> StoredVersion | None:
         check_id(resource_id)
-        return await self._transaction(  # type: ignore[no-any-return]
-            lambda s: self._delete(s, resource_type, resource_id, if_match)
+        return await self._transaction(
+            resource_type, lambda s: self._delete(s, resource_type, resource_id, if_match)
         )
 
     async def conditional_delete(self, resource_type: str, query: str) -> list[StoredVersion]:
@@ -394,4 +393,4 @@ class ResourceService:
                 await self.storage.write(writes, s)
             return [w.stored() for w in writes]
 
-        return await self._transaction(txn)  # type: ignore[no-any-return]
+        return await self._transaction(resource_type, txn)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -25,6 +25,20 @@ Session = AsyncClientSession
 # a crash or a failover, never "accepted but lost".
 _WRITE_CONCERN = WriteConcern(w="majority", j=True)
 _MAX_ATTEMPTS = 20
+
+
+_HISTORY_INDEXES = [
+    IndexModel([("lu", DESCENDING), ("_id", DESCENDING)], name="system_history"),
+    IndexModel([("t", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)], name="type_history"),
+    IndexModel(
+        [("t", ASCENDING), ("id", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)],
+        name="instance_history",
+    ),
+]
+_CURRENT_INDEXES = [
+    IndexModel([("sp.identifier.v", ASCENDING), ("sp.identifier.s", ASCENDING)], name="identifier"),
+    IndexModel([("lu", DESCENDING)], name="last_updated"),
+]
 
 
 class ConcurrentModification(Exception):
@@ -72,43 +86,27 @@ class Storage:
             database, write_concern=_WRITE_CONCERN, read_concern=ReadConcern("majority")
         )
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
+        self._ready: set[str] = set()
 
     def current(self, resource_type: str) -> AsyncCollection[dict[str, Any]]:
         return self.db[resource_type]
 
     async def ensure_indexes(self) -> None:
-        """Create every collection's indexes (idempotent; run at start-up)."""
-        history = [
-            IndexModel([("lu", DESCENDING), ("_id", DESCENDING)], name="system_history"),
-            IndexModel(
-                [("t", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)], name="type_history"
-            ),
-            IndexModel(
-                [("t", ASCENDING), ("id", ASCENDING), ("lu", DESCENDING), ("_id", DESCENDING)],
-                name="instance_history",
-            ),
-        ]
-        current = [
-            IndexModel(
-                [("sp.identifier.v", ASCENDING), ("sp.identifier.s", ASCENDING)],
-                name="identifier",
-            ),
-            IndexModel([("lu", DESCENDING)], name="last_updated"),
-        ]
+        """Create the indexes of history and of every type that already has a collection
+        (idempotent; run at start-up, so changed index definitions apply on restart).
+        Types never written yet get theirs on first write (``ensure_type``): a fresh
+        database then starts in milliseconds instead of creating 146 collections."""
+        await self.history.create_indexes(_HISTORY_INDEXES)
         existing = set(await self.db.list_collection_names())
-        missing = [t for t in resource_types() if t not in existing]
-        await asyncio.gather(*(self._create_collection(t) for t in missing))
-        await asyncio.gather(
-            self.history.create_indexes(history),
-            *(self.current(t).create_indexes(current) for t in resource_types()),
-        )
+        await asyncio.gather(*(self.ensure_type(t) for t in resource_types() if t in existing))
 
-    async def _create_collection(self, name: str) -> None:
-        try:
-            await self.db.create_collection(name)
-        except OperationFailure as exc:  # created concurrently by another worker
-            if exc.code != 48:  # NamespaceExists
-                raise
+    async def ensure_type(self, resource_type: str) -> None:
+        if resource_type in self._ready:
+            return
+        # create_indexes creates the collection too, and is a no-op when both exist
+        # (so concurrent workers may race here harmlessly).
+        await self.current(resource_type).create_indexes(_CURRENT_INDEXES)
+        self._ready.add(resource_type)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -165,9 +163,14 @@ class Storage:
 
     # --- writes ------------------------------------------------------------------------
 
-    async def transaction(self, fn: Callable[[Session], Awaitable[T]]) -> T:
+    async def transaction(
+        self, fn: Callable[[Session], Awaitable[T]], types: Sequence[str] = ()
+    ) -> T:
         """Run ``fn`` in a multi-document transaction, retrying it from the start on
-        write conflicts and on :class:`ConcurrentModification` (its reads are redone)."""
+        write conflicts and on :class:`ConcurrentModification` (its reads are redone).
+        ``types`` are the resource types it may write (their collections must exist)."""
+        for t in types:
+            await self.ensure_type(t)
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 async with self.client.start_session() as session:
