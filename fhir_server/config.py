@@ -29,9 +29,7 @@ class Settings(BaseSettings):
         "Unset: start an embedded mongod in --data-dir.",
     )
     database: str = Field("fhir", description="MongoDB database name.")
-    data_dir: Path = Field(
-        Path(".fhir-data"), description="Data directory of the embedded mongod."
-    )
+    data_dir: Path = Field(Path(".fhir-data"), description="Data directory of the embedded mongod.")
     mongod_bin: str | None = Field(
         None, description="Path of the mongod binary for the embedded default."
     )
@@ -47,8 +45,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
-    history_max_count: int = Field(
-        1000, ge=1, description="Largest _count honoured on _history."
-    )
+    history_max_count: int = Field(1000, ge=1, description="Largest _count honoured on _history.")
     history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")

@@ -47,8 +47,7 @@ def _format_error(value: str, where: str) -> FhirError:
     return FhirError.of(
         406,
         "not-supported",
-        f"{where} asks for {value!r}; this server produces JSON only "
-        "(application/fhir+json)",
+        f"{where} asks for {value!r}; this server produces JSON only (application/fhir+json)",
         where,
     )
 
@@ -168,9 +167,7 @@ async def read_body(request: Request, limit: int, allowed: frozenset[str], kind:
 
 
 def _too_large(limit: int) -> FhirError:
-    return FhirError.of(
-        413, "too-costly", f"The request body exceeds the limit of {limit} bytes"
-    )
+    return FhirError.of(413, "too-costly", f"The request body exceeds the limit of {limit} bytes")
 
 
 RESOURCE_BODY = _JSON_TYPES

@@ -339,4 +339,3 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
     else:
         message = "No resource matches the criteria; nothing to delete"
     return _delete_response(request, deleted, message, out)
-
