@@ -21,6 +21,19 @@ class DuplicateKeyError(ValueError):
     pass
 
 
+class JsonDecimal(Decimal):
+    """A Decimal that remembers its JSON text, so ``0.0000001`` is written back as
+    ``0.0000001`` and ``1.0e2`` as ``1.0e2`` rather than str()'s ``1E-7`` / ``1.0E+2``."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonDecimal:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -37,7 +50,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(
-    parse_float=Decimal,
+    parse_float=JsonDecimal,
     parse_constant=_reject_constant,
     object_pairs_hook=_object_without_duplicates,
 )
@@ -62,10 +75,12 @@ def parse_json(body: bytes | str, what: str = "request body") -> Any:
 
 def load_stored(raw: bytes) -> Any:
     """Parse JSON this server wrote itself (trusted: no duplicate check)."""
-    return json.loads(raw, parse_float=Decimal)
+    return json.loads(raw, parse_float=JsonDecimal)
 
 
 def _default(obj: Any) -> Any:
+    if isinstance(obj, JsonDecimal):
+        return orjson.Fragment(obj.text)
     if isinstance(obj, Decimal):
         return orjson.Fragment(str(obj))
     raise TypeError(f"cannot serialise {type(obj).__name__}")

@@ -1,0 +1,133 @@
+"""Validation of incoming resources against the FHIR R4 (4.0.1) base specification.
+
+``validate_resource`` returns the problems as ``Issue`` objects (an empty list means
+valid) and never raises: the caller turns errors into a 400 OperationOutcome and
+``$validate`` returns the list as is. Two passes run over every resource:
+
+1. structure.py, driven by elements.json (generated from the 4.0.1 StructureDefinitions):
+   the FHIR JSON rules fhir.resources is lax about (primitive JSON types, arrays exactly
+   where elements repeat, no empty objects/arrays/strings, null only as a placeholder in
+   primitive arrays paired with ``_name``, unknown properties, one type per choice,
+   min-1 elements, required code bindings where the value set can be enumerated).
+2. r4b.py: the fhir.resources R4B pydantic models (value formats such as real calendar
+   dates), with errors R4 contradicts dropped and ones already reported not repeated.
+
+Nested resources (contained, Bundle.entry.resource, Bundle.entry.response.outcome,
+Parameters.parameter.resource) are validated as resources of their own type, with
+expressions such as ``Bundle.entry[3].resource.status``.
+
+R4 vs R4B, as found by tools/generate_definitions.py comparing the R4B models with the
+R4 elements (elements.json ``r4bDifferences``, regenerated with the definitions):
+
+- No R4B model (R4-only types): EffectEvidenceSynthesis, RiskEvidenceSynthesis, the ten
+  MedicinalProduct* types, SubstanceNucleicAcid, SubstancePolymer, SubstanceProtein,
+  SubstanceReferenceInformation, SubstanceSourceMaterial, SubstanceSpecification, and the
+  SubstanceAmount datatype (used only by SubstancePolymer).
+- Reshaped in R4B: Evidence (R4 exposureBackground, exposureVariant, outcome, name,
+  shortTitle, copyright, effectivePeriod, jurisdiction, ... are gone) and
+  EvidenceVariable (approvalDate, characteristic.definition[x] types,
+  participantEffective[x], timeFromStart is a backbone in R4B, ...).
+  These and the R4-only types are checked by the structural pass alone.
+- Everything else keeps its R4 elements with the same types, repetition and
+  requiredness in R4B (DeviceDefinition, Subscription, ... included); R4B only adds
+  elements and types, which the structural pass rejects as unknown in R4.
+- Datatypes: R4 Extension.value[x] and ElementDefinition's fixed/pattern/defaultValue/
+  example value[x] allow Meta, R4B does not; fhir.resources types ``uuid`` as a version-4
+  UUID where R4 accepts any ``urn:uuid:`` (both ignored in the R4B pass).
+- Required bindings: the R4B models' enum lists agree with the R4 value sets wherever
+  both exist (fhir.resources does not enforce them anyway).
+
+Other differences met on the way: fhir.resources silently drops a ``resource_type`` key
+(reported here as unknown), and raises KeyError on a nested resource of an unknown type
+(never reached: nested resources are stripped before the R4B pass). The medplum copy of
+the definitions is not pristine 4.0.1 (medplum Meta fields, R5 back-ports in
+EvidenceVariable, ResearchStudy, DeviceDefinition, ...); the generator undoes that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from fhir_server.outcome import Issue
+from fhir_server.resource_types import is_resource_type
+from fhir_server.validation.model import Model, model
+from fhir_server.validation.primitives import json_kind
+from fhir_server.validation.r4b import r4b_issues
+from fhir_server.validation.structure import Walk
+
+__all__ = ["validate_resource"]
+
+log = logging.getLogger(__name__)
+
+# A nested resource waiting for its turn: value, FHIRPath, depth, inside "contained".
+Pending = tuple[Any, str, int, bool]
+
+
+def validate_resource(resource: Any, expected_type: str | None = None) -> list[Issue]:
+    """The problems in ``resource`` as an R4 resource (of ``expected_type``, if given)."""
+    try:
+        return _validate(resource, expected_type)
+    except Exception as exc:  # never crash on input: report it
+        log.exception("validation failed")
+        message = f"The resource could not be validated ({type(exc).__name__})"
+        return [Issue("exception", message)]
+
+
+def _validate(resource: Any, expected_type: str | None) -> list[Issue]:
+    m = model()
+    issues = top_level_issues(resource, expected_type)
+    if issues:
+        return issues
+    queue: deque[Pending] = deque([(resource, "", 0, False)])
+    while queue:
+        issues += check_resource(m, queue.popleft(), queue)
+    return issues
+
+
+def top_level_issues(resource: Any, expected_type: str | None) -> list[Issue]:
+    if expected_type is None or not isinstance(resource, dict):
+        return []
+    actual = resource.get("resourceType")
+    if isinstance(actual, str) and actual != expected_type:
+        message = f"Expected a {expected_type} resource, got resourceType {actual!r}"
+        return [Issue("invalid", message)]
+    return []
+
+
+def check_resource(m: Model, pending: Pending, queue: deque[Pending]) -> list[Issue]:
+    """Both passes over one resource; its nested resources join the queue."""
+    resource, path, depth, contained = pending
+    resource_type, problem = resource_type_of(resource, path)
+    if problem is not None:
+        return [problem]
+    path = path or resource_type
+    info = m.types[resource_type]
+    walk = Walk(m.types["Element"])
+    walk.object(resource, info, path, depth)
+    if contained and "contained" in resource:
+        walk.error("invalid", "A contained resource must not contain resources (dom-2)", path)
+    queue.extend(walk.nested)
+    issues = walk.issues
+    if resource_type not in m.r4b_unusable and not walk.malformed:
+        issues += r4b_issues(resource, info, path, issues)
+    return issues
+
+
+def resource_type_of(resource: Any, path: str) -> tuple[str, Issue | None]:
+    """The resourceType, or the issue that stops this resource from being checked."""
+    where = (path,) if path else ()
+    if not isinstance(resource, dict):
+        message = f"A resource must be a JSON object, not {json_kind(resource)}"
+        return "", Issue("structure", message, expression=where)
+    resource_type = resource.get("resourceType")
+    if resource_type is None:
+        return "", Issue("required", "Missing resourceType", expression=where)
+    if type(resource_type) is not str:
+        message = f"resourceType must be a string, not {json_kind(resource_type)}"
+        return "", Issue("structure", message, expression=where)
+    if not is_resource_type(resource_type):
+        message = f"{resource_type!r} is not an R4 (4.0.1) resource type"
+        return "", Issue("not-supported", message, expression=where)
+    return resource_type, None
