@@ -4,6 +4,7 @@ environment variable, and the flag wins over the variable."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,9 @@ def serve(**options: Any) -> None:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
+    # normal exit so the finally clause below still stops the embedded mongod cleanly.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(
             "fhir_server.app:create_app_from_env",
@@ -100,6 +104,10 @@ def serve(**options: Any) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,29 @@ SUBSETTED = {
 _ALWAYS = frozenset({"resourceType", "id", "meta"})
 
 
+# The type suffixes a choice element's JSON name can carry (formats.html#choice):
+# ``_elements=deceased`` names the element ``deceased[x]``, sent as ``deceasedBoolean``.
+_CHOICE_SUFFIXES = frozenset(
+    {
+        "Base64Binary", "Boolean", "Canonical", "Code", "Date", "DateTime", "Decimal", "Id",
+        "Instant", "Integer", "Markdown", "Oid", "PositiveInt", "String", "Time",
+        "UnsignedInt", "Uri", "Url", "Uuid", "Address", "Age", "Annotation", "Attachment",
+        "CodeableConcept", "Coding", "ContactPoint", "Count", "Distance", "Duration",
+        "HumanName", "Identifier", "Money", "Period", "Quantity", "Range", "Ratio",
+        "Reference", "SampledData", "Signature", "Timing", "ContactDetail", "Contributor",
+        "DataRequirement", "Expression", "ParameterDefinition", "RelatedArtifact",
+        "TriggerDefinition", "UsageContext", "Dosage", "Meta",
+    }
+)  # fmt: skip
+
+
 def _element_name(key: str) -> str:
     return key[1:] if key.startswith("_") else key
 
 
 def _matches(key: str, names: frozenset[str]) -> bool:
     """Does JSON property ``key`` belong to one of the element ``names``?
-    Handles choice elements (``deceased[x]`` ↔ ``deceasedBoolean``) and primitive
+    Handles choice elements (``deceased[x]`` or ``deceased`` ↔ ``deceasedBoolean``) and primitive
     extensions (``_birthDate`` ↔ ``birthDate``)."""
     name = _element_name(key)
     if name in names:
@@ -36,6 +52,8 @@ def _matches(key: str, names: frozenset[str]) -> bool:
             stem = n[:-3]
             if name.startswith(stem) and name[len(stem) : len(stem) + 1].isupper():
                 return True
+        elif name.startswith(n) and name[len(n) :] in _CHOICE_SUFFIXES:
+            return True
     return False
 
 

@@ -25,11 +25,12 @@ def version_headers(stored: StoredVersion) -> dict[str, str]:
 
 
 def resource_json(raw: bytes, out: Output) -> Any:
-    """A stored resource for embedding in a bundle: untouched bytes when no subsetting
-    is asked for (no parse, no re-serialisation), else the subsetted object."""
-    if not out.subsetting:
+    """A stored resource for embedding in a bundle: untouched bytes when neither
+    subsetting nor _pretty is asked for (no parse, no re-serialisation), else the
+    (subsetted) object; an orjson Fragment is written verbatim, never indented."""
+    if not out.subsetting and not out.pretty:
         return orjson.Fragment(raw)
-    resource = load_stored(raw)
+    resource = load_stored(raw)  # parsed for subsetting, and so _pretty can indent it
     if out.summary is not None:
         resource = summarize(resource, out.summary)
     if out.elements is not None:

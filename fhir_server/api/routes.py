@@ -3,6 +3,7 @@ request asks for, calls one service method, and renders the result."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -85,6 +86,19 @@ async def metadata(request: Request) -> Response:
     return json_response(body, out)
 
 
+@router.api_route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])
+@router.api_route("/_history", methods=["POST", "PUT", "PATCH", "DELETE"])
+async def read_only_endpoint(request: Request) -> Response:
+    """These paths are endpoints, not resource types: any method but GET is 405 (RFC 9110
+    15.5.6) rather than falling through to the type-level routes as an unknown type."""
+    raise FhirError.of(
+        405,
+        "not-supported",
+        f"{request.method} is not allowed on {request.url.path}",
+        headers={"Allow": "GET"},
+    )
+
+
 # --- history ---------------------------------------------------------------------------
 
 _HISTORY_PARAMS = frozenset(
@@ -144,7 +158,10 @@ def _history_entry(v: StoredVersion, base: str, out: neg.Output) -> dict[str, An
         entry["resource"] = resource_json(v.raw, out)
     url = v.type if v.method == "POST" else f"{v.type}/{v.id}"
     entry["request"] = {"method": v.method, "url": url}
-    status = {"POST": "201 Created", "DELETE": "204 No Content"}.get(v.method, "200 OK")
+    if v.deleted:
+        status = "204 No Content"
+    else:
+        status = "201 Created" if v.created or v.method == "POST" else "200 OK"
     entry["response"] = {
         "status": status,
         "etag": etag(v.version),
@@ -268,6 +285,25 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     return _write_response(request, result, out, neg.prefer(request))
 
 
+_PATCH_MEMBERS: dict[str, tuple[str, ...]] = {
+    "add": ("value",),
+    "remove": (),
+    "replace": ("value",),
+    "move": ("from",),
+    "copy": ("from",),
+    "test": ("value",),
+}
+
+
+def _is_json_pointer(value: Any) -> bool:
+    """RFC 6901: empty, or '/'-prefixed with '~' only in the escapes ~0 and ~1."""
+    if not isinstance(value, str):
+        return False
+    if value == "":
+        return True
+    return value.startswith("/") and re.fullmatch(r"(?:[^~]|~[01])*", value) is not None
+
+
 async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
     limit = services(request).settings.max_body_bytes
     raw = await neg.read_body(request, limit, neg.PATCH_BODY, neg.JSON_PATCH)
@@ -277,8 +313,21 @@ async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
     for i, op in enumerate(operations):
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise bad_request(f"JSON Patch operation {i} has no 'op'", f"[{i}]")
-        if not isinstance(op.get("path"), str):
-            raise bad_request(f"JSON Patch operation {i} has no 'path'", f"[{i}]")
+        name = op["op"]
+        if name not in _PATCH_MEMBERS:
+            raise bad_request(f"JSON Patch operation {i} has an unknown op {name!r}", f"[{i}]")
+        # RFC 6902 section 4: the members each operation MUST contain; a document
+        # missing one is malformed (400, RFC 5789 section 2.2), not unprocessable.
+        for member in ("path", *_PATCH_MEMBERS[name]):
+            if member not in op:
+                raise bad_request(
+                    f"JSON Patch operation {i} ({name}) has no {member!r} member", f"[{i}]"
+                )
+            if member in ("path", "from") and not _is_json_pointer(op[member]):
+                raise bad_request(
+                    f"JSON Patch operation {i}: {member} {op[member]!r} is not a JSON Pointer",
+                    f"[{i}]",
+                )
     try:
         return jsonpatch.JsonPatch(operations)
     except (jsonpatch.JsonPatchException, Exception) as exc:

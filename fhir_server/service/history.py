@@ -41,8 +41,10 @@ def decode_cursor(token: str) -> tuple[str, HistoryCursor]:
 
 
 def parse_instant_param(name: str, value: str) -> tuple[datetime, datetime]:
+    # A '+' zone offset sent unencoded arrives form-decoded as a space; a date never
+    # contains a space, so reading it back as '+' is unambiguous.
     try:
-        return parse_range(value)
+        return parse_range(value.replace(" ", "+"))
     except ValueError:
         raise bad_request(
             f"{name} must be a FHIR instant or dateTime, got {value!r}", name

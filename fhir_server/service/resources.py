@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import jsonpointer
@@ -51,10 +50,13 @@ def check_id(resource_id: str) -> None:
 
 
 def check_version_match(current: StoredVersion | None, if_match: int | None) -> None:
-    """If-Match (http.html#concurrency): the update must be based on the current version."""
+    """If-Match (http.html#concurrency): the update must be based on the current version.
+
+    A deletion counts as one: its ETag is on the delete response and the 410 read so
+    that bringing the resource back to life can be version-aware (http.html#read)."""
     if if_match is None:
         return
-    if current is None or current.deleted:
+    if current is None:
         raise precondition_failed(f'If-Match W/"{if_match}" given but no current version exists')
     if current.version != if_match:
         raise precondition_failed(
@@ -96,8 +98,14 @@ def _content(resource: dict[str, Any]) -> bytes:
     return dumps({**rest, "meta": meta} if meta else rest)
 
 
-def _criteria_key(resource_type: str, query: str) -> str:
-    return f"{resource_type}?{urlencode(sorted(parse_qsl(query.lstrip('?'))))}"
+def _criteria_key(resource_type: str) -> str:
+    """The lock every conditional interaction on a type claims. One key per type, not
+    per criteria string: differently written criteria can match the same resource
+    (``identifier=a|1`` and ``identifier=1,zz``), and two transactions that each see
+    no match and create would otherwise both commit (write skew), defeating the
+    purpose of conditional create (http.html#ccreate: "avoid the risk of two clients
+    creating duplicate resources for the same record")."""
+    return f"{resource_type}?conditional"
 
 
 class ResourceService:
@@ -142,6 +150,7 @@ class ResourceService:
             method=method,
             raw=None,
             previous=current.version if current else None,
+            created=resource is not None and (current is None or current.deleted),
         )
         if resource is not None:
             stored = with_meta(resource, write)
@@ -155,7 +164,7 @@ class ResourceService:
     async def _match(
         self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
     ) -> list[StoredVersion]:
-        await self.storage.claim(_criteria_key(resource_type, query), s)
+        await self.storage.claim(_criteria_key(resource_type), s)
         return await self.storage.find_current(
             resource_type, criteria_filter(query, where), limit, s
         )

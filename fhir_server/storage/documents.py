@@ -4,7 +4,9 @@ Current versions live in one collection per resource type (named after the type)
     {_id: id, v: versionId (int), lu: lastUpdated, del: bool, raw: <resource JSON bytes>,
      sp: {param: [index values]}}
 Every version (current ones included) lives in the single ``history`` collection:
-    {_id: "Type/id/v", t: type, id, v, lu, m: method, raw: bytes | None for a delete}
+    {_id: "Type/id/v", t: type, id, v, lu, m: method, raw: bytes | None for a delete,
+     c: true when this version created the resource (a POST, an update-as-create, or an
+     update bringing a deleted resource back), so history can report 201 for it}
 History is one collection rather than one per type because system-level ``_history``
 must page through all types in lastUpdated order; one compound index does that,
 where 146 collections would need a k-way merge on every page.
@@ -36,6 +38,7 @@ class StoredVersion:
     last_updated: datetime
     raw: bytes | None  # None: this version is a deletion
     method: str = "PUT"
+    created: bool = False  # this version created the resource (answered 201)
 
     @property
     def deleted(self) -> bool:
@@ -53,7 +56,15 @@ class StoredVersion:
 
     @classmethod
     def from_history(cls, doc: dict[str, Any]) -> StoredVersion:
-        return cls(doc["t"], doc["id"], doc["v"], doc["lu"], doc.get("raw"), doc["m"])
+        return cls(
+            doc["t"],
+            doc["id"],
+            doc["v"],
+            doc["lu"],
+            doc.get("raw"),
+            doc["m"],
+            doc.get("c", doc["v"] == 1),
+        )
 
 
 @dataclass(slots=True)
@@ -68,6 +79,7 @@ class VersionWrite:
     raw: bytes | None  # None for a delete
     previous: int | None
     index: dict[str, Any] = field(default_factory=dict)
+    created: bool = False  # no live version before this one (new, or after a delete)
 
     def current_document(self) -> dict[str, Any]:
         return {
@@ -87,10 +99,17 @@ class VersionWrite:
             "v": self.version,
             "lu": self.last_updated,
             "m": self.method,
+            "c": self.created,
             "raw": self.raw,
         }
 
     def stored(self) -> StoredVersion:
         return StoredVersion(
-            self.type, self.id, self.version, self.last_updated, self.raw, self.method
+            self.type,
+            self.id,
+            self.version,
+            self.last_updated,
+            self.raw,
+            self.method,
+            self.created,
         )

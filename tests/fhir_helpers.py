@@ -1,0 +1,186 @@
+"""Small helpers shared by the HTTP-level tests (tests/test_crud.py and friends).
+
+Everything here talks to the server through the HTTP interface only; the one
+exception is ``stored_document_count``, used where a test must prove that nothing at
+all was written to the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi.testclient import TestClient
+from httpx import Response
+from pymongo import MongoClient
+
+from fhir_server.app import create_app
+from fhir_server.config import Settings
+
+BASE = "http://testserver/fhir"
+FHIR_JSON = "application/fhir+json"
+JSON_PATCH = "application/json-patch+json"
+SUBSETTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+
+
+# --- resources -------------------------------------------------------------------------
+
+
+def patient(**extra: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "active": True,
+        "name": [{"family": "Núñez", "given": ["José"]}],
+        "gender": "male",
+        "birthDate": "1980-02-29",
+    }
+    resource.update(extra)
+    return resource
+
+
+def observation(**extra: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}], "text": "Glucose"},
+    }
+    resource.update(extra)
+    return resource
+
+
+def ident(system: str | None, value: str) -> dict[str, str]:
+    return {"system": system, "value": value} if system else {"value": value}
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+def post(client: TestClient, resource: dict[str, Any], **headers: str) -> Response:
+    return client.post(
+        f"/fhir/{resource['resourceType']}",
+        content=json.dumps(resource),
+        headers={"Content-Type": FHIR_JSON, **headers},
+    )
+
+
+def put(
+    client: TestClient, resource: dict[str, Any], rid: str | None = None, **headers: str
+) -> Response:
+    rid = rid or resource["id"]
+    return client.put(
+        f"/fhir/{resource['resourceType']}/{rid}",
+        content=json.dumps(resource),
+        headers={"Content-Type": FHIR_JSON, **headers},
+    )
+
+
+def patch(client: TestClient, url: str, ops: Any, **headers: str) -> Response:
+    return client.patch(
+        url, content=json.dumps(ops), headers={"Content-Type": JSON_PATCH, **headers}
+    )
+
+
+def create(client: TestClient, resource: dict[str, Any]) -> dict[str, Any]:
+    """POST and return the created resource (asserting 201)."""
+    r = post(client, resource)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def create_with_id(client: TestClient, resource: dict[str, Any], rid: str) -> dict[str, Any]:
+    """Update-as-create with a client-chosen id (asserting 201)."""
+    r = put(client, {**resource, "id": rid})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+def assert_outcome(r: Response, status: int | tuple[int, ...]) -> list[dict[str, Any]]:
+    """The response has one of the statuses and a FHIR JSON OperationOutcome body with
+    at least one error issue; returns its issues."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith(FHIR_JSON), r.headers
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    issues = body["issue"]
+    assert issues, body
+    if r.status_code >= 400:
+        assert any(i["severity"] in ("error", "fatal") for i in issues), body
+    return issues  # type: ignore[no-any-return]
+
+
+def expressions(issues: list[dict[str, Any]]) -> list[str]:
+    return [e for i in issues for e in i.get("expression", [])]
+
+
+def diagnostics(issues: list[dict[str, Any]]) -> str:
+    return " ".join(i.get("diagnostics", "") + " " + str(i.get("details", "")) for i in issues)
+
+
+def has_subsetted_tag(resource: dict[str, Any]) -> bool:
+    tags = resource.get("meta", {}).get("tag", [])
+    return any(t.get("code") == "SUBSETTED" and t.get("system") == SUBSETTED_SYSTEM for t in tags)
+
+
+def relative(url: str) -> str:
+    """A Bundle link (absolute, on the test base) as a path the TestClient can GET."""
+    assert url.startswith(BASE), url
+    return "/fhir" + url[len(BASE) :]
+
+
+def link(bundle: dict[str, Any], relation: str) -> str | None:
+    for item in bundle.get("link", []):
+        if item["relation"] == relation:
+            return item["url"]  # type: ignore[no-any-return]
+    return None
+
+
+def all_pages(client: TestClient, url: str, **params: str) -> list[dict[str, Any]]:
+    """Every page of a history listing, following ``next`` links to the end."""
+    pages = []
+    r = client.get(url, params=params) if params else client.get(url)  # {} drops ?query
+    while True:
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages.append(page)
+        nxt = link(page, "next")
+        if nxt is None:
+            return pages
+        assert len(pages) < 1000, "next links never end"
+        r = client.get(relative(nxt))
+
+
+def entry_versions(bundle: dict[str, Any]) -> list[tuple[str, str]]:
+    """(fullUrl, etag) of each entry: what identifies one version in a history bundle."""
+    return [(e["fullUrl"], e["response"]["etag"]) for e in bundle.get("entry", [])]
+
+
+# --- other servers and the database ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings, **overrides: Any) -> Iterator[TestClient]:
+    """A client on an app with changed settings and its own database, dropped after."""
+    custom = settings.model_copy(update={"database": f"test_{uuid.uuid4().hex[:12]}", **overrides})
+    try:
+        with TestClient(create_app(custom), base_url="http://testserver") as c:
+            yield c
+    finally:
+        mongo: MongoClient[dict[str, Any]] = MongoClient(custom.mongo_url)
+        with mongo:
+            mongo.drop_database(custom.database)
+
+
+def stored_document_count(settings: Settings) -> int:
+    """Documents in every collection of this test's database: 0 proves that nothing
+    at all was stored, whatever the storage layout."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url)
+    with mongo:
+        db = mongo[settings.database]
+        return sum(db[name].count_documents({}) for name in db.list_collection_names())
