@@ -12,8 +12,10 @@ from fhir_server import __version__
 from fhir_server.api import errors
 from fhir_server.api.routes import Services, router
 from fhir_server.config import Settings
+from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
+from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
 
 BASE_PATH = "/fhir"
@@ -32,8 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, tz_aware=True)
         storage = Storage(client, settings.database)
         await storage.ensure_indexes()
+        search = SearchService(storage, Registry.from_definitions())
         app.state.services = Services(
-            settings, ResourceService(storage, settings), HistoryService(storage)
+            settings, ResourceService(storage, settings, search), HistoryService(storage), search
         )
         try:
             yield

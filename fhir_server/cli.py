@@ -3,10 +3,12 @@ environment variable, and the flag wins over the variable."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -72,26 +74,16 @@ def serve(**options: Any) -> None:
     """
     import uvicorn
 
-    from fhir_server.embedded_mongo import DataDirLocked, EmbeddedMongo, MongodNotFound
-
     # Flags become FHIR_* variables so that every uvicorn worker reads the same Settings.
     for name, value in options.items():
         if value is not None:
             os.environ[f"{_ENV_PREFIX}{name.upper()}"] = str(value)
     settings = Settings()
-    embedded: EmbeddedMongo | None = None
-    if not settings.mongo_url:
-        try:
-            embedded = EmbeddedMongo(settings.data_dir, settings.mongod_bin)
-            os.environ["FHIR_MONGO_URL"] = embedded.start()
-        except (MongodNotFound, DataDirLocked) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
-    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
-    # normal exit so the finally clause below still stops the embedded mongod cleanly.
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    try:
+    with mongo_url(settings) as url:
+        os.environ["FHIR_MONGO_URL"] = url
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
+        # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
+        signal.signal(signal.SIGTERM, _exit_quietly)
         uvicorn.run(
             "fhir_server.app:create_app_from_env",
             factory=True,
@@ -101,13 +93,80 @@ def serve(**options: Any) -> None:
             log_level=settings.log_level.lower(),
             proxy_headers=True,
         )
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@contextmanager
+def mongo_url(settings: Settings) -> Iterator[str]:
+    """The MongoDB to use: ``settings.mongo_url``, or else a private mongod with its data
+    in ``settings.data_dir``, started here and stopped on exit (exits 2 if impossible)."""
+    from fhir_server.embedded_mongo import DataDirLocked, EmbeddedMongo, MongodNotFound
+
+    if settings.mongo_url:
+        yield settings.mongo_url
+        return
+    embedded = EmbeddedMongo(settings.data_dir, settings.mongod_bin)
+    try:
+        url = embedded.start()
+    except (MongodNotFound, DataDirLocked) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@main.command()
+@setting_option("data_dir", "--data-dir", type=click.Path(file_okay=False))
+@setting_option("mongo_url", "--mongo-url")
+@setting_option("database", "--database")
+@setting_option("mongod_bin", "--mongod-bin")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="TYPE",
+    help="Resource type to re-index (repeatable). Default: every stored type.",
+)
+def reindex(types: tuple[str, ...], **options: Any) -> None:
+    """Rebuild the search index fields of stored resources.
+
+    Run it after the search parameters or their extraction change. Resources written
+    meanwhile keep the index their write computed. Without --mongo-url it starts the
+    embedded mongod on --data-dir, as serve does (so not while a server uses it).
+    """
+    from fhir_server.resource_types import is_resource_type
+
+    unknown = [t for t in types if not is_resource_type(t)]
+    if unknown:
+        raise click.BadParameter(
+            f"not R4 resource types: {', '.join(unknown)}", param_hint="--type"
+        )
+    settings = Settings(**{k: v for k, v in options.items() if v is not None})
+    with mongo_url(settings) as url:
+        counts = asyncio.run(_reindex(url, settings.database, list(types) or None))
+    for resource_type, count in counts.items():
+        click.echo(f"{resource_type}: {count}")
+    click.echo(f"reindexed {sum(counts.values())} resources of {len(counts)} types")
+
+
+async def _reindex(url: str, database: str, types: list[str] | None) -> dict[str, int]:
+    from pymongo import AsyncMongoClient
+
+    from fhir_server.search.registry import Registry
+    from fhir_server.search.reindex import reindex as run_reindex
+    from fhir_server.storage import Storage
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+    try:
+        return await run_reindex(Storage(client, database), Registry.from_definitions(), types)
+    finally:
+        await client.close()
 
 
 if __name__ == "__main__":

@@ -47,4 +47,6 @@ class Settings(BaseSettings):
     )
     history_max_count: int = Field(1000, ge=1, description="Largest _count honoured on _history.")
     history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
+    search_default_count: int = Field(20, ge=1, description="Default page size of searches.")
+    search_max_count: int = Field(1000, ge=1, description="Largest _count honoured on searches.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")

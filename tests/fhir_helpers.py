@@ -184,3 +184,47 @@ def stored_document_count(settings: Settings) -> int:
     with mongo:
         db = mongo[settings.database]
         return sum(db[name].count_documents({}) for name in db.list_collection_names())
+
+
+# --- search ----------------------------------------------------------------------------
+
+Params = Any  # a dict, or a list of (name, value) pairs to repeat a name
+
+
+def search(client: TestClient, path: str, params: Params = (), **headers: str) -> dict[str, Any]:
+    """GET a search (``path`` like "Patient" or "Patient/p1/Observation"), asserting a
+    200 searchset Bundle; returns it."""
+    r = client.get(f"/fhir/{path}".rstrip("/"), params=params or None, headers=headers)
+    assert r.status_code == 200, (path, params, r.status_code, r.text)
+    body = r.json()
+    assert body["resourceType"] == "Bundle" and body["type"] == "searchset", body
+    return body  # type: ignore[no-any-return]
+
+
+def entries(bundle: dict[str, Any], mode: str | None = "match") -> list[dict[str, Any]]:
+    """The entries of one search mode (all entries if mode is None)."""
+    return [e for e in bundle.get("entry", []) if mode is None or e["search"]["mode"] == mode]
+
+
+def keys(bundle: dict[str, Any], mode: str | None = "match") -> list[str]:
+    """"Type/id" of the entries of one search mode, in bundle order."""
+    return [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle, mode)]
+
+
+def ids(bundle: dict[str, Any], mode: str | None = "match") -> list[str]:
+    """Resource ids of the entries of one search mode, in bundle order."""
+    return [e["resource"]["id"] for e in entries(bundle, mode)]
+
+
+def found(client: TestClient, path: str, params: Params = (), **headers: str) -> set[str]:
+    """The ids a search matches (every page), as a set; asserts no id repeats."""
+    bundle = search(client, path, params, **headers)
+    got = ids(bundle)
+    while (nxt := link(bundle, "next")) is not None:
+        r = client.get(relative(nxt), headers=headers)
+        assert r.status_code == 200, r.text
+        bundle = r.json()
+        got += ids(bundle)
+        assert len(got) < 10_000, "next links never end"
+    assert len(got) == len(set(got)), f"repeated matches: {got}"
+    return set(got)

@@ -180,12 +180,24 @@ def test_conditional_delete_multiple_when_configured(client, settings):
 # --- criteria --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("criteria", ["name=Smith", "birthdate=1980", "_lastUpdated=gt2020"])
+def test_conditional_criteria_use_the_full_search_engine(client):
+    # Any search the engine supports can be a condition (http.html#ccreate).
+    create(client, patient(identifier=[ident(SYS, "S1")]))
+    r = post(client, patient(), **{"If-None-Exist": "name=nunez&birthdate=1980-02-29"})
+    assert r.status_code == 200
+    r = post(client, patient(), **{"If-None-Exist": "name=nobody"})
+    assert r.status_code == 201
+    assert type_total(client) == 2
+
+
+@pytest.mark.parametrize(
+    "criteria", ["nickname=Smith", "birthdate:exact=1980", "_text=x", "_count=1"]
+)
 def test_unsupported_criteria_are_400_naming_the_parameter(client, criteria):
-    # Servers that cannot honour a criterion must not ignore it (that would widen the
-    # match); this server refuses it with 400 and names it.
+    # Criteria the server cannot honour must not be ignored (that would widen the
+    # match and touch the wrong resource); they are refused with 400 naming them.
     create(client, patient(identifier=[ident(SYS, "H1")]))
-    name = criteria.split("=")[0]
+    name = criteria.split("=")[0].split(":")[0]
     ops = [{"op": "replace", "path": "/gender", "value": "female"}]
     responses = [
         post(client, patient(), **{"If-None-Exist": criteria}),

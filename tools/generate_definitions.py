@@ -513,6 +513,125 @@ def build_elements(src: Path) -> dict[str, Any]:
     }
 
 
+# --- search_parameters.json and compartment_patient.json --------------------------------
+
+SEARCH_VERSION = "4.0.1"
+# Component expressions published swapped in R4 (each component's own definition says
+# relatesto is relatesTo.target and relation is relatesTo.code; R4B/R5 have it right).
+SEARCH_COMPONENT_FIXES = {
+    ("DocumentReference-relationship", "DocumentReference-relatesto"): "target",
+    ("DocumentReference-relationship", "DocumentReference-relation"): "code",
+}
+# Entry fields copied from a SearchParameter when present and not the default.
+SEARCH_OPTIONAL = ("comparator", "modifier", "multipleOr", "multipleAnd", "target")
+
+
+def r4_search_parameters(src: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The 4.0.1 SearchParameters, and a note for each one left out."""
+    kept, excluded = [], []
+    for sp in load_bundle(src / "search-parameters.json"):
+        if sp.get("version") != SEARCH_VERSION:
+            excluded.append(f"{sp['id']}: version {sp.get('version')} (not R4)")
+        else:
+            kept.append(sp)
+    return kept, excluded
+
+
+def search_entry(
+    sp: dict[str, Any], base: str, by_url: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The compact form of one parameter for one base (read by search/registry.py)."""
+    from fhir_server.search.registry import restrict_expression
+
+    entry: dict[str, Any] = {"type": sp["type"], "url": sp["url"]}
+    if sp.get("expression"):
+        restricted = restrict_expression(sp["expression"], base)
+        if restricted is None:
+            raise ValueError(f"{sp['id']}: no operand of its expression applies to {base}")
+        entry["expression"] = restricted
+    for name in SEARCH_OPTIONAL:
+        if name in sp and sp[name] not in (True, []):
+            entry[name] = sp[name]
+    if sp.get("xpathUsage", "normal") != "normal":
+        entry["xpathUsage"] = sp["xpathUsage"]
+    if "component" in sp:
+        entry["component"] = [component_entry(sp, c, by_url) for c in sp["component"]]
+    return entry
+
+
+def component_entry(
+    sp: dict[str, Any], component: dict[str, Any], by_url: dict[str, dict[str, Any]]
+) -> list[str]:
+    """[code, type, expression] of a composite's component (see SEARCH_COMPONENT_FIXES)."""
+    definition = by_url[component["definition"]]
+    fixed = SEARCH_COMPONENT_FIXES.get((sp["id"], definition["id"]))
+    return [definition["code"], definition["type"], fixed or component["expression"]]
+
+
+def build_search_parameters(src: Path, resource_names: list[str]) -> dict[str, Any]:
+    """{"common": {code: entry}, "types": {type: {code: entry}}}: parameters of base
+    Resource/DomainResource once under "common", the rest per base type. A target list
+    naming every resource type (Reference(Any)) is written "any" (see "anyTarget")."""
+    params, excluded = r4_search_parameters(src)
+    by_url = {sp["url"]: sp for sp in params}
+    known = set(resource_names)
+    common: dict[str, Any] = {}
+    types: dict[str, dict[str, Any]] = {t: {} for t in resource_names}
+    for sp in sorted(params, key=lambda p: p["id"]):
+        for base in sp["base"]:
+            if base in ("Resource", "DomainResource"):
+                common[sp["code"]] = search_entry(sp, base, by_url)
+            elif base not in known:
+                excluded.append(f"{sp['id']}: base {base} is not an R4 resource")
+            else:
+                types[base][sp["code"]] = search_entry(sp, base, by_url)
+    any_target = sorted(known - {"Parameters"})  # Reference(Any)
+    for entry in [*common.values(), *(e for p in types.values() for e in p.values())]:
+        if entry.get("target") == any_target:
+            entry["target"] = "any"
+    return {
+        "source": f"FHIR R4 4.0.1 search-parameters.json via npm {PACKAGE}",
+        "excluded": excluded,
+        "anyTarget": any_target,
+        "common": common,
+        "types": types,  # every R4 type, even those with only the common parameters
+    }
+
+
+def build_compartment(src: Path, search: dict[str, Any]) -> dict[str, Any]:
+    """{type: [param codes]} of the Patient compartment (reference parameters only)."""
+    definition = json.loads((src / "compartmentdefinition-patient.json").read_text())
+    out: dict[str, list[str]] = {}
+    for entry in definition["resource"]:
+        params = entry.get("param", [])
+        for code in params:
+            found = search["types"].get(entry["code"], {}).get(code)
+            if found is None or found["type"] != "reference":
+                raise ValueError(f"compartment: {entry['code']}.{code} is no reference param")
+        if params:
+            out[entry["code"]] = params
+    return {
+        "source": f"FHIR R4 {definition['version']} compartmentdefinition-patient.json "
+        f"via npm {PACKAGE}",
+        "resources": out,
+    }
+
+
+def check_search_paths(search: dict[str, Any]) -> list[str]:
+    """Expression paths that name no R4 element, or that need the FHIRPath engine
+    (checked with the extractor's compiler against the element model just written)."""
+    from fhir_server.search.extract import expression_problems
+    from fhir_server.search.registry import param_from_entry
+
+    problems = []
+    for resource_type, params in search["types"].items():
+        for code, entry in {**search["common"], **params}.items():
+            param = param_from_entry(code, resource_type, entry, tuple(search["anyTarget"]))
+            for problem in expression_problems(resource_type, param):
+                problems.append(f"{resource_type}.{code}: {problem}")
+    return problems
+
+
 def main() -> None:
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else fetch_definitions()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -523,6 +642,24 @@ def main() -> None:
     text = json.dumps(build_elements(src), separators=(",", ":"), sort_keys=True)
     out.write_text(text + "\n")
     print(f"wrote {out} ({len(text)} bytes)")
+    write_search_definitions(src)
+
+
+def write_search_definitions(src: Path) -> None:
+    resource_names = sorted(r["type"] for r in r4_resource_definitions(src))
+    search = build_search_parameters(src, resource_names)
+    for name, data in (
+        ("search_parameters.json", search),
+        ("compartment_patient.json", build_compartment(src, search)),
+    ):
+        out = OUT_DIR / name
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        out.write_text(text + "\n")
+        print(f"wrote {out} ({len(text)} bytes)")
+    for note in search["excluded"]:
+        print(f"excluded {note}")
+    for problem in check_search_paths(search):
+        print(f"check: {problem}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ request asks for, calls one service method, and renders the result."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 from fastapi import APIRouter, Request
@@ -27,10 +28,11 @@ from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome
-from fhir_server.resource_types import is_resource_type
+from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.service.capability import capability_statement
 from fhir_server.service.history import HistoryService, parse_instant_param
-from fhir_server.service.resources import ResourceService, WriteOutcome
+from fhir_server.service.resources import ResourceService, WriteOutcome, check_id
+from fhir_server.service.search import SearchService
 from fhir_server.storage import StoredVersion
 from fhir_server.storage.store import HistoryQuery
 
@@ -42,6 +44,7 @@ class Services:
     settings: Settings
     resources: ResourceService
     history: HistoryService
+    search: SearchService
 
 
 def services(request: Request) -> Services:
@@ -82,7 +85,8 @@ async def metadata(request: Request) -> Response:
         raise FhirError.of(
             400, "not-supported", "TerminologyCapabilities is not available yet", "mode"
         )
-    body = capability_statement(services(request).settings, base_url(request))
+    svc = services(request)
+    body = capability_statement(svc.settings, base_url(request), svc.search.registry)
     return json_response(body, out)
 
 
@@ -189,6 +193,117 @@ async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     return await _history(request, HistoryQuery(type=t, id=rid), f"{t}/{rid}/_history")
 
 
+# --- search ----------------------------------------------------------------------------
+
+_FORM = frozenset({"application/x-www-form-urlencoded"})
+
+
+async def _search(
+    request: Request,
+    types: Sequence[str],
+    path: str,
+    extra: Sequence[tuple[str, str]] = (),
+    compartment: tuple[str, str] | None = None,
+) -> Response:
+    svc = services(request)
+    out = neg.negotiate(request, allow_count=True)
+    base = base_url(request)
+    params = [*request.query_params.multi_items(), *extra]
+    plan = svc.search.parser(base).parse(
+        types,
+        [(k, v) for k, v in params if k != "_type"],
+        lenient=neg.prefer(request).handling == "lenient",
+        default_count=svc.settings.search_default_count,
+        max_count=svc.settings.search_max_count,
+        compartment=compartment,
+    )
+    fixed = [("_type", ",".join(types))] if path == "" and "_type" in request.query_params else []
+
+    def link(cursor: str | None) -> str:
+        items = fixed + plan.canonical + ([("_cursor", cursor)] if cursor else [])
+        return f"{base}/{path}".rstrip("/") + (f"?{urlencode(items)}" if items else "")
+
+    if plan.summary == "count":
+        total = await svc.search.count(plan)
+        return json_response(bundle("searchset", [], {"self": link(None)}, total), out)
+    result = await svc.search.search(plan)
+    links = {"self": link(plan.cursor), "first": link(None)}
+    if result.previous:
+        links["previous"] = link(result.previous)
+    if result.next:
+        links["next"] = link(result.next)
+    entries = [_search_entry(m, base, out, "match") for m in result.matches]
+    entries += [_search_entry(m, base, out, "include") for m in result.included]
+    return json_response(bundle("searchset", entries, links, result.total), out)
+
+
+def _search_entry(v: StoredVersion, base: str, out: neg.Output, mode: str) -> dict[str, Any]:
+    assert v.raw is not None
+    return {
+        "fullUrl": f"{base}/{v.type}/{v.id}",
+        "resource": resource_json(v.raw, out),
+        "search": {"mode": mode},
+    }
+
+
+async def _form_params(request: Request) -> list[tuple[str, str]]:
+    """POST [type]/_search: parameters in an application/x-www-form-urlencoded body."""
+    limit = services(request).settings.max_body_bytes
+    declared = neg.media_type(request.headers.get("content-type"))
+    if declared not in _FORM:
+        raise FhirError.of(
+            415,
+            "not-supported",
+            "POST _search takes an application/x-www-form-urlencoded body",
+            "Content-Type",
+        )
+    body = b"".join([chunk async for chunk in request.stream()])
+    if len(body) > limit:
+        raise FhirError.of(413, "too-costly", f"The request body exceeds {limit} bytes")
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise bad_request("The form body is not valid UTF-8") from None
+
+
+def _system_types(request: Request) -> list[str]:
+    value = request.query_params.get("_type")
+    if value is None:
+        return list(resource_types())
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    for name in names:
+        if not is_resource_type(name):
+            raise bad_request(f"_type: unknown resource type {name!r}", "_type")
+    if not names:
+        raise bad_request("_type needs at least one resource type", "_type")
+    return names
+
+
+@router.get("")
+@router.get("/")
+async def search_system(request: Request) -> Response:
+    return await _search(request, _system_types(request), "")
+
+
+@router.post("/_search")
+async def search_system_post(request: Request) -> Response:
+    extra = await _form_params(request)
+    return await _search(request, _system_types(request), "", extra)
+
+
+@router.get("/{rtype}")
+async def search_type(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    return await _search(request, [t], t)
+
+
+@router.post("/{rtype}/_search")
+async def search_type_post(request: Request, rtype: str) -> Response:
+    t = resource_type(rtype)
+    extra = await _form_params(request)
+    return await _search(request, [t], t, extra)
+
+
 # --- read ------------------------------------------------------------------------------
 
 
@@ -217,6 +332,22 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     out = neg.negotiate(request)
     stored = await services(request).resources.vread(t, instance_id(rid), vid)
     return resource_response(stored, out)
+
+
+@router.get("/{ctype}/{cid}/{rtype}")
+async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
+    """Compartment search (compartmentdefinition.html): Patient/123/Observation?..."""
+    compartment_type = resource_type(ctype)
+    t = resource_type(rtype)
+    if compartment_type != "Patient":
+        raise FhirError.of(
+            400, "not-supported", "Only the Patient compartment is supported", "compartment"
+        )
+    registry = services(request).search.registry
+    if t != "Patient" and not registry.patient_compartment(t):
+        raise bad_request(f"{t} is not in the Patient compartment", "type")
+    check_id(cid)
+    return await _search(request, [t], f"{ctype}/{cid}/{t}", compartment=(ctype, cid))
 
 
 # --- writes ----------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from typing import Any
 from fhir_server import FHIR_VERSION, __version__
 from fhir_server.config import Settings
 from fhir_server.resource_types import resource_types
+from fhir_server.search.registry import Registry, SearchParam
 
 TYPE_INTERACTIONS = (
+    "search-type",
     "read",
     "vread",
     "update",
@@ -21,13 +23,40 @@ TYPE_INTERACTIONS = (
     "history-type",
     "create",
 )
-SYSTEM_INTERACTIONS = ("history-system",)
-CONDITIONAL_CRITERIA = ("_id", "identifier")
+SYSTEM_INTERACTIONS = ("search-system", "history-system")
 
 _STARTED = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
+def _search_param(p: SearchParam) -> dict[str, Any]:
+    return {"name": p.code, "definition": p.url, "type": p.type}
+
+
+def _search_facts(registry: Registry) -> dict[str, dict[str, Any]]:
+    """searchParam, searchInclude and searchRevInclude of every type."""
+    facts: dict[str, dict[str, Any]] = {
+        t: {"params": [], "includes": [], "revincludes": []} for t in resource_types()
+    }
+    for t in resource_types():
+        for code, p in sorted(registry.params(t).items()):
+            if not p.supported or p.base == "Resource":
+                continue
+            facts[t]["params"].append(_search_param(p))
+            if p.type == "reference":
+                facts[t]["includes"].append(f"{t}:{code}")
+                for target in p.targets:
+                    if target in facts:
+                        facts[target]["revincludes"].append(f"{t}:{code}")
+    return facts
+
+
+def capability_statement(settings: Settings, base_url: str, registry: Registry) -> dict[str, Any]:
+    facts = _search_facts(registry)
+    common = [
+        _search_param(p)
+        for _, p in sorted(registry.params("Patient").items())
+        if p.base == "Resource" and p.supported
+    ]
     resources = [
         {
             "type": name,
@@ -40,6 +69,9 @@ def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
             "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": settings.conditional_delete,
+            "searchInclude": ["*", *sorted(facts[name]["includes"])],
+            "searchRevInclude": sorted(set(facts[name]["revincludes"])),
+            "searchParam": facts[name]["params"],
         }
         for name in resource_types()
     ]
@@ -58,12 +90,14 @@ def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": (
-                    "Conditional create, update, patch and delete accept the criteria "
-                    + " and ".join(CONDITIONAL_CRITERIA)
-                    + "."
+                    "Search supports every R4 SearchParameter with an expression; "
+                    "conditional create, update, patch and delete take any search as "
+                    "criteria. Chaining, _has, _include/_revinclude (:iterate) and "
+                    "keyset paging are supported."
                 ),
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": common,
             }
         ],
     }

@@ -12,13 +12,14 @@ from typing import Any, TypeVar
 import jsonpatch
 import jsonpointer
 
-from fhir_server.conditional import criteria_filter
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
-from fhir_server.indexing import index_values
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
+from fhir_server.search.extract import index_resource
+from fhir_server.search.registry import Registry
+from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
 from fhir_server.validation import validate_resource
@@ -109,9 +110,11 @@ def _criteria_key(resource_type: str) -> str:
 
 
 class ResourceService:
-    def __init__(self, storage: Storage, settings: Settings) -> None:
+    def __init__(self, storage: Storage, settings: Settings, search: SearchService) -> None:
         self.storage = storage
         self.settings = settings
+        self.search = search
+        self.registry: Registry = search.registry
 
     # --- checks ------------------------------------------------------------------------
 
@@ -155,7 +158,8 @@ class ResourceService:
         if resource is not None:
             stored = with_meta(resource, write)
             write.raw = dumps(stored)
-            write.index = index_values(stored)
+            index = index_resource(stored, self.registry)
+            write.sp, write.so, write.comp = index.sp, index.so, index.comp
         return write
 
     async def _transaction(self, resource_type: str, fn: Callable[[Session], Awaitable[T]]) -> T:
@@ -165,9 +169,7 @@ class ResourceService:
         self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
     ) -> list[StoredVersion]:
         await self.storage.claim(_criteria_key(resource_type), s)
-        return await self.storage.find_current(
-            resource_type, criteria_filter(query, where), limit, s
-        )
+        return await self.search.match(resource_type, query, where, limit, s)
 
     # --- read --------------------------------------------------------------------------
 

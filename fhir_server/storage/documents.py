@@ -2,7 +2,8 @@
 
 Current versions live in one collection per resource type (named after the type):
     {_id: id, v: versionId (int), lu: lastUpdated, del: bool, raw: <resource JSON bytes>,
-     sp: {param: [index values]}}
+     sp: {param: [index values]}, so: {param: {a: lowest, d: highest}},
+     comp: ["Patient/<id>", ...]}   (search/values.py describes sp and so)
 Every version (current ones included) lives in the single ``history`` collection:
     {_id: "Type/id/v", t: type, id, v, lu, m: method, raw: bytes | None for a delete,
      c: true when this version created the resource (a POST, an update-as-create, or an
@@ -78,7 +79,9 @@ class VersionWrite:
     method: str  # POST | PUT | PATCH | DELETE
     raw: bytes | None  # None for a delete
     previous: int | None
-    index: dict[str, Any] = field(default_factory=dict)
+    sp: dict[str, Any] = field(default_factory=dict)  # search index values
+    so: dict[str, Any] = field(default_factory=dict)  # sort keys
+    comp: list[str] = field(default_factory=list)  # Patient compartments
     created: bool = False  # no live version before this one (new, or after a delete)
 
     def current_document(self) -> dict[str, Any]:
@@ -88,7 +91,9 @@ class VersionWrite:
             "lu": self.last_updated,
             "del": self.raw is None,
             "raw": self.raw,
-            "sp": self.index,
+            "sp": self.sp,
+            "so": self.so,
+            "comp": self.comp,
         }
 
     def history_document(self) -> dict[str, Any]:

@@ -35,10 +35,18 @@ _HISTORY_INDEXES = [
         name="instance_history",
     ),
 ]
+# Every search parameter's index values and sort keys are covered by one wildcard
+# index, so no search parameter needs a collection scan; compartment membership and
+# lastUpdated get their own.
 _CURRENT_INDEXES = [
-    IndexModel([("sp.identifier.v", ASCENDING), ("sp.identifier.s", ASCENDING)], name="identifier"),
+    IndexModel([("$**", ASCENDING)], name="search", wildcardProjection={"sp": 1, "so": 1}),
+    IndexModel([("comp", ASCENDING)], name="compartment"),
     IndexModel([("lu", DESCENDING)], name="last_updated"),
 ]
+_CURRENT_INDEX_NAMES = frozenset({"_id_", *(i.document["name"] for i in _CURRENT_INDEXES)})
+
+
+_RESOURCE_ONLY = {"sp": 0, "so": 0, "comp": 0}
 
 
 class ConcurrentModification(Exception):
@@ -105,7 +113,11 @@ class Storage:
             return
         # create_indexes creates the collection too, and is a no-op when both exist
         # (so concurrent workers may race here harmlessly).
-        await self.current(resource_type).create_indexes(_CURRENT_INDEXES)
+        collection = self.current(resource_type)
+        await collection.create_indexes(_CURRENT_INDEXES)
+        async for index in await collection.list_indexes():
+            if index["name"] not in _CURRENT_INDEX_NAMES:  # an index this version dropped
+                await collection.drop_index(index["name"])
         self._ready.add(resource_type)
 
     # --- reads -------------------------------------------------------------------------
@@ -114,7 +126,7 @@ class Storage:
         self, resource_type: str, resource_id: str, session: Session | None = None
     ) -> StoredVersion | None:
         doc = await self.current(resource_type).find_one(
-            {"_id": resource_id}, {"sp": 0}, session=session
+            {"_id": resource_id}, _RESOURCE_ONLY, session=session
         )
         return StoredVersion.from_current(resource_type, doc) if doc else None
 
@@ -133,7 +145,7 @@ class Storage:
     ) -> list[StoredVersion]:
         """Live (not deleted) resources matching an index query, at most ``limit``."""
         cursor = self.current(resource_type).find(
-            {**query, "del": False}, {"sp": 0}, limit=limit, session=session
+            {**query, "del": False}, _RESOURCE_ONLY, limit=limit, session=session
         )
         return [StoredVersion.from_current(resource_type, d) async for d in cursor]
 

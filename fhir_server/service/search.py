@@ -1,0 +1,375 @@
+"""The search interaction (search.html): runs a SearchPlan against storage with keyset
+paging, totals and _include/_revinclude. Also the matcher of conditional interactions."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import bson
+from bson.errors import BSONError
+
+from fhir_server.outcome import FhirError, bad_request
+from fhir_server.search.compile import (
+    Compiler,
+    Filter,
+    _all,
+    field_value,
+    keyset_filter,
+    sort_fields,
+)
+from fhir_server.search.parse import Parser
+from fhir_server.search.plan import Include, SearchPlan
+from fhir_server.search.registry import Registry
+from fhir_server.storage import Storage, StoredVersion
+from fhir_server.storage.store import Session
+
+MAX_INCLUDED = 1000
+DEFAULT_TOTAL_LIMIT = 1000
+INCLUDE_ITERATIONS = 3
+
+
+@dataclass(slots=True)
+class SearchResult:
+    matches: list[StoredVersion] = field(default_factory=list)
+    included: list[StoredVersion] = field(default_factory=list)
+    total: int | None = None
+    next: str | None = None
+    previous: str | None = None
+    # index values of the matches by "Type/id", for _include
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def encode_cursor(direction: str, values: Sequence[Any]) -> str:
+    raw = bson.encode({"d": direction, "v": list(values)})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[str, list[Any]]:
+    try:
+        doc = bson.decode(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        direction, values = doc["d"], doc["v"]
+        if direction not in ("a", "b") or not isinstance(values, list):
+            raise ValueError(direction)
+    except (ValueError, KeyError, TypeError, BSONError):
+        raise bad_request(f"Invalid paging cursor {token!r}", "_cursor") from None
+    return direction, values
+
+
+def _stored(resource_type: str, doc: dict[str, Any]) -> StoredVersion:
+    return StoredVersion.from_current(resource_type, doc)
+
+
+class SearchService:
+    def __init__(self, storage: Storage, registry: Registry) -> None:
+        self.storage = storage
+        self.registry = registry
+
+    def parser(self, base_url: str = "") -> Parser:
+        return Parser(self.registry, base_url)
+
+    # --- Resolver for chains ---------------------------------------------------------
+
+    async def ids(self, resource_type: str, query: Filter, limit: int) -> list[str]:
+        cursor = self.storage.current(resource_type).find(query, {"_id": 1}, limit=limit)
+        return [d["_id"] async for d in cursor]
+
+    async def references(
+        self, resource_type: str, query: Filter, field_name: str, limit: int
+    ) -> list[str]:
+        pipeline = [
+            {"$match": query},
+            {"$project": {"r": f"${field_name}"}},
+            {"$unwind": "$r"},
+            {"$group": {"_id": "$r"}},
+            {"$limit": limit},
+        ]
+        cursor = await self.storage.current(resource_type).aggregate(pipeline)
+        return [d["_id"] async for d in cursor if isinstance(d["_id"], str)]
+
+    # --- search ------------------------------------------------------------------------
+
+    async def count(self, plan: SearchPlan, limit: int | None = None) -> int:
+        """Matches of the plan (counting stops at ``limit`` when given)."""
+        compiler = Compiler(self)
+        total = 0
+        for t in plan.types:
+            query = await compiler.filter(t, plan.conditions, plan.compartment)
+            options = {"limit": limit - total} if limit is not None else {}
+            total += await self.storage.current(t).count_documents(query, **options)
+            if limit is not None and total >= limit:
+                break
+        return total
+
+    async def _total(self, plan: SearchPlan, result: SearchResult) -> int | None:
+        """Bundle.total. Asked for (``_total=accurate|estimate``): always counted.
+        By default: on the first page only, exact when the matches fit the page or
+        number under DEFAULT_TOTAL_LIMIT, and left out beyond (counting millions of
+        matches for every first page would dominate the search's cost)."""
+        if plan.total == "none":
+            return None
+        if plan.total in ("accurate", "estimate"):
+            return await self.count(plan)
+        if plan.cursor is not None:
+            return None
+        if result.next is None:
+            return len(result.matches)
+        counted = await self.count(plan, DEFAULT_TOTAL_LIMIT)
+        return counted if counted < DEFAULT_TOTAL_LIMIT else None
+
+    async def search(self, plan: SearchPlan) -> SearchResult:
+        if len(plan.types) == 1:
+            result = await self._search_type(plan, plan.types[0])
+        else:
+            result = await self._search_types(plan)
+        result.total = await self._total(plan, result)
+        if plan.includes and result.matches:
+            result.included = await self.included(plan.includes, result)
+        return result
+
+    def _projection(self, plan: SearchPlan) -> dict[str, int]:
+        projection = {"raw": 1, "v": 1, "lu": 1, "del": 1, "so": 1}
+        for include in plan.includes:
+            if not include.reverse:
+                projection["sp"] = 1  # the page's references, for _include
+        return projection
+
+    async def _search_type(self, plan: SearchPlan, resource_type: str) -> SearchResult:
+        query = await Compiler(self).filter(resource_type, plan.conditions, plan.compartment)
+        fields = sort_fields(plan.sort)
+        direction, values = decode_cursor(plan.cursor) if plan.cursor else ("a", None)
+        if len(values or []) not in (0, len(fields)):
+            raise bad_request("The paging cursor does not belong to this search", "_cursor")
+        order = fields if direction == "a" else [(f, -d) for f, d in fields]
+        if values is not None:
+            query = _all([query, keyset_filter(order, values)])
+        docs = (
+            await self.storage.current(resource_type)
+            .find(query, self._projection(plan), sort=order, limit=plan.count + 1)
+            .to_list()
+        )
+        more = len(docs) > plan.count
+        docs = docs[: plan.count]
+        if direction == "b":
+            docs.reverse()
+        result = SearchResult(
+            matches=[_stored(resource_type, d) for d in docs],
+            index={f"{resource_type}/{d['_id']}": d.get("sp", {}) for d in docs},
+        )
+        if docs:
+            first = [field_value(docs[0], f) for f, _ in fields]
+            last = [field_value(docs[-1], f) for f, _ in fields]
+            has_after = more if direction == "a" else True
+            has_before = (values is not None) if direction == "a" else more
+            result.next = encode_cursor("a", last) if has_after else None
+            result.previous = encode_cursor("b", first) if has_before else None
+        return result
+
+    async def _search_types(self, plan: SearchPlan) -> SearchResult:
+        """A system search over several types, in type order then id order."""
+        if plan.sort and plan.sort[0].code != "_id":
+            raise FhirError.of(
+                400, "not-supported", "_sort is not supported when searching several types", "_sort"
+            )
+        direction, values = decode_cursor(plan.cursor) if plan.cursor else ("a", [0, ""])
+        if direction != "a" or len(values) != 2:
+            raise bad_request("Invalid paging cursor for a multi-type search", "_cursor")
+        start_type, last_id = values
+        compiler = Compiler(self)
+        result = SearchResult()
+        remaining = plan.count + 1
+        docs: list[tuple[int, dict[str, Any]]] = []
+        for ti in range(int(start_type), len(plan.types)):
+            t = plan.types[ti]
+            query = await compiler.filter(t, plan.conditions, plan.compartment)
+            if ti == start_type and last_id:
+                query = _all([query, {"_id": {"$gt": last_id}}])
+            found = (
+                await self.storage.current(t)
+                .find(query, self._projection(plan), sort=[("_id", 1)], limit=remaining)
+                .to_list()
+            )
+            docs += [(ti, d) for d in found]
+            remaining -= len(found)
+            if remaining <= 0:
+                break
+        more = len(docs) > plan.count
+        docs = docs[: plan.count]
+        for ti, d in docs:
+            t = plan.types[ti]
+            result.matches.append(_stored(t, d))
+            result.index[f"{t}/{d['_id']}"] = d.get("sp", {})
+        if more and docs:
+            result.next = encode_cursor("a", [docs[-1][0], docs[-1][1]["_id"]])
+        return result
+
+    # --- _include / _revinclude ----------------------------------------------------------
+
+    async def included(
+        self, includes: Sequence[Include], result: SearchResult
+    ) -> list[StoredVersion]:
+        seen = {f"{m.type}/{m.id}" for m in result.matches}
+        sp_by_key = dict(result.index)
+        frontier = list(result.matches)
+        out: list[StoredVersion] = []
+        for round_ in range(INCLUDE_ITERATIONS + 1):
+            active = [i for i in includes if round_ == 0 or i.iterate]
+            if not active or not frontier:
+                break
+            found: list[StoredVersion] = []
+            for include in active:
+                if include.reverse:
+                    docs = await self._revinclude(include, frontier)
+                else:
+                    docs = await self._include(include, frontier, sp_by_key)
+                for t, d in docs:
+                    key = f"{t}/{d['_id']}"
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    sp_by_key[key] = d.get("sp", {})
+                    found.append(_stored(t, d))
+            out += found
+            if len(out) >= MAX_INCLUDED:
+                return out[:MAX_INCLUDED]
+            frontier = found
+        return out
+
+    def _include_codes(self, include: Include, resource_type: str) -> list[str]:
+        if include.source_type != resource_type:
+            return []
+        if include.code != "*":
+            return [include.code]
+        return [
+            code
+            for code, p in self.registry.params(resource_type).items()
+            if p.type == "reference" and p.supported
+        ]
+
+    async def _include(
+        self, include: Include, frontier: list[StoredVersion], sp_by_key: dict[str, Any]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        wanted: dict[str, set[str]] = {}
+        for m in frontier:
+            sp = sp_by_key.get(f"{m.type}/{m.id}", {})
+            for code in self._include_codes(include, m.type):
+                for ref in sp.get(code, []):
+                    parts = ref.split("/") if isinstance(ref, str) else []
+                    if len(parts) != 2 or "://" in ref:
+                        continue
+                    if include.target_type and parts[0] != include.target_type:
+                        continue
+                    wanted.setdefault(parts[0], set()).add(parts[1])
+        out: list[tuple[str, dict[str, Any]]] = []
+        for t, ids in wanted.items():
+            if not self.registry.params(t):
+                continue
+            cursor = self.storage.current(t).find(
+                {"_id": {"$in": sorted(ids)}, "del": False},
+                {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1},
+                limit=MAX_INCLUDED,
+            )
+            out += [(t, d) async for d in cursor]
+        return out
+
+    async def _revinclude(
+        self, include: Include, frontier: list[StoredVersion]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        keys = [f"{m.type}/{m.id}" for m in frontier]
+        codes = self._include_codes(include, include.source_type)
+        if not codes:
+            return []
+        query = {"del": False, "$or": [{f"sp.{c}": {"$in": keys}} for c in codes]}
+        cursor = self.storage.current(include.source_type).find(
+            query, {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1}, limit=MAX_INCLUDED
+        )
+        return [(include.source_type, d) async for d in cursor]
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    async def explain(self, plan: SearchPlan) -> list[tuple[str, dict[str, Any]]]:
+        """MongoDB's winning plan for every query the plan runs (chained sub-queries
+        first, then the main query per type): how to check a search uses indexes."""
+        recording = _RecordingResolver(self)
+        compiler = Compiler(recording)
+        queries = [
+            (t, await compiler.filter(t, plan.conditions, plan.compartment), sort_fields(plan.sort))
+            for t in plan.types
+        ]
+        plans = []
+        for t, query, sort in [*recording.queries, *queries]:
+            command = {"find": t, "filter": query, "sort": dict(sort), "limit": plan.count + 1}
+            result = await self.storage.db.command(
+                {"explain": command, "verbosity": "queryPlanner"}
+            )
+            plans.append((t, result["queryPlanner"]["winningPlan"]))
+        return plans
+
+    # --- conditional interactions --------------------------------------------------------
+
+    async def match(
+        self,
+        resource_type: str,
+        query: str,
+        where: str,
+        limit: int,
+        session: Session | None = None,
+    ) -> list[StoredVersion]:
+        """Resources matching a conditional interaction's criteria (at most ``limit``)."""
+        pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+        pairs = [(k, v) for k, v in pairs if k not in ("_format", "_pretty")]
+        if not pairs:
+            raise bad_request(f"A conditional interaction needs search criteria in {where}", where)
+        for name, _ in pairs:
+            if name.startswith("_") and name in RESULT_ONLY:
+                raise bad_request(f"{name} is not a criterion (in {where})", where)
+        try:
+            plan = self.parser().parse([resource_type], pairs)
+        except FhirError as exc:  # point at the request part holding the criteria
+            issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
+            raise FhirError(exc.status, issues) from None
+        query_filter = await Compiler(self).filter(resource_type, plan.conditions)
+        cursor = self.storage.current(resource_type).find(
+            query_filter, {"sp": 0, "so": 0}, limit=limit, session=session
+        )
+        return [_stored(resource_type, d) async for d in cursor]
+
+
+def plan_stages(plan: Any) -> set[str]:
+    """Every stage name in an explain() winning plan (e.g. {"FETCH", "IXSCAN"})."""
+    found: set[str] = set()
+    if isinstance(plan, dict):
+        if isinstance(plan.get("stage"), str):
+            found.add(plan["stage"])
+        for value in plan.values():
+            found |= plan_stages(value)
+    elif isinstance(plan, list):
+        for item in plan:
+            found |= plan_stages(item)
+    return found
+
+
+class _RecordingResolver:
+    """Runs chained sub-queries like the service does, and remembers them."""
+
+    def __init__(self, inner: SearchService) -> None:
+        self.inner = inner
+        self.queries: list[tuple[str, Filter, list[tuple[str, int]]]] = []
+
+    async def ids(self, resource_type: str, query: Filter, limit: int) -> list[str]:
+        self.queries.append((resource_type, query, [("_id", 1)]))
+        return await self.inner.ids(resource_type, query, limit)
+
+    async def references(
+        self, resource_type: str, query: Filter, field_name: str, limit: int
+    ) -> list[str]:
+        self.queries.append((resource_type, query, [("_id", 1)]))
+        return await self.inner.references(resource_type, query, field_name, limit)
+
+
+RESULT_ONLY = frozenset(
+    {"_sort", "_count", "_total", "_summary", "_elements", "_include", "_revinclude"}
+)
