@@ -32,7 +32,7 @@ from synthea import load_url
 from fhir_server.embedded_mongo import EmbeddedMongo
 from fhir_server.jsonio import load_stored
 from fhir_server.search.registry import Registry
-from fhir_server.service.search import SearchService, plan_stages  # noqa: E402
+from fhir_server.service.search import SearchService, plan_stages
 from fhir_server.storage import Storage
 from fhir_server.testing import ServerProcess
 

@@ -126,6 +126,7 @@ def mongo_url(settings: Settings) -> Iterator[str]:
 @setting_option("mongo_url", "--mongo-url")
 @setting_option("database", "--database")
 @setting_option("mongod_bin", "--mongod-bin")
+@setting_option("base_url", "--base-url")
 @click.option(
     "--type",
     "types",
@@ -149,13 +150,17 @@ def reindex(types: tuple[str, ...], **options: Any) -> None:
         )
     settings = Settings(**{k: v for k, v in options.items() if v is not None})
     with mongo_url(settings) as url:
-        counts = asyncio.run(_reindex(url, settings.database, list(types) or None))
+        counts = asyncio.run(
+            _reindex(url, settings.database, list(types) or None, settings.base_url)
+        )
     for resource_type, count in counts.items():
         click.echo(f"{resource_type}: {count}")
     click.echo(f"reindexed {sum(counts.values())} resources of {len(counts)} types")
 
 
-async def _reindex(url: str, database: str, types: list[str] | None) -> dict[str, int]:
+async def _reindex(
+    url: str, database: str, types: list[str] | None, base_url: str | None
+) -> dict[str, int]:
     from pymongo import AsyncMongoClient
 
     from fhir_server.search.registry import Registry
@@ -164,7 +169,8 @@ async def _reindex(url: str, database: str, types: list[str] | None) -> dict[str
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
     try:
-        return await run_reindex(Storage(client, database), Registry.from_definitions(), types)
+        storage = Storage(client, database)
+        return await run_reindex(storage, Registry.from_definitions(), types, base_url=base_url)
     finally:
         await client.close()
 

@@ -228,3 +228,11 @@ def found(client: TestClient, path: str, params: Params = (), **headers: str) ->
         assert len(got) < 10_000, "next links never end"
     assert len(got) == len(set(got)), f"repeated matches: {got}"
     return set(got)
+
+
+@contextlib.contextmanager
+def shared_client(mongo_url: str, **overrides: Any) -> Iterator[TestClient]:
+    """A client on its own database (dropped after), for a module-scoped fixture whose
+    seeded resources several read-only tests share."""
+    with app_client(Settings(mongo_url=mongo_url), **overrides) as c:
+        yield c

@@ -18,9 +18,35 @@ Outputs (committed; the server never needs npm or the network):
   required value sets that can be enumerated; and the resource types whose
   fhir.resources R4B model differs from R4 (so the validator must not trust it there).
 
+- search_parameters.json: the R4 SearchParameters (search-parameters.json) compacted
+  for fhir_server.search.registry: per resource type, code -> type, url, expression
+  (multi-base expressions such as clinical-patient's are cut to the operands of that
+  type), target, component ([code, type, relative expression]), comparator,
+  multipleOr/multipleAnd and xpathUsage when not the default; the parameters of base
+  Resource/DomainResource once under "common" (_text, _content and _query have no
+  expression: the registry marks them unsupported); a target list of every type is
+  written "any" (the list is in "anyTarget").
+- compartment_patient.json: {type: [parameter codes]} of the Patient compartment
+  (compartmentdefinition-patient.json).
+
 The medplum copies of a few 4.0.1 StructureDefinitions are not pristine: medplum adds its
 own Meta fields and back-ports some R5 elements. elements.json undoes that (see
 MEDPLUM_ADDITIONS), and so does resources.json.
+
+The search parameters (checked against the R4 element model written here, with
+the extractor's compiler, for every expression operand and composite component):
+
+- Excluded: DeviceDefinition-classification (version 5.0.0-snapshot1: an R5 back-port on
+  the R5-only element DeviceDefinition.classification). Every other parameter is
+  version 4.0.1 dated 2019-11-01, and every path of every expression names an R4 element.
+- Corrected: DocumentReference-relationship, whose two component expressions R4
+  publishes swapped (see SEARCH_COMPONENT_FIXES).
+- Reported on each run ("check: ..."), all as published in R4: operands that select a
+  datatype their parameter type cannot index (SampledData for value-quantity; string,
+  Age or Range for the date of CarePlan.activity.detail.scheduled, Immunization.occurrence
+  and Procedure.performed; Attachment for Consent.source-reference; Quantity, Range and
+  Reference for Group.characteristic-value's token component), and the one expression
+  left to fhirpathpy (Patient.deceased).
 """
 
 from __future__ import annotations

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from fhir_server.api import negotiation as neg
@@ -30,13 +30,20 @@ from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.service.capability import capability_statement
+from fhir_server.service.context import request_base_url
 from fhir_server.service.history import HistoryService, parse_instant_param
 from fhir_server.service.resources import ResourceService, WriteOutcome, check_id
 from fhir_server.service.search import SearchService
 from fhir_server.storage import StoredVersion
 from fhir_server.storage.store import HistoryQuery
 
-router = APIRouter()
+
+async def bind_base_url(request: Request) -> None:
+    """Make this request's base URL known to the services (see service/context.py)."""
+    request_base_url.set(base_url(request))
+
+
+router = APIRouter(dependencies=[Depends(bind_base_url)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +215,8 @@ async def _search(
     svc = services(request)
     out = neg.negotiate(request, allow_count=True)
     base = base_url(request)
-    params = [*request.query_params.multi_items(), *extra]
+    # search.html#errors: "Empty parameters are not an error - they are just ignored"
+    params = [(k, v) for k, v in [*request.query_params.multi_items(), *extra] if v != ""]
     plan = svc.search.parser(base).parse(
         types,
         [(k, v) for k, v in params if k != "_type"],
@@ -217,13 +225,15 @@ async def _search(
         max_count=svc.settings.search_max_count,
         compartment=compartment,
     )
-    fixed = [("_type", ",".join(types))] if path == "" and "_type" in request.query_params else []
+    fixed = [("_type", ",".join(types))] if path == "" and request.query_params.get("_type") else []
 
     def link(cursor: str | None) -> str:
         items = fixed + plan.canonical + ([("_cursor", cursor)] if cursor else [])
         return f"{base}/{path}".rstrip("/") + (f"?{urlencode(items)}" if items else "")
 
-    if plan.summary == "count":
+    # search.html#count: "if _count has the value 0, this shall be treated the same as
+    # _summary=count"
+    if plan.summary == "count" or plan.count == 0:
         total = await svc.search.count(plan)
         return json_response(bundle("searchset", [], {"self": link(None)}, total), out)
     result = await svc.search.search(plan)
@@ -233,7 +243,9 @@ async def _search(
     if result.next:
         links["next"] = link(result.next)
     entries = [_search_entry(m, base, out, "match") for m in result.matches]
-    entries += [_search_entry(m, base, out, "include") for m in result.included]
+    # search.html#elements: "The list of elements does not apply to included resources."
+    out_included = replace(out, elements=None)
+    entries += [_search_entry(m, base, out_included, "include") for m in result.included]
     return json_response(bundle("searchset", entries, links, result.total), out)
 
 
@@ -268,7 +280,7 @@ async def _form_params(request: Request) -> list[tuple[str, str]]:
 
 def _system_types(request: Request) -> list[str]:
     value = request.query_params.get("_type")
-    if value is None:
+    if not value:  # absent, or empty and so ignored
         return list(resource_types())
     names = [t.strip() for t in value.split(",") if t.strip()]
     for name in names:

@@ -78,10 +78,13 @@ def _as_bson(value: datetime | Decimal) -> datetime | Decimal128:
 
 
 def range_match(value: RangeValue, kind: str) -> Filter:
-    """Conditions on one stored {lo, hi} element (search.html#prefix).
+    """Conditions on the value of one stored {lo, hi} element (search.html#prefix).
 
     Dates: the stored range is [lo, hi). Numbers and quantities: a point (lo == hi) or
-    an inclusive Range; ordering prefixes compare with the exact search value."""
+    an inclusive Range; eq/ne/ap use the search value's implicit range, the other
+    prefixes its exact value (search.html#number: "When a comparison prefix in the set
+    lgt, lt, ge, le, sa & eb is provided, the implicit precision of the number is
+    ignored")."""
     sl, sh = _as_bson(value.low), _as_bson(value.high)
     is_date = kind == "date"
     eq: Filter = {"lo": {"$gte": sl}, "hi": {"$lte" if is_date else "$lt": sh}}
@@ -89,33 +92,38 @@ def range_match(value: RangeValue, kind: str) -> Filter:
         exact_gt, exact_lt = {"hi": {"$gt": sh}}, {"lo": {"$lt": sl}}
         ge: Filter = {"$or": [{"hi": {"$gt": sh}}, eq]}
         le: Filter = {"$or": [{"lo": {"$lt": sl}}, eq]}
+        sa: Filter = {"lo": {"$gte": sh}}
+        eb: Filter = {"hi": {"$lte": sl}}
     else:
         assert isinstance(value.low, Decimal) and isinstance(value.high, Decimal)
         exact = Decimal128((value.low + value.high) / 2)
         exact_gt, exact_lt = {"hi": {"$gt": exact}}, {"lo": {"$lt": exact}}
         ge, le = {"hi": {"$gte": exact}}, {"lo": {"$lte": exact}}
+        sa, eb = {"lo": {"$gt": exact}}, {"hi": {"$lt": exact}}
     by_prefix: dict[str, Filter] = {
         "eq": eq,
         "gt": exact_gt,
         "lt": exact_lt,
         "ge": ge,
         "le": le,
-        "sa": {"lo": {"$gte" if is_date else "$gt": sh}},
-        "eb": {"hi": {"$lte" if is_date else "$lt": sl}},
+        "sa": sa,
+        "eb": eb,
         "ap": {"lo": {"$lt": sh}, "hi": {"$gt" if is_date else "$gte": sl}},
         "ne": eq,  # negated by the caller
     }
-    condition = dict(by_prefix[value.prefix])
-    if kind == "quantity":
-        if value.system:
-            condition["s"] = value.system
-        if value.code:
-            unit = {"$or": [{"c": value.code}, {"u": value.code}]}
-            if value.system:
-                condition["c"] = value.code
-            else:
-                condition = _all([condition, unit])
-    return condition
+    return dict(by_prefix[value.prefix])
+
+
+def unit_match(value: RangeValue) -> Filter:
+    """Conditions on the units of one stored quantity (search.html#quantity): system
+    and code together, or a code alone matching the code or the human unit."""
+    if value.system and value.code:
+        return {"s": value.system, "c": value.code}
+    if value.system:
+        return {"s": value.system}
+    if value.code:
+        return {"$or": [{"c": value.code}, {"u": value.code}]}
+    return {}
 
 
 def value_filter(field: str, kind: str, modifier: str | None, value: Value) -> Filter:
@@ -142,9 +150,10 @@ def value_filter(field: str, kind: str, modifier: str | None, value: Value) -> F
         if modifier == "below":
             return {field: _prefix_regex(value)}
         if modifier == "above":
-            parts = value.split("/")
-            prefixes = ["/".join(parts[:i]) for i in range(len(parts), 2, -1)]
-            return {field: {"$in": prefixes or [value]}}
+            # search.html#uri: ":above ... the search term left-matches the value, or
+            # vice-versa": the stored uri is a leading part of the search value (the
+            # converse of :below's starts-with).
+            return {field: {"$in": [value[:i] for i in range(len(value), 0, -1)]}}
         return {field: value}
     if kind == "reference":
         if modifier == "identifier":
@@ -154,10 +163,13 @@ def value_filter(field: str, kind: str, modifier: str | None, value: Value) -> F
         return _equalities_or(field, value.keys)
     if kind in ("date", "number", "quantity"):
         assert isinstance(value, RangeValue)
-        match = {"$elemMatch": range_match(value, kind)}
-        if value.prefix == "ne":
-            return {field: {"$exists": True, "$not": match}}
-        return {field: match}
+        units = unit_match(value) if kind == "quantity" else {}
+        match = {"$elemMatch": _all([range_match(value, kind), units])}
+        if value.prefix != "ne":
+            return {field: match}
+        if units:  # a value in these units that is not equal
+            return {"$and": [{field: {"$elemMatch": units}}, {field: {"$not": match}}]}
+        return {field: {"$exists": True, "$not": match}}
     if kind == "composite":
         assert isinstance(value, CompositeValue)
         inner = _all(

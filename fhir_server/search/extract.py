@@ -91,9 +91,10 @@ class Acc:
     """Values gathered for one parameter: the main list, suffixed lists (``:text``,
     ``:exact``, ``:of-type``, ``:identifier``) and (low, high) sort candidates."""
 
-    __slots__ = ("extra", "sort", "values")
+    __slots__ = ("base_url", "extra", "sort", "values")
 
-    def __init__(self) -> None:
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url  # this server's, to tell its references from others'
         self.values: list[Any] = []
         self.extra: dict[str, list[Any]] = {}
         # (lo, hi) to compare; numbers add their Decimal128 forms (lo, hi, d_lo, d_hi)
@@ -306,7 +307,7 @@ def _reference(v: Any, acc: Acc, root: Json) -> None:
     if not isinstance(v, dict):
         return
     ref = v.get("reference")
-    if isinstance(ref, str) and (keys := _reference_keys(ref)):
+    if isinstance(ref, str) and (keys := _reference_keys(ref, acc.base_url)):
         acc.values += keys
         acc.sort.append((ref, ref))
     ident = v.get("identifier")
@@ -316,9 +317,9 @@ def _reference(v: Any, acc: Acc, root: Json) -> None:
 
 
 @lru_cache(maxsize=16384)
-def _reference_keys(reference: str) -> tuple[str, ...]:
+def _reference_keys(reference: str, base_url: str | None) -> tuple[str, ...]:
     """reference_keys, memoised: subjects and encounters recur across resources."""
-    return tuple(reference_keys(reference))
+    return tuple(reference_keys(reference, base_url))
 
 
 def _canonical(v: Any, acc: Acc, root: Json) -> None:
@@ -590,7 +591,8 @@ class _Compiler:
         self.take("op", "=")
         literal = self.take("str")[1:-1].replace("\\'", "'")
         for _, datatype in branches:
-            _member([((), datatype)], name)  # the field must exist
+            if name not in _types().get(datatype, {}).get("e", {}):
+                raise Unsupported(f"where() on {name}, not a plain element of {datatype}")
         return _step(branches, ("eq", name, literal))
 
 
@@ -959,7 +961,7 @@ def _composite_converter(
     def convert_element(element: Any, acc: Acc, root: Json) -> None:
         found: dict[str, list[Any]] = {}
         for comp in reversed(components):  # the value parts are the ones often absent
-            sub = Acc()
+            sub = Acc(acc.base_url)
             _run(comp.nodes, [element], root, sub)
             if comp.fallback:
                 items = evaluate_fhirpathpy(comp.fallback, element, root, resource_type, datatype)
@@ -1070,8 +1072,12 @@ def _compartments(resource: Json, plan: TypePlan, sp: dict[str, list[Any]]) -> l
     return list(dict.fromkeys(found))
 
 
-def index_resource(resource: Json, registry: Registry | None = None) -> Index:
-    """Every search parameter value of ``resource`` (its stored index fields)."""
+def index_resource(
+    resource: Json, registry: Registry | None = None, base_url: str | None = None
+) -> Index:
+    """Every search parameter value of ``resource`` (its stored index fields).
+    ``base_url`` is this server's (``http://host/fhir``): absolute references elsewhere
+    then index as URLs only, not as local ``Type/id`` (see values.reference_keys)."""
     registry = registry or Registry.from_definitions()
     resource_type = resource["resourceType"]
     plan = type_plan(registry, resource_type)
@@ -1084,7 +1090,7 @@ def index_resource(resource: Json, registry: Registry | None = None) -> Index:
                     break
             else:
                 continue
-        acc = Acc()
+        acc = Acc(base_url)
         param.run(resource, resource_type, acc)
         if acc.values or acc.extra:
             _store(param, acc, index)

@@ -6,6 +6,7 @@ left out of the self link), as search.html#errors allows."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -194,9 +195,14 @@ def parse_reference(
     if "://" in value or value.startswith("urn:"):
         return ReferenceValue((value,))
     if len(parts) == 1:
+        if not is_valid_id(value):
+            raise bad_request(f"{name}: {text!r} is not a resource id", name)
         types = [type_modifier] if type_modifier else list(targets)
         return ReferenceValue(tuple(f"{t}/{value}" for t in types))
     if len(parts) in (2, 4) and is_resource_type(parts[0]):
+        versioned = len(parts) == 2 or (parts[2] == "_history" and is_valid_id(parts[3]))
+        if not is_valid_id(parts[1]) or not versioned:
+            raise bad_request(f"{name}: {text!r} is not a reference ([Type/]id or URL)", name)
         if type_modifier and parts[0] != type_modifier:
             raise bad_request(f"{name}: {value!r} is not a {type_modifier} reference", name)
         return ReferenceValue(("/".join(parts),))
@@ -403,12 +409,17 @@ class Parser:
         plan = SearchPlan(types=tuple(types), count=default_count, compartment=compartment)
         includes: list[Include] = []
         for name, value in params:
+            # Errors name the parameter as the client sent it (``subject:Patient.foo``,
+            # not the ``foo`` of the chain's last link).
             try:
                 self._one(plan, includes, name, value, max_count)
             except _Unknown as exc:
                 if not lenient:
-                    raise FhirError.of(400, "not-supported", exc.message, exc.name) from None
+                    raise FhirError.of(400, "not-supported", exc.message, name) from None
                 continue
+            except FhirError as exc:
+                issues = [replace(i, expression=(name,)) for i in exc.issues]
+                raise FhirError(exc.status, issues, exc.headers) from None
             if name not in ("_cursor", "_format", "_pretty"):
                 plan.canonical.append((name, value))
         plan.includes = tuple(includes)

@@ -30,15 +30,19 @@ async def stored_types(storage: Storage) -> list[str]:
     return sorted(n for n in names if is_resource_type(n))
 
 
-def index_update(doc: dict[str, Any], registry: Registry) -> UpdateOne:
+def index_update(doc: dict[str, Any], registry: Registry, base_url: str | None = None) -> UpdateOne:
     """The compare-and-set update that gives one stored document its fresh index."""
-    index = index_resource(load_stored(doc["raw"]), registry)
+    index = index_resource(load_stored(doc["raw"]), registry, base_url)
     fields = {"sp": index.sp, "so": index.so, "comp": index.comp}
     return UpdateOne({"_id": doc["_id"], "v": doc["v"]}, {"$set": fields})
 
 
 async def reindex_type(
-    storage: Storage, registry: Registry, resource_type: str, batch: int = 500
+    storage: Storage,
+    registry: Registry,
+    resource_type: str,
+    batch: int = 500,
+    base_url: str | None = None,
 ) -> int:
     """Re-index every live document of one type; the number updated."""
     coll = storage.current(resource_type)
@@ -46,7 +50,7 @@ async def reindex_type(
     updated = 0
     pending: list[UpdateOne] = []
     async for doc in cursor:
-        pending.append(index_update(doc, registry))
+        pending.append(index_update(doc, registry, base_url))
         if len(pending) >= batch:
             updated += (await coll.bulk_write(pending, ordered=False)).matched_count
             pending = []
@@ -60,12 +64,16 @@ async def reindex(
     registry: Registry,
     types: Sequence[str] | None = None,
     batch: int = 500,
+    base_url: str | None = None,
 ) -> dict[str, int]:
-    """Re-index the given types (default: every stored type); {type: documents updated}."""
+    """Re-index the given types (default: every stored type); {type: documents updated}.
+    ``base_url`` as for index_resource: this server's public base URL, if known."""
     counts: dict[str, int] = {}
     for resource_type in types or await stored_types(storage):
         if not is_resource_type(resource_type):
             raise ValueError(f"unknown resource type {resource_type!r}")
-        counts[resource_type] = await reindex_type(storage, registry, resource_type, batch)
+        counts[resource_type] = await reindex_type(
+            storage, registry, resource_type, batch, base_url
+        )
         log.info("reindexed %d %s", counts[resource_type], resource_type)
     return counts

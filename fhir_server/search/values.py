@@ -18,9 +18,11 @@ which is what ``:missing`` tests). By type:
   ``url|version`` also gives ``url``.
 - reference: ``Type/id`` (a relative or absolute reference to this server's type),
   plus the reference as written when it is absolute, plus ``Type/id/_history/v`` when
-  versioned; canonicals give ``url`` and ``url|version``. ``sp.<code>:identifier``
-  holds token strings of ``Reference.identifier``. A resource held inline
-  (``Bundle.entry[0].resource``) gives ``Type/id``.
+  versioned; an absolute reference to another server (known when the server's base URL
+  is given to ``index_resource``) gives only the URL as written; canonicals give ``url``
+  and ``url|version``. ``sp.<code>:identifier`` holds token strings of
+  ``Reference.identifier``. A resource held inline (``Bundle.entry[0].resource``) gives
+  ``Type/id``.
 - date, number, quantity: ranges ``{"lo": x, "hi": y}``: the interval the stored value
   covers (a date's precision; a Period's start/end; a Range's low/high; a plain number
   or quantity has lo == hi). Dates are UTC datetimes (hi exclusive; an open Period end
@@ -133,10 +135,14 @@ def number_value(value: Decimal | int | float) -> dict[str, Decimal128]:
     return {"lo": d, "hi": d}
 
 
-def reference_keys(reference: str) -> list[str]:
-    """Index strings for a Reference.reference (see module docstring)."""
+def reference_keys(reference: str, base_url: str | None = None) -> list[str]:
+    """Index strings for a Reference.reference (see module docstring). Given this
+    server's ``base_url``, an absolute reference elsewhere is only its URL; without it,
+    any absolute ``.../Type/id`` also gives ``Type/id``."""
     if not reference or reference.startswith("#"):
         return []
+    if base_url and "://" in reference and not reference.startswith(base_url.rstrip("/") + "/"):
+        return [reference]
     keys = [reference]
     parts = reference.split("?", 1)[0].rstrip("/").split("/")
     if "_history" in parts:

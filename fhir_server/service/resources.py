@@ -19,6 +19,7 @@ from fhir_server.outcome import FhirError, bad_request, not_found, precondition_
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
 from fhir_server.search.registry import Registry
+from fhir_server.service.context import request_base_url
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
@@ -158,7 +159,8 @@ class ResourceService:
         if resource is not None:
             stored = with_meta(resource, write)
             write.raw = dumps(stored)
-            index = index_resource(stored, self.registry)
+            base = request_base_url.get() or self.settings.base_url
+            index = index_resource(stored, self.registry, base_url=base)
             write.sp, write.so, write.comp = index.sp, index.so, index.comp
         return write
 
