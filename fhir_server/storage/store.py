@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -202,27 +203,37 @@ class Storage:
         )
 
     async def write(self, writes: Sequence[VersionWrite], session: Session) -> None:
-        """Apply new versions inside ``session``'s transaction.
+        """Apply new versions inside ``session``'s transaction, in bulk: one
+        insert_many or bulk_write per collection, however many resources.
 
         Each write replaces the current document only if it is still at ``previous``
         (compare-and-set), records the version in history, and closes the previous
         history version's validity interval (``ut``) for ``_at`` queries.
         """
+        created: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        replaced: dict[str, list[ReplaceOne[dict[str, Any]]]] = defaultdict(list)
+        closed: list[UpdateOne] = []
         for w in writes:
-            coll = self.current(w.type)
             if w.previous is None:
-                await coll.insert_one(w.current_document(), session=session)
-            else:
-                result = await coll.replace_one(
-                    {"_id": w.id, "v": w.previous}, w.current_document(), session=session
-                )
-                if result.matched_count != 1:
-                    raise ConcurrentModification(f"{w.type}/{w.id}")
-                await self.history.update_one(
+                created[w.type].append(w.current_document())
+                continue
+            replaced[w.type].append(
+                ReplaceOne({"_id": w.id, "v": w.previous}, w.current_document())
+            )
+            closed.append(
+                UpdateOne(
                     {"_id": history_key(w.type, w.id, w.previous)},
                     {"$set": {"ut": w.last_updated}},
-                    session=session,
                 )
+            )
+        for t, docs in created.items():
+            await self.current(t).insert_many(docs, session=session)
+        for t, ops in replaced.items():
+            result = await self.current(t).bulk_write(ops, session=session)
+            if result.matched_count != len(ops):
+                raise ConcurrentModification(t)
+        if closed:
+            await self.history.bulk_write(closed, session=session)
         await self.history.insert_many([w.history_document() for w in writes], session=session)
 
 
