@@ -10,6 +10,7 @@ from pymongo import AsyncMongoClient
 
 from fhir_server import __version__
 from fhir_server.api import errors
+from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.routes import Services, router
 from fhir_server.config import Settings
 from fhir_server.search.registry import Registry
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     errors.install(app)
+    app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(router, prefix=BASE_PATH)
     return app
 

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     )
     history_max_count: int = Field(1000, ge=1, description="Largest _count honoured on _history.")
     history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
+    bundle_max_entries: int = Field(
+        10_000, ge=1, description="Most entries accepted in a transaction or batch Bundle."
+    )
+    bundle_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest transaction or batch Bundle (bytes)."
+    )
     search_default_count: int = Field(20, ge=1, description="Default page size of searches.")
     search_max_count: int = Field(1000, ge=1, description="Largest _count honoured on searches.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")

@@ -207,7 +207,7 @@ def entries(bundle: dict[str, Any], mode: str | None = "match") -> list[dict[str
 
 
 def keys(bundle: dict[str, Any], mode: str | None = "match") -> list[str]:
-    """"Type/id" of the entries of one search mode, in bundle order."""
+    """The "Type/id" of the entries of one search mode, in bundle order."""
     return [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle, mode)]
 
 

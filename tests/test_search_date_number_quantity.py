@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fhir_helpers import create, create_with_id, found, observation, shared_client
+from fhir_helpers import create, create_with_id, found, observation, search, shared_client
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -407,3 +407,16 @@ def test_component_code_value_quantity_matches_within_one_component(client):
     # The non-composite parameters do not pair: code 8462-4 and a value > 100 anywhere
     pair = [("component-code", f"{LOINC}|8462-4"), ("component-value-quantity", "gt100")]
     assert found(client, "Observation", pair) == {"normal", "crisis", "inverted"}
+
+
+def test_sort_on_quantity(quantities):
+    def values(sort: str) -> list[float | None]:
+        bundle = search(quantities, "Observation", {"_sort": sort, "_count": "50"})
+        return [e["resource"].get("valueQuantity", {}).get("value") for e in bundle["entry"]]
+
+    ascending = values("value-quantity")
+    assert ascending[0] is None or ascending[-1] is None  # "none" sits at one end
+    numbers = [v for v in ascending if v is not None]
+    assert numbers == sorted(numbers) and numbers[0] == 5.35 and numbers[-1] == 120
+    descending = [v for v in values("-value-quantity") if v is not None]
+    assert descending == sorted(numbers, reverse=True)

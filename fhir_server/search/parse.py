@@ -423,6 +423,12 @@ class Parser:
             if name not in ("_cursor", "_format", "_pretty"):
                 plan.canonical.append((name, value))
         plan.includes = tuple(includes)
+        if plan.summary == "text" and plan.includes:
+            # search.html#summary: "the _include and _revinclude parameters cannot be
+            # mixed with _summary=text"
+            raise bad_request(
+                "_include and _revinclude cannot be used with _summary=text", "_summary"
+            )
         return plan
 
     def _one(

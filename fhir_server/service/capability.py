@@ -23,7 +23,7 @@ TYPE_INTERACTIONS = (
     "history-type",
     "create",
 )
-SYSTEM_INTERACTIONS = ("search-system", "history-system")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
 
 _STARTED = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 

@@ -5,7 +5,7 @@ the current version, so concurrent writers never lose an update."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -100,6 +100,12 @@ def _content(resource: dict[str, Any]) -> bytes:
     return dumps({**rest, "meta": meta} if meta else rest)
 
 
+def same_content(stored_raw: bytes, resource: dict[str, Any]) -> bool:
+    """Would writing ``resource`` over the stored version change nothing? Then no new
+    version is made (idempotent re-sends, e.g. a migration run twice)."""
+    return _content(load_stored(stored_raw)) == _content(resource)
+
+
 def _criteria_key(resource_type: str) -> str:
     """The lock every conditional interaction on a type claims. One key per type, not
     per criteria string: differently written criteria can match the same resource
@@ -167,10 +173,19 @@ class ResourceService:
     async def _transaction(self, resource_type: str, fn: Callable[[Session], Awaitable[T]]) -> T:
         return await self.storage.transaction(fn, (resource_type,))
 
+    async def _transaction_for(
+        self, resource_types: Sequence[str], fn: Callable[[Session], Awaitable[T]]
+    ) -> T:
+        return await self.storage.transaction(fn, resource_types)
+
+    async def claim_conditional(self, s: Session, resource_type: str) -> None:
+        """Serialise conditional interactions on a type (see _criteria_key)."""
+        await self.storage.claim(_criteria_key(resource_type), s)
+
     async def _match(
         self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
     ) -> list[StoredVersion]:
-        await self.storage.claim(_criteria_key(resource_type), s)
+        await self.claim_conditional(s, resource_type)
         return await self.search.match(resource_type, query, where, limit, s)
 
     # --- read --------------------------------------------------------------------------
@@ -251,11 +266,7 @@ class ResourceService:
                 f"{resource_type}/{resource_id} does not exist and this server does not "
                 "allow update-as-create (FHIR_ALLOW_UPDATE_CREATE=false)",
             )
-        if (
-            current is not None
-            and current.raw is not None
-            and _content(load_stored(current.raw)) == _content(resource)
-        ):
+        if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
         write = self.new_version(resource_type, resource_id, resource, current, method)
         await self.storage.write([write], s)

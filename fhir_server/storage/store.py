@@ -131,6 +131,15 @@ class Storage:
         )
         return StoredVersion.from_current(resource_type, doc) if doc else None
 
+    async def read_many(
+        self, resource_type: str, resource_ids: Sequence[str], session: Session | None = None
+    ) -> list[StoredVersion]:
+        """Current versions (deleted ones included) of several resources, one query."""
+        cursor = self.current(resource_type).find(
+            {"_id": {"$in": list(resource_ids)}}, _RESOURCE_ONLY, session=session
+        )
+        return [StoredVersion.from_current(resource_type, d) async for d in cursor]
+
     async def read_version(
         self, resource_type: str, resource_id: str, version: int
     ) -> StoredVersion | None:
