@@ -89,18 +89,7 @@ async def discover(storage: Storage) -> dict[str, str]:
 
 
 async def uses_indexes(search: SearchService, query: str) -> bool:
-    path, _, qs = query.partition("?")
-    parts = [p for p in path.split("/") if p]
-    from urllib.parse import parse_qsl
-
-    pairs = parse_qsl(qs, keep_blank_values=True)
-    compartment = None
-    if len(parts) == 3:
-        compartment, parts = (parts[0], parts[1]), [parts[2]]
-    types = parts or [t for k, v in pairs if k == "_type" for t in v.split(",")]
-    plan = search.parser().parse(
-        types, [(k, v) for k, v in pairs if k != "_type"], compartment=compartment
-    )
+    plan = search.parser().parse_url(query)
     plans = await search.explain(plan)
     return all("COLLSCAN" not in plan_stages(p) for _, p in plans)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import pytest
 from fastapi.testclient import TestClient
@@ -137,15 +136,7 @@ def _record(client: TestClient) -> dict[str, str]:
 
 def _plan_for(client: TestClient, query: str) -> Any:
     search = client.app.state.services.search  # type: ignore[attr-defined]
-    path, _, qs = query.partition("?")
-    parts = [p for p in path.split("/") if p]
-    pairs = parse_qsl(qs, keep_blank_values=True)
-    compartment = None
-    if len(parts) == 3:
-        compartment, parts = (parts[0], parts[1]), [parts[2]]
-    types = parts or [t for k, v in pairs if k == "_type" for t in v.split(",")]
-    criteria = [(k, v) for k, v in pairs if k != "_type"]
-    return search, search.parser().parse(types, criteria, compartment=compartment)
+    return search, search.parser().parse_url(query)
 
 
 def test_every_benchmark_shape_uses_indexes(client: TestClient) -> None:

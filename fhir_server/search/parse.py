@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
 
 from fhir_server.datetimes import now, parse_range
 from fhir_server.outcome import FhirError, bad_request
@@ -395,6 +397,19 @@ class Parser:
         return Include(source, code, target, iterate, reverse)
 
     # --- the whole query -------------------------------------------------------------------
+
+    def parse_url(self, url: str, **options: Any) -> SearchPlan:
+        """A plan from a relative search URL: ``Type?…``, ``Patient/1/Type?…`` (the
+        Patient compartment) or ``?_type=A,B&…`` (system search)."""
+        path, _, query = url.lstrip("/").partition("?")
+        parts = [p for p in path.split("/") if p]
+        pairs = parse_qsl(query, keep_blank_values=True)
+        compartment = None
+        if len(parts) == 3:
+            compartment, parts = (parts[0], parts[1]), [parts[2]]
+        types = parts or [t for k, v in pairs if k == "_type" for t in v.split(",")]
+        criteria = [(k, v) for k, v in pairs if k != "_type"]
+        return self.parse(types, criteria, compartment=compartment, **options)
 
     def parse(
         self,
