@@ -113,19 +113,16 @@ async def _batch(request: Request, bundle: dict[str, Any], out: neg.Output) -> R
     async with _internal_client(request) as client:
         for i, raw in enumerate(raw_entries):
             try:
-                method, url, body, headers = _batch_request(raw, base_url(request))
-                entries.append(await _dispatch(client, request, method, url, body, headers))
+                method, url, content, headers = _batch_request(raw, base_url(request))
+                entries.append(await _dispatch(client, request, method, url, content, headers))
             except FhirError as exc:
                 entry = Entry(index=i, full_url=None, method="", type="")
                 issues = entry_error(entry, exc).issues
-                entries.append(
-                    {
-                        "response": {
-                            "status": _status_line(exc.status),
-                            "outcome": operation_outcome(issues),
-                        }
-                    }
-                )
+                response = {
+                    "status": _status_line(exc.status),
+                    "outcome": operation_outcome(issues),
+                }
+                entries.append({"response": response})
     body = {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
     return json_response(body, out)
 

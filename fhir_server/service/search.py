@@ -80,7 +80,7 @@ class SearchService:
     async def references(
         self, resource_type: str, query: Filter, field_name: str, limit: int
     ) -> list[str]:
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": query},
             {"$project": {"r": f"${field_name}"}},
             {"$unwind": "$r"},
@@ -98,7 +98,7 @@ class SearchService:
         total = 0
         for t in plan.types:
             query = await compiler.filter(t, plan.conditions, plan.compartment)
-            options = {"limit": limit - total} if limit is not None else {}
+            options: dict[str, Any] = {"limit": limit - total} if limit is not None else {}
             total += await self.storage.current(t).count_documents(query, **options)
             if limit is not None and total >= limit:
                 break
@@ -174,15 +174,18 @@ class SearchService:
             raise FhirError.of(
                 400, "not-supported", "_sort is not supported when searching several types", "_sort"
             )
-        direction, values = decode_cursor(plan.cursor) if plan.cursor else ("a", [0, ""])
+        values: list[Any] = [0, ""]
+        direction = "a"
+        if plan.cursor:
+            direction, values = decode_cursor(plan.cursor)
         if direction != "a" or len(values) != 2:
             raise bad_request("Invalid paging cursor for a multi-type search", "_cursor")
-        start_type, last_id = values
+        start_type, last_id = int(values[0]), str(values[1])
         compiler = Compiler(self)
         result = SearchResult()
         remaining = plan.count + 1
         docs: list[tuple[int, dict[str, Any]]] = []
-        for ti in range(int(start_type), len(plan.types)):
+        for ti in range(start_type, len(plan.types)):
             t = plan.types[ti]
             query = await compiler.filter(t, plan.conditions, plan.compartment)
             if ti == start_type and last_id:

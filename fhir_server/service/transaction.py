@@ -186,8 +186,9 @@ class TransactionService:
             if method == "POST" and isinstance(resource, dict):
                 resource = {k: v for k, v in resource.items() if k != "id"}
             entry.resource = resource  # set first: error expressions point into it
-            entry.resource = self.resources.checked(entry.type, resource, "resource")
-            if method == "PUT" and entry.id is not None and resource.get("id") != entry.id:
+            checked = self.resources.checked(entry.type, resource, "resource")
+            entry.resource = checked
+            if method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
                 raise bad_request(
                     "The resource id must equal the id in request.url", f"{entry.type}.id"
                 )
