@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from fhir_server import __version__
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
+from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.config import Settings
 from fhir_server.search.registry import Registry
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(bundles_router, prefix=BASE_PATH)
+    app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app
 

@@ -11,6 +11,7 @@ from fhir_server import FHIR_VERSION, __version__
 from fhir_server.config import Settings
 from fhir_server.resource_types import resource_types
 from fhir_server.search.registry import Registry, SearchParam
+from fhir_server.service.operations import RESOURCE_OPERATIONS, SYSTEM_OPERATIONS, operation_json
 
 TYPE_INTERACTIONS = (
     "search-type",
@@ -72,6 +73,11 @@ def capability_statement(settings: Settings, base_url: str, registry: Registry) 
             "searchInclude": ["*", *sorted(facts[name]["includes"])],
             "searchRevInclude": sorted(set(facts[name]["revincludes"])),
             "searchParam": facts[name]["params"],
+            **(
+                {"operation": operation_json(RESOURCE_OPERATIONS[name])}
+                if name in RESOURCE_OPERATIONS
+                else {}
+            ),
         }
         for name in resource_types()
     ]
@@ -97,6 +103,7 @@ def capability_statement(settings: Settings, base_url: str, registry: Registry) 
                 ),
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": operation_json(SYSTEM_OPERATIONS),
                 "searchParam": common,
             }
         ],

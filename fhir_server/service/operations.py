@@ -1,0 +1,33 @@
+"""The FHIR operations this server implements, as the CapabilityStatement declares them
+(capabilitystatement.html: ``rest.resource.operation`` for operations on a type or its
+instances, ``rest.operation`` for the rest). api/operations.py serves them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+PATIENT_EVERYTHING: Mapping[str, str] = MappingProxyType(
+    {
+        "name": "everything",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    }
+)
+RESOURCE_VALIDATE: Mapping[str, str] = MappingProxyType(
+    {
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    }
+)
+
+# rest.resource[type].operation
+RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyType(
+    {"Patient": (PATIENT_EVERYTHING,)}
+)
+# rest.operation ($validate works on every type, so it is declared once here)
+SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE,)
+
+
+def operation_json(operations: tuple[Mapping[str, str], ...]) -> list[dict[str, str]]:
+    """The operations as CapabilityStatement JSON (plain dicts for the serializer)."""
+    return [dict(op) for op in operations]
