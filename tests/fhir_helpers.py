@@ -1,12 +1,14 @@
 """Small helpers shared by the HTTP-level tests (tests/test_crud.py and friends).
 
 Everything here talks to the server through the HTTP interface only; the one
-exception is ``stored_document_count``, used where a test must prove that nothing at
-all was written to the database.
+exceptions are ``stored_document_count``, ``database_snapshot`` and
+``stored_raw_containing``, used where a test must prove that nothing (at all, or from
+one request) was written to the database.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import uuid
@@ -236,3 +238,90 @@ def shared_client(mongo_url: str, **overrides: Any) -> Iterator[TestClient]:
     seeded resources several read-only tests share."""
     with app_client(Settings(mongo_url=mongo_url), **overrides) as c:
         yield c
+
+
+# --- transaction and batch bundles ---------------------------------------------------
+
+
+def urn() -> str:
+    """A fresh urn:uuid: fullUrl for an entry the server will assign an id to."""
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def entry(
+    method: str,
+    url: str,
+    resource: dict[str, Any] | None = None,
+    full_url: str | None = None,
+    **request: str,
+) -> dict[str, Any]:
+    """One transaction/batch entry; ``request`` holds ifMatch, ifNoneExist, ..."""
+    out: dict[str, Any] = {}
+    if full_url is not None:
+        out["fullUrl"] = full_url
+    if resource is not None:
+        out["resource"] = resource
+    out["request"] = {"method": method, "url": url, **request}
+    return out
+
+
+def binary_patch(ops: Any) -> dict[str, Any]:
+    """A JSON Patch as a bundle entry carries it: a Binary, base64 (http.html#transaction)."""
+    data = base64.b64encode(json.dumps(ops).encode()).decode()
+    return {"resourceType": "Binary", "contentType": JSON_PATCH, "data": data}
+
+
+def post_bundle(
+    client: TestClient, entries: list[dict[str, Any]], kind: str = "transaction", **headers: str
+) -> Response:
+    """POST [base] with a Bundle of ``kind`` (transaction or batch)."""
+    body = {"resourceType": "Bundle", "type": kind, "entry": entries}
+    return client.post(
+        "/fhir", content=json.dumps(body), headers={"Content-Type": FHIR_JSON, **headers}
+    )
+
+
+def bundle_response(r: Response, kind: str = "transaction-response") -> list[dict[str, Any]]:
+    """Asserts a 200 ``kind`` Bundle; returns its entries."""
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith(FHIR_JSON), r.headers
+    body = r.json()
+    assert body["resourceType"] == "Bundle" and body["type"] == kind, body
+    return body.get("entry", [])  # type: ignore[no-any-return]
+
+
+def location_key(location: str) -> tuple[str, str, str]:
+    """(type, id, version) of a response location "[base/]Type/id/_history/v"."""
+    parts = location.rstrip("/").split("/")
+    assert parts[-2] == "_history", location
+    return parts[-4], parts[-3], parts[-1]
+
+
+def database_snapshot(settings: Settings) -> dict[str, dict[Any, Any]]:
+    """Every document of every non-empty collection of this test's database, by
+    collection and _id: two equal snapshots prove that nothing was written in between
+    (an empty collection, e.g. one created with its indexes before a write, holds no
+    data)."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url)
+    with mongo:
+        db = mongo[settings.database]
+        snapshot = {
+            name: {d["_id"]: d for d in db[name].find()} for name in db.list_collection_names()
+        }
+    return {name: docs for name, docs in snapshot.items() if docs}
+
+
+def stored_raw_containing(settings: Settings, marker: str) -> list[str]:
+    """``collection/_id`` of every stored version (current or history) whose resource
+    JSON contains ``marker``."""
+    needle = marker.encode()
+    mongo: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url)
+    found = []
+    with mongo:
+        db = mongo[settings.database]
+        for name in db.list_collection_names():
+            for d in db[name].find({}, {"raw": 1}):
+                raw = d.get("raw")
+                if isinstance(raw, bytes) and needle in raw:
+                    found.append(f"{name}/{d['_id']}")
+    return found

@@ -24,7 +24,7 @@ from fhir_server.api.rendering import json_response
 from fhir_server.api.routes import base_url, services
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import dumps, load_stored, parse_json
-from fhir_server.outcome import FhirError, bad_request, operation_outcome
+from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
 from fhir_server.service.transaction import Entry, TransactionService, entry_error, split_url
 
 router = APIRouter()
@@ -60,9 +60,10 @@ async def transaction_or_batch(request: Request) -> Response:
 async def _transaction(request: Request, bundle: dict[str, Any], out: neg.Output) -> Response:
     svc = services(request)
     base = base_url(request)
-    transactions = TransactionService(svc.resources, svc.settings.bundle_max_entries)
+    lenient = neg.prefer(request).handling == "lenient"
+    transactions = TransactionService(svc.resources, svc.settings.bundle_max_entries, lenient)
     result = await transactions.process(bundle, base)
-    representation = neg.prefer(request).return_ == "representation"
+    prefer_return = neg.prefer(request).return_
     reads: dict[int, dict[str, Any]] = {}
     async with _internal_client(request) as client:
         for e in result.reads:
@@ -72,12 +73,12 @@ async def _transaction(request: Request, bundle: dict[str, Any], out: neg.Output
         if e.index in reads:
             entries.append(reads[e.index])
         else:
-            entries.append(_write_entry(e, base, representation))
+            entries.append(_write_entry(e, base, prefer_return))
     body = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
     return json_response(body, out)
 
 
-def _write_entry(e: Entry, base: str, representation: bool) -> dict[str, Any]:
+def _write_entry(e: Entry, base: str, prefer_return: str) -> dict[str, Any]:
     response: dict[str, Any] = {"status": e.status}
     entry: dict[str, Any] = {}
     stored = e.stored
@@ -87,8 +88,13 @@ def _write_entry(e: Entry, base: str, representation: bool) -> dict[str, Any]:
             response["location"] = f"{stored.type}/{stored.id}/_history/{stored.version}"
         response["etag"] = f'W/"{stored.version}"'
         response["lastModified"] = format_instant(stored.last_updated)
-        if representation and stored.raw is not None:
+        if prefer_return == "representation" and stored.raw is not None:
             entry["resource"] = load_stored(stored.raw)
+    if prefer_return == "OperationOutcome":
+        # Bundle.entry.response.outcome: "An OperationOutcome containing hints and
+        # warnings produced as part of processing this entry in a batch or transaction"
+        what = f"{e.type}/{e.id}" + (f" version {stored.version}" if stored else "")
+        response["outcome"] = info_outcome(f"{e.method} {what}: {e.status}")
     entry["response"] = response
     return entry
 
@@ -204,7 +210,21 @@ async def _dispatch(
         except (TypeError, ValueError):
             pass
     content = parse_json(response.content, "entry response") if response.content else None
+    if isinstance(content, dict):
+        # lastModified is the resource's meta.lastUpdated, which Last-Modified (an HTTP
+        # date) truncates to the second
+        last_updated = (content.get("meta") or {}).get("lastUpdated")
+        if isinstance(last_updated, str) and "lastModified" in result:
+            result["lastModified"] = last_updated
     if response.status_code >= 400:
+        result["outcome"] = content
+    elif (
+        isinstance(content, dict)
+        and content.get("resourceType") == "OperationOutcome"
+        and method != "GET"
+    ):
+        # Prefer: return=OperationOutcome: "An OperationOutcome containing hints and
+        # warnings produced as part of processing this entry" (Bundle.entry.response)
         result["outcome"] = content
     elif isinstance(content, dict) and method != "HEAD":
         entry["resource"] = content

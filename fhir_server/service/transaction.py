@@ -1,29 +1,46 @@
 """Transaction bundles (http.html#transaction): every entry applied, or none.
 
-The CPU work (validating every resource) happens before the database transaction;
-inside it, one MongoDB multi-document transaction resolves conditional entries and
-conditional references, rewrites references to the new ids, and writes every version in
-bulk. On a write conflict the whole inside part is re-run from a fresh snapshot.
+The CPU work (validating every resource, checking search entries) happens before the
+database transaction; inside it, one MongoDB multi-document transaction resolves
+conditional entries in the order of http.html#trules (DELETE, POST, PUT/PATCH), rewrites
+links to the entries' fullUrls (references, uri elements, narrative links) to the new
+ids, writes every version in bulk, then resolves conditional references against what it
+wrote (step 5) and checks that the GET entries' resources exist (step 4; the GETs are
+answered after the commit). On a write conflict the whole inside part is re-run from
+the parsed bundle and a fresh snapshot.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jsonpatch
 import jsonpointer
+from pymongo import ReplaceOne
 
-from fhir_server.jsonio import load_stored, parse_json
+from fhir_server.jsonio import dumps, load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
-from fhir_server.service.resources import ResourceService, check_version_match, same_content
+from fhir_server.search.extract import index_resource
+from fhir_server.service.context import request_base_url
+from fhir_server.service.resources import (
+    ResourceService,
+    check_version_match,
+    gone,
+    same_content,
+    with_meta,
+)
 from fhir_server.storage import StoredVersion, VersionWrite
+from fhir_server.storage.documents import history_key
 from fhir_server.storage.store import Session
+from fhir_server.validation.model import COMPLEX, PRIMITIVE, RESOURCE, TypeInfo, model
 
 # http.html#trules: deletes, then creates, then updates/patches, then reads.
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -45,13 +62,27 @@ class Entry:
     resource: dict[str, Any] | None = None
     patch: jsonpatch.JsonPatch | None = None
     url: str = ""
+    read_id: str | None = None  # GET/HEAD of one resource (read or vread) ...
+    read_version: int | None = None  # ... and of which version
+    # as parsed: what every attempt of the database transaction starts from
+    parsed_id: str | None = None
+    parsed_resource: dict[str, Any] | None = None
     # outcome
     status: str = ""
     stored: StoredVersion | None = None
+    write: VersionWrite | None = None
+    same_as: Entry | None = None  # a conditional create resolved to another entry's
+    unresolved: dict[str, Any] | None = None  # resource before conditional references
 
     @property
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
+
+    def reset(self) -> None:
+        """Back to the parsed state: a retried transaction redoes every decision."""
+        self.id, self.resource = self.parsed_id, self.parsed_resource
+        self.status, self.stored, self.write = "", None, None
+        self.same_as = self.unresolved = None
 
 
 @dataclass(slots=True)
@@ -115,11 +146,12 @@ def _patch_from_binary(entry: Entry, resource: Any) -> jsonpatch.JsonPatch:
 
 
 class TransactionService:
-    def __init__(self, resources: ResourceService, max_entries: int) -> None:
+    def __init__(self, resources: ResourceService, max_entries: int, lenient: bool = False) -> None:
         self.resources = resources
         self.storage = resources.storage
         self.search = resources.search
         self.max_entries = max_entries
+        self.lenient = lenient  # Prefer: handling=lenient (search parameters)
 
     # --- parsing (no database) ---------------------------------------------------------
 
@@ -135,12 +167,24 @@ class TransactionService:
                 "Bundle.entry",
             )
         entries = []
+        full_urls: dict[str, Entry] = {}
         for i, raw in enumerate(raw_entries):
             entry = Entry(index=i, full_url=None, method="", type="")
             try:
                 entries.append(self._parse_entry(entry, raw, base_url))
+                # bdl-7: "FullUrl must be unique in a bundle"; references to it would be
+                # ambiguous
+                if entry.full_url is not None and entry.full_url in full_urls:
+                    raise bad_request(
+                        f"fullUrl {entry.full_url!r} is also the fullUrl of "
+                        f"{full_urls[entry.full_url].where}",
+                        "fullUrl",
+                    )
             except FhirError as exc:
                 raise entry_error(entry, exc) from None
+            if entry.full_url is not None:
+                full_urls[entry.full_url] = entry
+            entry.parsed_id, entry.parsed_resource = entry.id, entry.resource
         return entries
 
     def _parse_entry(self, entry: Entry, raw: Any, base_url: str) -> Entry:
@@ -163,6 +207,9 @@ class TransactionService:
             raise bad_request(f"Unknown resource type in request.url {url!r}", "request.url")
         entry.type = parts[0]
         if method in ("GET", "HEAD"):
+            _parse_read(entry, parts)
+            if len(parts) == 1 and query:
+                self._check_search(entry.type, query, base_url)
             return entry
         if len(parts) == 2 and not query:
             if not is_valid_id(parts[1]):
@@ -194,47 +241,85 @@ class TransactionService:
                 )
         return entry
 
+    def _check_search(self, resource_type: str, query: str, base_url: str) -> None:
+        """A search entry's parameters, checked before anything is written: an invalid
+        search fails the transaction (the search itself runs after the commit)."""
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if v and k != "_type"]
+        settings = self.resources.settings
+        try:
+            self.search.parser(base_url).parse(
+                [resource_type],
+                pairs,
+                lenient=self.lenient,
+                default_count=settings.search_default_count,
+                max_count=settings.search_max_count,
+            )
+        except FhirError as exc:
+            issues = [replace(i, expression=("request.url",)) for i in exc.issues]
+            raise FhirError(exc.status, issues) from None
+
     # --- processing (in the database transaction) ----------------------------------------
 
     async def process(self, bundle: dict[str, Any], base_url: str) -> TransactionResult:
         entries = self.parse(bundle, base_url)
         writes = [e for e in entries if e.method not in ("GET", "HEAD")]
+        reads = [e for e in entries if e.method in ("GET", "HEAD")]
         types = sorted({e.type for e in writes})
         # New ids are fixed before the transaction so retries reuse them.
         for e in writes:
             if e.method == "POST":
-                e.id = str(uuid.uuid4())
+                e.id = e.parsed_id = str(uuid.uuid4())
 
         async def txn(s: Session) -> None:
             await self._apply(s, writes, base_url)
+            await self._check_reads(s, reads)
 
-        if writes:
+        if writes or any(e.read_id is not None for e in reads):
             await self.resources._transaction_for(types, txn)
-        reads = [e for e in entries if e.method in ("GET", "HEAD")]
         return TransactionResult(entries, reads)
 
     async def _apply(self, s: Session, entries: list[Entry], base_url: str) -> None:
+        for e in entries:
+            e.reset()
         if any(e.if_none_exist or e.query for e in entries):
             for t in sorted({e.type for e in entries if e.if_none_exist or e.query}):
                 await self.resources.claim_conditional(s, t)
+        ordered = sorted(entries, key=lambda e: _ORDER[e.method])
         references: dict[str, str] = {}
         skip: set[int] = set()
-        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+        resolution = _Resolution()
+        for e in ordered:
             try:
-                await self._resolve_target(s, e, references, skip)
+                await self._resolve_target(s, e, references, skip, resolution)
             except FhirError as exc:
                 raise entry_error(e, exc) from None
         self._check_distinct(entries, skip)
-        resources = [e for e in entries if e.resource is not None and e.index not in skip]
-        conditional = await self._conditional_references(s, resources)
-        references.update(conditional)
+        active = [e for e in ordered if e.index not in skip]
+        current = await self._current_versions(s, active)
+        for e in active:
+            if e.method == "PATCH":
+                try:
+                    self._patched(e, current.get((e.type, e.id or "")))
+                except FhirError as exc:
+                    raise entry_error(e, exc) from None
+        resources = [e for e in active if e.resource is not None]
+        relative = _relative_links(entries)
         for e in resources:
-            e.resource = rewrite_references(e.resource, references)  # type: ignore[arg-type]
-        current = await self._current_versions(s, entries, skip)
+            links = references
+            root = _restful(e.full_url)
+            if root is not None and root[0] in relative:
+                links = {**references, **relative[root[0]]}
+            e.resource = rewrite_links(e.resource, links)  # type: ignore[arg-type]
+        # Step 5 of http.html#trules resolves conditional references after the writes:
+        # they are searched before (so that an unchanged resource makes no new version)
+        # and again after this transaction's writes, which decide.
+        conditional = [e for e in resources if _conditional_references(e.resource)]
+        before = await self._conditional_matches(s, conditional, strict=False)
+        for e in conditional:
+            e.unresolved = e.resource
+            e.resource = rewrite_references(e.resource, before)
         versions: list[VersionWrite] = []
-        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
-            if e.index in skip:
-                continue
+        for e in active:
             try:
                 write = self._version(e, current.get((e.type, e.id or "")))
             except FhirError as exc:
@@ -243,22 +328,49 @@ class TransactionService:
                 versions.append(write)
         if versions:
             await self.storage.write(versions, s)
+        after = await self._conditional_matches(s, conditional, strict=True)
+        if after != before:
+            changed = [
+                e
+                for e in conditional
+                if any(before.get(r) != after[r] for r in _conditional_references(e.unresolved))
+            ]
+            await self._re_resolve(s, changed, after, current)
+        for e in entries:
+            if e.same_as is not None:
+                e.stored = e.same_as.stored
 
     async def _resolve_target(
-        self, s: Session, e: Entry, references: dict[str, str], skip: set[int]
+        self,
+        s: Session,
+        e: Entry,
+        references: dict[str, str],
+        skip: set[int],
+        resolution: _Resolution,
     ) -> None:
         """Fix each entry's target id: conditional create/update/patch/delete are
-        resolved by search inside the transaction's snapshot."""
+        resolved by search inside the transaction's snapshot. Entries come in the
+        order of http.html#trules, and each sees what the earlier ones did: a resource
+        deleted here matches no later criteria, and a conditional create finds the
+        resource an earlier create of the same criteria makes."""
         if e.method == "POST" and e.if_none_exist:
-            matches = await self.search.match(e.type, e.if_none_exist, "ifNoneExist", 2, s)
+            matches = await self._match(
+                s, e.type, e.if_none_exist, "request.ifNoneExist", resolution
+            )
             if len(matches) > 1:
                 raise precondition_failed("ifNoneExist matches more than one resource")
+            key = (e.type, e.if_none_exist)
             if matches:
                 e.id, e.stored, e.status = matches[0].id, matches[0], "200 OK"
                 skip.add(e.index)
+            elif key in resolution.creates:
+                first = resolution.creates[key]
+                e.id, e.same_as, e.status = first.id, first, "200 OK"
+                skip.add(e.index)
+            else:
+                resolution.creates[key] = e
         elif e.query is not None:
-            limit = 2
-            matches = await self.search.match(e.type, e.query, "request.url", limit, s)
+            matches = await self._match(s, e.type, e.query, "request.url", resolution)
             if len(matches) > 1:
                 raise precondition_failed("The conditional criteria match more than one resource")
             if matches:
@@ -273,8 +385,18 @@ class TransactionService:
             else:  # DELETE with no match: nothing to do (http.html#3.1.0.7.1)
                 e.status = "204 No Content"
                 skip.add(e.index)
+        if e.method == "DELETE" and e.id is not None and e.index not in skip:
+            resolution.deleted.add((e.type, e.id))
         if e.full_url and e.id:
             references[e.full_url] = f"{e.type}/{e.id}"
+
+    async def _match(
+        self, s: Session, resource_type: str, query: str, where: str, resolution: _Resolution
+    ) -> list[StoredVersion]:
+        """Up to 2 live matches, not counting resources this transaction deletes."""
+        deleted = {i for t, i in resolution.deleted if t == resource_type}
+        matches = await self.search.match(resource_type, query, where, 2 + len(deleted), s)
+        return [m for m in matches if m.id not in deleted][:2]
 
     def _check_distinct(self, entries: list[Entry], skip: set[int]) -> None:
         """http.html#trules: two entries may not act on the same resource."""
@@ -293,19 +415,27 @@ class TransactionService:
                 )
             seen[key] = e
 
-    async def _conditional_references(self, s: Session, entries: list[Entry]) -> dict[str, str]:
-        """ "Patient?identifier=…" references (http.html#trules) must match exactly one."""
+    async def _conditional_matches(
+        self, s: Session, entries: list[Entry], strict: bool
+    ) -> dict[str, str]:
+        """ "Patient?identifier=…" references (http.html#trules): "if there are no
+        matches, or multiple matches, the transaction fails" (when ``strict``;
+        otherwise only the references with exactly one match are returned)."""
         found: dict[str, str] = {}
+        seen: set[str] = set()
         for e in entries:
-            for ref in _references(e.resource):
-                type_, sep, query = ref.partition("?")
-                if not sep or ref in found or not is_resource_type(type_):
+            for ref in _conditional_references(e.unresolved or e.resource):
+                if ref in seen:
                     continue
+                seen.add(ref)
+                type_, _, query = ref.partition("?")
                 try:
                     matches = await self.search.match(type_, query, "reference", 2, s)
                 except FhirError as exc:
                     raise entry_error(e, exc) from None
-                if len(matches) != 1:
+                if len(matches) == 1:
+                    found[ref] = f"{type_}/{matches[0].id}"
+                elif strict:
                     count = "no" if not matches else "more than one"
                     raise entry_error(
                         e,
@@ -313,15 +443,89 @@ class TransactionService:
                             f"The conditional reference {ref!r} matches {count} resource"
                         ),
                     )
-                found[ref] = f"{type_}/{matches[0].id}"
         return found
 
+    async def _re_resolve(
+        self,
+        s: Session,
+        entries: list[Entry],
+        resolved: dict[str, str],
+        current: dict[tuple[str, str], StoredVersion],
+    ) -> None:
+        """Conditional references whose match this transaction's own writes changed:
+        the versions just written are corrected in place (same version), and a resource
+        that was left unchanged gets its new version now."""
+        fixed: dict[str, list[VersionWrite]] = {}
+        new: list[VersionWrite] = []
+        for e in entries:
+            assert e.unresolved is not None and e.id is not None
+            e.resource = rewrite_references(e.unresolved, resolved)
+            if e.write is None:
+                write = self._version(e, current.get((e.type, e.id)))
+                if write is not None:
+                    new.append(write)
+                continue
+            write = e.write
+            stored = with_meta(e.resource, write)
+            write.raw = dumps(stored)
+            base = request_base_url.get() or self.resources.settings.base_url
+            index = index_resource(stored, self.resources.registry, base_url=base)
+            write.sp, write.so, write.comp = index.sp, index.so, index.comp
+            e.stored = write.stored()
+            fixed.setdefault(write.type, []).append(write)
+        for t, writes in fixed.items():
+            await self.storage.current(t).bulk_write(
+                [ReplaceOne({"_id": w.id, "v": w.version}, w.current_document()) for w in writes],
+                session=s,
+            )
+            await self.storage.history.bulk_write(
+                [
+                    ReplaceOne({"_id": history_key(t, w.id, w.version)}, w.history_document())
+                    for w in writes
+                ],
+                session=s,
+            )
+        if new:
+            await self.storage.write(new, s)
+
+    async def _check_reads(self, s: Session, reads: list[Entry]) -> None:
+        """GET entries are processed after the writes (http.html#trules) and are part
+        of the all-or-nothing: reading a resource that does not exist (or that this
+        transaction deletes) fails the transaction. The entries themselves are answered
+        after the commit."""
+        for e in reads:
+            if e.read_id is None:
+                continue
+            current = await self.storage.read_current(e.type, e.read_id, s)
+            try:
+                if current is None:
+                    raise not_found(f"{e.type}/{e.read_id} is not known")
+                if e.read_version is None:
+                    if current.deleted:
+                        raise gone(current)
+                    continue
+                doc = await self.storage.history.find_one(
+                    {"_id": history_key(e.type, e.read_id, e.read_version)},
+                    {"raw": 1, "v": 1},
+                    session=s,
+                )
+                if doc is None:
+                    raise not_found(f"{e.type}/{e.read_id} has no version {e.read_version}")
+                if doc.get("raw") is None:
+                    raise FhirError.of(
+                        410,
+                        "deleted",
+                        f"{e.type}/{e.read_id} version {e.read_version} is a deletion",
+                    )
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+
     async def _current_versions(
-        self, s: Session, entries: list[Entry], skip: set[int]
+        self, s: Session, entries: list[Entry]
     ) -> dict[tuple[str, str], StoredVersion]:
         wanted: dict[str, list[str]] = {}
         for e in entries:
-            if e.method != "POST" and e.id is not None and e.index not in skip:
+            if e.method != "POST" and e.id is not None:
                 wanted.setdefault(e.type, []).append(e.id)
         found: dict[tuple[str, str], StoredVersion] = {}
         for t, ids in wanted.items():
@@ -329,7 +533,29 @@ class TransactionService:
                 found[(t, v.id)] = v
         return found
 
+    def _patched(self, e: Entry, current: StoredVersion | None) -> None:
+        """The PATCH entry's resource: its patch applied to the current version."""
+        if current is None:
+            raise not_found(f"{e.type}/{e.id} is not known")
+        if current.raw is None:
+            raise gone(current)
+        check_version_match(current, e.if_match)
+        assert e.patch is not None
+        try:
+            patched = e.patch.apply(load_stored(current.raw))
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch failed: {exc}") from None
+        e.resource = self.resources.checked(e.type, patched, "patched resource")
+        if e.resource.get("id") != e.id:
+            raise bad_request("A patch may not change the resource id")
+
     def _version(self, e: Entry, current: StoredVersion | None) -> VersionWrite | None:
+        e.write = self._new_version(e, current)
+        return e.write
+
+    def _new_version(self, e: Entry, current: StoredVersion | None) -> VersionWrite | None:
         svc = self.resources
         assert e.id is not None
         if e.method == "POST":
@@ -345,19 +571,7 @@ class TransactionService:
             write = svc.new_version(e.type, e.id, None, current, "DELETE")
             e.status, e.stored = "204 No Content", write.stored()
             return write
-        if e.method == "PATCH":
-            if current is None or current.raw is None:
-                raise not_found(f"{e.type}/{e.id} is not known")
-            check_version_match(current, e.if_match)
-            assert e.patch is not None
-            try:
-                patched = e.patch.apply(load_stored(current.raw))
-            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-                raise FhirError.of(422, "processing", f"JSON Patch failed: {exc}") from None
-            e.resource = svc.checked(e.type, patched, "patched resource")
-            if e.resource.get("id") != e.id:
-                raise bad_request("A patch may not change the resource id")
-        else:
+        if e.method == "PUT":
             check_version_match(current, e.if_match)
             if current is None and not svc.settings.allow_update_create:
                 raise FhirError.of(405, "not-supported", "update-as-create is disabled")
@@ -371,6 +585,56 @@ class TransactionService:
         e.status = "201 Created" if created else "200 OK"
         e.stored = write.stored()
         return write
+
+
+@dataclass(slots=True)
+class _Resolution:
+    """What the entries resolved so far did, for the entries processed after them."""
+
+    deleted: set[tuple[str, str]] = field(default_factory=set)
+    creates: dict[tuple[str, str], Entry] = field(default_factory=dict)  # by ifNoneExist
+
+
+_RESTFUL = re.compile(r"(https?://.+)/([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+
+
+def _restful(full_url: str | None) -> tuple[str, str, str] | None:
+    """(root, type, id) of a RESTful fullUrl ([root]/[type]/[id])."""
+    m = _RESTFUL.fullmatch(full_url or "")
+    if m is None or not is_resource_type(m.group(2)):
+        return None
+    return m.group(1), m.group(2), m.group(3)
+
+
+def _relative_links(entries: list[Entry]) -> dict[str, dict[str, str]]:
+    """Relative references ("Patient/abc") to entries with a RESTful fullUrl
+    ("http://other/fhir/Patient/abc") that now have another id, by the fullUrl's root.
+    Within a bundle a relative reference in an entry whose fullUrl has that same root
+    means that entry (bundle.html#references: "extract the [root] from the fullUrl, and
+    append the reference (type/id) to it"), so it is rewritten as the fullUrl is."""
+    out: dict[str, dict[str, str]] = {}
+    for e in entries:
+        parts = _restful(e.full_url)
+        if parts is None or e.id is None:
+            continue
+        root, type_, id_ = parts
+        if (type_, id_) != (e.type, e.id):
+            out.setdefault(root, {})[f"{type_}/{id_}"] = f"{e.type}/{e.id}"
+    return out
+
+
+def _parse_read(entry: Entry, parts: list[str]) -> None:
+    """GET [type]/[id] (read) and GET [type]/[id]/_history/[vid] (vread): known to the
+    transaction, which checks that they succeed; other GETs (searches, histories,
+    operations) are only performed."""
+    if len(parts) not in (2, 4) or parts[1].startswith(("$", "_")) or not parts[1]:
+        return
+    if len(parts) == 4 and (parts[2] != "_history" or not parts[3].isdigit()):
+        return
+    if not is_valid_id(parts[1]):
+        raise bad_request(f"Invalid id in request.url {entry.url!r}", "request.url")
+    entry.read_id = parts[1]
+    entry.read_version = int(parts[3]) if len(parts) == 4 else None
 
 
 def _if_match(value: Any) -> int | None:
@@ -400,9 +664,18 @@ def _references(value: Any) -> Iterable[str]:
             yield from _references(item)
 
 
-def rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
-    """A copy with every Reference.reference found in ``mapping`` replaced; urn:uuid:,
-    urn:oid: and absolute fullUrls all become ``Type/id`` (http.html#trules)."""
+def _conditional_references(resource: Any) -> list[str]:
+    """The "[type]?[criteria]" references of a resource, in order, without repeats."""
+    out: list[str] = []
+    for ref in _references(resource):
+        type_, sep, _ = ref.partition("?")
+        if sep and is_resource_type(type_) and ref not in out:
+            out.append(ref)
+    return out
+
+
+def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
+    """A copy with every Reference.reference found in ``mapping`` replaced."""
     if not mapping:
         return value
     if isinstance(value, dict):
@@ -415,4 +688,78 @@ def rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
         return out
     if isinstance(value, list):
         return [rewrite_references(v, mapping) for v in value]
+    return value
+
+
+# http.html#trules: "Servers SHALL replace all matching links in the bundle, whether
+# they are found in the resource ids, resource references, elements of type uri, url,
+# oid, uuid, and <a href="" & <img src="" in the narrative. Elements of type canonical
+# are not replaced."
+_LINK_TYPES = frozenset({"uri", "url", "oid", "uuid"})
+_NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*)(["'])(.*?)\2""", re.DOTALL)
+
+
+def rewrite_links(resource: dict[str, Any], links: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of a (validated) resource with every link to a bundle entry's fullUrl
+    (urn:uuid:, urn:oid: or absolute) replaced by the entry's ``Type/id``: references,
+    uri/url/oid/uuid elements (not Extension.url, which names the extension) and the
+    narrative's href and src attributes, at any depth."""
+    if not links:
+        return resource
+    return _walk(resource, _resource_info(resource), links)
+
+
+def _resource_info(value: Any) -> TypeInfo | None:
+    if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
+        m = model()
+        if value["resourceType"] in m.resources:
+            return m.types.get(value["resourceType"])
+    return None
+
+
+def _walk(value: Any, info: TypeInfo | None, links: Mapping[str, str]) -> Any:
+    if isinstance(value, list):
+        return [_walk(v, info, links) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if info is None:  # not in the model: at least its references
+        return rewrite_references(value, links)
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        el = info.elements.get(key)
+        if el is None:
+            if key.startswith("_") and key[1:] in info.elements:  # a primitive's extensions
+                out[key] = _walk(v, model().types.get("Element"), links)
+            else:
+                out[key] = v
+        elif el.kind == PRIMITIVE:
+            if (info.name == "Reference" and key == "reference") or (
+                el.type_name in _LINK_TYPES and not (info.name == "Extension" and key == "url")
+            ):
+                out[key] = _link(v, links)
+            elif info.name == "Narrative" and key == "div" and isinstance(v, str):
+                out[key] = _NARRATIVE_LINK.sub(
+                    lambda m: (
+                        m.group(1) + m.group(2) + links.get(m.group(3), m.group(3)) + m.group(2)
+                    ),
+                    v,
+                )
+            else:
+                out[key] = v
+        elif el.kind == COMPLEX:
+            out[key] = _walk(v, el.info, links)
+        elif el.kind == RESOURCE:
+            items = v if isinstance(v, list) else [v]
+            walked = [_walk(item, _resource_info(item), links) for item in items]
+            out[key] = walked if isinstance(v, list) else walked[0]
+        else:
+            out[key] = v
+    return out
+
+
+def _link(value: Any, links: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return links.get(value, value)
+    if isinstance(value, list):
+        return [_link(v, links) for v in value]
     return value

@@ -40,7 +40,7 @@ _HISTORY_INDEXES = [
 # index, so no search parameter needs a collection scan; compartment membership and
 # lastUpdated get their own.
 _CURRENT_INDEXES = [
-    IndexModel([("$**", ASCENDING)], name="search", wildcardProjection={"sp": 1, "so": 1}),
+    IndexModel([("$**", ASCENDING)], name="search", wildcardProjection={"sp": 1}),
     IndexModel([("comp", ASCENDING)], name="compartment"),
     IndexModel([("lu", DESCENDING)], name="last_updated"),
 ]
