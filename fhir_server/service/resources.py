@@ -163,12 +163,16 @@ class ResourceService:
             created=resource is not None and (current is None or current.deleted),
         )
         if resource is not None:
-            stored = with_meta(resource, write)
-            write.raw = dumps(stored)
-            base = request_base_url.get() or self.settings.base_url
-            index = index_resource(stored, self.registry, base_url=base)
-            write.sp, write.so, write.comp = index.sp, index.so, index.comp
+            self.render(write, resource)
         return write
+
+    def render(self, write: VersionWrite, resource: dict[str, Any]) -> None:
+        """Fill a version's stored JSON and its search index from the resource."""
+        stored = with_meta(resource, write)
+        write.raw = dumps(stored)
+        base = request_base_url.get() or self.settings.base_url
+        index = index_resource(stored, self.registry, base_url=base)
+        write.sp, write.so, write.comp = index.sp, index.so, index.comp
 
     async def _transaction(self, resource_type: str, fn: Callable[[Session], Awaitable[T]]) -> T:
         return await self.storage.transaction(fn, (resource_type,))

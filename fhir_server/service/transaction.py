@@ -23,22 +23,17 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 import jsonpointer
-from pymongo import ReplaceOne
 
-from fhir_server.jsonio import dumps, load_stored, parse_json
+from fhir_server.jsonio import load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
-from fhir_server.search.extract import index_resource
-from fhir_server.service.context import request_base_url
 from fhir_server.service.resources import (
     ResourceService,
     check_version_match,
     gone,
     same_content,
-    with_meta,
 )
 from fhir_server.storage import StoredVersion, VersionWrite
-from fhir_server.storage.documents import history_key
 from fhir_server.storage.store import Session
 from fhir_server.validation.model import COMPLEX, PRIMITIVE, RESOURCE, TypeInfo, model
 
@@ -455,7 +450,7 @@ class TransactionService:
         """Conditional references whose match this transaction's own writes changed:
         the versions just written are corrected in place (same version), and a resource
         that was left unchanged gets its new version now."""
-        fixed: dict[str, list[VersionWrite]] = {}
+        fixed: list[VersionWrite] = []
         new: list[VersionWrite] = []
         for e in entries:
             assert e.unresolved is not None and e.id is not None
@@ -466,25 +461,11 @@ class TransactionService:
                     new.append(write)
                 continue
             write = e.write
-            stored = with_meta(e.resource, write)
-            write.raw = dumps(stored)
-            base = request_base_url.get() or self.resources.settings.base_url
-            index = index_resource(stored, self.resources.registry, base_url=base)
-            write.sp, write.so, write.comp = index.sp, index.so, index.comp
+            self.resources.render(write, e.resource)
             e.stored = write.stored()
-            fixed.setdefault(write.type, []).append(write)
-        for t, writes in fixed.items():
-            await self.storage.current(t).bulk_write(
-                [ReplaceOne({"_id": w.id, "v": w.version}, w.current_document()) for w in writes],
-                session=s,
-            )
-            await self.storage.history.bulk_write(
-                [
-                    ReplaceOne({"_id": history_key(t, w.id, w.version)}, w.history_document())
-                    for w in writes
-                ],
-                session=s,
-            )
+            fixed.append(write)
+        if fixed:
+            await self.storage.rewrite(fixed, s)
         if new:
             await self.storage.write(new, s)
 
@@ -504,14 +485,10 @@ class TransactionService:
                     if current.deleted:
                         raise gone(current)
                     continue
-                doc = await self.storage.history.find_one(
-                    {"_id": history_key(e.type, e.read_id, e.read_version)},
-                    {"raw": 1, "v": 1},
-                    session=s,
-                )
-                if doc is None:
+                version = await self.storage.read_version(e.type, e.read_id, e.read_version, s)
+                if version is None:
                     raise not_found(f"{e.type}/{e.read_id} has no version {e.read_version}")
-                if doc.get("raw") is None:
+                if version.deleted:
                     raise FhirError.of(
                         410,
                         "deleted",

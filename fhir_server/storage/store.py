@@ -141,9 +141,15 @@ class Storage:
         return [StoredVersion.from_current(resource_type, d) async for d in cursor]
 
     async def read_version(
-        self, resource_type: str, resource_id: str, version: int
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        session: Session | None = None,
     ) -> StoredVersion | None:
-        doc = await self.history.find_one({"_id": history_key(resource_type, resource_id, version)})
+        doc = await self.history.find_one(
+            {"_id": history_key(resource_type, resource_id, version)}, session=session
+        )
         return StoredVersion.from_history(doc) if doc else None
 
     async def find_current(
@@ -244,6 +250,25 @@ class Storage:
         if closed:
             await self.history.bulk_write(closed, session=session)
         await self.history.insert_many([w.history_document() for w in writes], session=session)
+
+    async def rewrite(self, writes: Sequence[VersionWrite], session: Session) -> None:
+        """Replace versions written earlier in the same transaction (same version
+        number): for content that could only be settled after the writes."""
+        by_type: dict[str, list[VersionWrite]] = defaultdict(list)
+        for w in writes:
+            by_type[w.type].append(w)
+        for t, group in by_type.items():
+            await self.current(t).bulk_write(
+                [ReplaceOne({"_id": w.id, "v": w.version}, w.current_document()) for w in group],
+                session=session,
+            )
+        await self.history.bulk_write(
+            [
+                ReplaceOne({"_id": history_key(w.type, w.id, w.version)}, w.history_document())
+                for w in writes
+            ],
+            session=session,
+        )
 
 
 def _keyset(cursor: HistoryCursor, op: str) -> dict[str, Any]:
