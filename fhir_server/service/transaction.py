@@ -16,7 +16,6 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +26,7 @@ import jsonpointer
 from fhir_server.jsonio import load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
+from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
 from fhir_server.service.resources import (
     ResourceService,
     check_version_match,
@@ -35,7 +35,6 @@ from fhir_server.service.resources import (
 )
 from fhir_server.storage import StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
-from fhir_server.validation.model import COMPLEX, PRIMITIVE, RESOURCE, TypeInfo, model
 
 # http.html#trules: deletes, then creates, then updates/patches, then reads.
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -308,7 +307,7 @@ class TransactionService:
         # Step 5 of http.html#trules resolves conditional references after the writes:
         # they are searched before (so that an unchanged resource makes no new version)
         # and again after this transaction's writes, which decide.
-        conditional = [e for e in resources if _conditional_references(e.resource)]
+        conditional = [e for e in resources if conditional_references(e.resource)]
         before = await self._conditional_matches(s, conditional, strict=False)
         for e in conditional:
             e.unresolved = e.resource
@@ -328,7 +327,7 @@ class TransactionService:
             changed = [
                 e
                 for e in conditional
-                if any(before.get(r) != after[r] for r in _conditional_references(e.unresolved))
+                if any(before.get(r) != after[r] for r in conditional_references(e.unresolved))
             ]
             await self._re_resolve(s, changed, after, current)
         for e in entries:
@@ -419,7 +418,7 @@ class TransactionService:
         found: dict[str, str] = {}
         seen: set[str] = set()
         for e in entries:
-            for ref in _conditional_references(e.unresolved or e.resource):
+            for ref in conditional_references(e.unresolved or e.resource):
                 if ref in seen:
                     continue
                 seen.add(ref)
@@ -626,117 +625,3 @@ def _if_match(value: Any) -> int | None:
             f'ifMatch must be a version ETag such as W/"3", got {value!r}', "request.ifMatch"
         )
     return int(text)
-
-
-def _references(value: Any) -> Iterable[str]:
-    """Every Reference.reference string at any depth (extensions, contained, ...)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str):
-                yield v
-            else:
-                yield from _references(v)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _references(item)
-
-
-def _conditional_references(resource: Any) -> list[str]:
-    """The "[type]?[criteria]" references of a resource, in order, without repeats."""
-    out: list[str] = []
-    for ref in _references(resource):
-        type_, sep, _ = ref.partition("?")
-        if sep and is_resource_type(type_) and ref not in out:
-            out.append(ref)
-    return out
-
-
-def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
-    """A copy with every Reference.reference found in ``mapping`` replaced."""
-    if not mapping:
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str) and v in mapping:
-                out[k] = mapping[v]
-            else:
-                out[k] = rewrite_references(v, mapping)
-        return out
-    if isinstance(value, list):
-        return [rewrite_references(v, mapping) for v in value]
-    return value
-
-
-# http.html#trules: "Servers SHALL replace all matching links in the bundle, whether
-# they are found in the resource ids, resource references, elements of type uri, url,
-# oid, uuid, and <a href="" & <img src="" in the narrative. Elements of type canonical
-# are not replaced."
-_LINK_TYPES = frozenset({"uri", "url", "oid", "uuid"})
-_NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*)(["'])(.*?)\2""", re.DOTALL)
-
-
-def rewrite_links(resource: dict[str, Any], links: Mapping[str, str]) -> dict[str, Any]:
-    """A copy of a (validated) resource with every link to a bundle entry's fullUrl
-    (urn:uuid:, urn:oid: or absolute) replaced by the entry's ``Type/id``: references,
-    uri/url/oid/uuid elements (not Extension.url, which names the extension) and the
-    narrative's href and src attributes, at any depth."""
-    if not links:
-        return resource
-    return _walk(resource, _resource_info(resource), links)
-
-
-def _resource_info(value: Any) -> TypeInfo | None:
-    if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
-        m = model()
-        if value["resourceType"] in m.resources:
-            return m.types.get(value["resourceType"])
-    return None
-
-
-def _walk(value: Any, info: TypeInfo | None, links: Mapping[str, str]) -> Any:
-    if isinstance(value, list):
-        return [_walk(v, info, links) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if info is None:  # not in the model: at least its references
-        return rewrite_references(value, links)
-    out: dict[str, Any] = {}
-    for key, v in value.items():
-        el = info.elements.get(key)
-        if el is None:
-            if key.startswith("_") and key[1:] in info.elements:  # a primitive's extensions
-                out[key] = _walk(v, model().types.get("Element"), links)
-            else:
-                out[key] = v
-        elif el.kind == PRIMITIVE:
-            if (info.name == "Reference" and key == "reference") or (
-                el.type_name in _LINK_TYPES and not (info.name == "Extension" and key == "url")
-            ):
-                out[key] = _link(v, links)
-            elif info.name == "Narrative" and key == "div" and isinstance(v, str):
-                out[key] = _NARRATIVE_LINK.sub(
-                    lambda m: (
-                        m.group(1) + m.group(2) + links.get(m.group(3), m.group(3)) + m.group(2)
-                    ),
-                    v,
-                )
-            else:
-                out[key] = v
-        elif el.kind == COMPLEX:
-            out[key] = _walk(v, el.info, links)
-        elif el.kind == RESOURCE:
-            items = v if isinstance(v, list) else [v]
-            walked = [_walk(item, _resource_info(item), links) for item in items]
-            out[key] = walked if isinstance(v, list) else walked[0]
-        else:
-            out[key] = v
-    return out
-
-
-def _link(value: Any, links: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        return links.get(value, value)
-    if isinstance(value, list):
-        return [_link(v, links) for v in value]
-    return value
