@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from fhir_server import __version__
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
+from fhir_server.api.head import HeadAsGet
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.config import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     errors.install(app)
+    app.add_middleware(HeadAsGet)
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
