@@ -25,7 +25,13 @@ from fhir_server.api.routes import base_url, services
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import dumps, load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
-from fhir_server.service.transaction import Entry, TransactionService, entry_error, split_url
+from fhir_server.service.transaction import (
+    Entry,
+    TransactionService,
+    bundle_entries,
+    entry_error,
+    split_url,
+)
 
 router = APIRouter()
 _FORWARDED = ("authorization", "prefer", "accept")
@@ -104,17 +110,7 @@ def _write_entry(e: Entry, base: str, prefer_return: str) -> dict[str, Any]:
 
 async def _batch(request: Request, bundle: dict[str, Any], out: neg.Output) -> Response:
     svc = services(request)
-    raw_entries = bundle.get("entry") or []
-    if not isinstance(raw_entries, list):
-        raise bad_request("Bundle.entry must be an array", "Bundle.entry")
-    if len(raw_entries) > svc.settings.bundle_max_entries:
-        raise FhirError.of(
-            413,
-            "too-costly",
-            f"The bundle has {len(raw_entries)} entries; the limit is "
-            f"{svc.settings.bundle_max_entries}",
-            "Bundle.entry",
-        )
+    raw_entries = bundle_entries(bundle, svc.settings.bundle_max_entries)
     entries = []
     async with _internal_client(request) as client:
         for i, raw in enumerate(raw_entries):

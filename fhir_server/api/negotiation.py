@@ -141,6 +141,20 @@ def if_modified_since(request: Request) -> datetime | None:
         return None  # RFC 9110 13.1.3: an invalid date is ignored
 
 
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The raw request body, refused with 413 as soon as it exceeds ``limit``."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_body(request: Request, limit: int, allowed: frozenset[str], kind: str) -> bytes:
     """The request body, after checking its media type and size."""
     declared = media_type(request.headers.get("content-type"))
@@ -151,16 +165,7 @@ async def read_body(request: Request, limit: int, allowed: frozenset[str], kind:
             f"Content-Type {declared!r} is not supported here; send {kind}",
             "Content-Type",
         )
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_bounded(request, limit)
     if not body.strip():
         raise bad_request("The request body is empty")
     return body

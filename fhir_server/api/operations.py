@@ -33,14 +33,7 @@ _VALIDATE_URL_PARAMS = frozenset({"mode", "profile", "_format", "_pretty"})
 async def optional_body(request: Request) -> Any:
     """The parsed JSON body, or None when there is none (an operation's body is
     optional: $everything without parameters, $validate with mode=delete)."""
-    limit = services(request).settings.max_body_bytes
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FhirError.of(413, "too-costly", f"The request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await neg.read_bounded(request, services(request).settings.max_body_bytes)
     if not body.strip():
         return None
     declared = neg.media_type(request.headers.get("content-type"))

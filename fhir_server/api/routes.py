@@ -269,9 +269,7 @@ async def _form_params(request: Request) -> list[tuple[str, str]]:
             "POST _search takes an application/x-www-form-urlencoded body",
             "Content-Type",
         )
-    body = b"".join([chunk async for chunk in request.stream()])
-    if len(body) > limit:
-        raise FhirError.of(413, "too-costly", f"The request body exceeds {limit} bytes")
+    body = await neg.read_bounded(request, limit)
     try:
         return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
     except UnicodeDecodeError:

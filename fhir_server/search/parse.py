@@ -33,24 +33,6 @@ from fhir_server.search.plan import (
 from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.subsetting import SUMMARY_MODES, parse_elements
 
-# Parameters about the result, not the match (search.html#return).
-RESULT_PARAMS = frozenset(
-    {
-        "_sort",
-        "_count",
-        "_total",
-        "_summary",
-        "_elements",
-        "_include",
-        "_revinclude",
-        "_contained",
-        "_containedType",
-        "_format",
-        "_pretty",
-        "_cursor",
-        "_type",
-    }
-)
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"not", "text", "of-type", "missing"},

@@ -104,6 +104,21 @@ def _within(entry: Entry, expression: str) -> str:
     return f"{entry.where}.{expression}" if expression else entry.where
 
 
+def bundle_entries(bundle: dict[str, Any], max_entries: int) -> list[Any]:
+    """Bundle.entry of a transaction or batch, within the configured size (413 beyond)."""
+    raw_entries = bundle.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise bad_request("Bundle.entry must be an array", "Bundle.entry")
+    if len(raw_entries) > max_entries:
+        raise FhirError.of(
+            413,
+            "too-costly",
+            f"The bundle has {len(raw_entries)} entries; the limit is {max_entries}",
+            "Bundle.entry",
+        )
+    return raw_entries
+
+
 def split_url(url: str, base_url: str) -> tuple[str, str]:
     """Entry request.url → (path, query), relative to the base."""
     base = base_url.rstrip("/") + "/"
@@ -150,16 +165,7 @@ class TransactionService:
     # --- parsing (no database) ---------------------------------------------------------
 
     def parse(self, bundle: dict[str, Any], base_url: str) -> list[Entry]:
-        raw_entries = bundle.get("entry") or []
-        if not isinstance(raw_entries, list):
-            raise bad_request("Bundle.entry must be an array", "Bundle.entry")
-        if len(raw_entries) > self.max_entries:
-            raise FhirError.of(
-                413,
-                "too-costly",
-                f"The bundle has {len(raw_entries)} entries; the limit is {self.max_entries}",
-                "Bundle.entry",
-            )
+        raw_entries = bundle_entries(bundle, self.max_entries)
         entries = []
         full_urls: dict[str, Entry] = {}
         for i, raw in enumerate(raw_entries):
