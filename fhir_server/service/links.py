@@ -80,48 +80,57 @@ def _resource_info(value: Any) -> TypeInfo | None:
 
 
 def _walk(value: Any, info: TypeInfo | None, links: Mapping[str, str]) -> Any:
+    """``value`` with its links rewritten; unchanged parts are shared, not copied."""
     if isinstance(value, list):
-        return [_walk(v, info, links) for v in value]
+        walked = [_walk(v, info, links) for v in value]
+        return value if all(a is b for a, b in zip(walked, value, strict=True)) else walked
     if not isinstance(value, dict):
         return value
     if info is None:  # not in the model: at least its references
         return rewrite_references(value, links)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] | None = None
     for key, v in value.items():
-        el = info.elements.get(key)
-        if el is None:
-            if key.startswith("_") and key[1:] in info.elements:  # a primitive's extensions
-                out[key] = _walk(v, model().types.get("Element"), links)
-            else:
-                out[key] = v
-        elif el.kind == PRIMITIVE:
-            if (info.name == "Reference" and key == "reference") or (
-                el.type_name in _LINK_TYPES and not (info.name == "Extension" and key == "url")
-            ):
-                out[key] = _link(v, links)
-            elif info.name == "Narrative" and key == "div" and isinstance(v, str):
-                out[key] = _NARRATIVE_LINK.sub(
-                    lambda m: (
-                        m.group(1) + m.group(2) + links.get(m.group(3), m.group(3)) + m.group(2)
-                    ),
-                    v,
-                )
-            else:
-                out[key] = v
-        elif el.kind == COMPLEX:
-            out[key] = _walk(v, el.info, links)
-        elif el.kind == RESOURCE:
-            items = v if isinstance(v, list) else [v]
-            walked = [_walk(item, _resource_info(item), links) for item in items]
-            out[key] = walked if isinstance(v, list) else walked[0]
-        else:
-            out[key] = v
-    return out
+        new = _walk_element(info, key, v, links)
+        if new is not v:
+            if out is None:
+                out = dict(value)
+            out[key] = new
+    return value if out is None else out
+
+
+def _walk_element(info: TypeInfo, key: str, v: Any, links: Mapping[str, str]) -> Any:
+    el = info.elements.get(key)
+    if el is None:
+        if key.startswith("_") and key[1:] in info.elements:  # a primitive's extensions
+            return _walk(v, model().types.get("Element"), links)
+        return v
+    if el.kind == PRIMITIVE:
+        if (info.name == "Reference" and key == "reference") or (
+            el.type_name in _LINK_TYPES and not (info.name == "Extension" and key == "url")
+        ):
+            return _link(v, links)
+        if info.name == "Narrative" and key == "div" and isinstance(v, str):
+            div = _NARRATIVE_LINK.sub(
+                lambda m: m.group(1) + m.group(2) + links.get(m.group(3), m.group(3)) + m.group(2),
+                v,
+            )
+            return v if div == v else div
+        return v
+    if el.kind == COMPLEX:
+        return _walk(v, el.info, links)
+    if el.kind == RESOURCE:
+        items = v if isinstance(v, list) else [v]
+        walked = [_walk(item, _resource_info(item), links) for item in items]
+        if all(a is b for a, b in zip(walked, items, strict=True)):
+            return v
+        return walked if isinstance(v, list) else walked[0]
+    return v
 
 
 def _link(value: Any, links: Mapping[str, str]) -> Any:
     if isinstance(value, str):
         return links.get(value, value)
     if isinstance(value, list):
-        return [_link(v, links) for v in value]
+        linked = [_link(v, links) for v in value]
+        return value if linked == value else linked
     return value
