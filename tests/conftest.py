@@ -37,8 +37,29 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(mongo_url: str) -> Settings:
-    """Settings for one test: its own database, so tests never see each other's data."""
-    return Settings(mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}")
+    """Settings for one test: its own database, so tests never see each other's data.
+    Authorization is off here (tests of the FHIR behaviour itself); SMART tests use
+    ``auth_settings``/``auth_client``."""
+    return Settings(
+        mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}", auth_enabled=False
+    )
+
+
+@pytest.fixture
+def auth_settings(mongo_url: str) -> Settings:
+    """Like ``settings``, with SMART authorization on (the production default)."""
+    return Settings(
+        mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}", auth_enabled=True
+    )
+
+
+@pytest.fixture
+def auth_client(auth_settings: Settings) -> Iterator[TestClient]:
+    """An HTTP client on the real app with authorization on; requests need tokens."""
+    with TestClient(create_app(auth_settings), base_url="http://testserver") as c:
+        yield c
+    with MongoClient(auth_settings.mongo_url) as mc:
+        mc.drop_database(auth_settings.database)
 
 
 @pytest.fixture

@@ -236,7 +236,7 @@ def found(client: TestClient, path: str, params: Params = (), **headers: str) ->
 def shared_client(mongo_url: str, **overrides: Any) -> Iterator[TestClient]:
     """A client on its own database (dropped after), for a module-scoped fixture whose
     seeded resources several read-only tests share."""
-    with app_client(Settings(mongo_url=mongo_url), **overrides) as c:
+    with app_client(Settings(mongo_url=mongo_url, auth_enabled=False), **overrides) as c:
         yield c
 
 

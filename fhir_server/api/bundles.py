@@ -22,6 +22,7 @@ from starlette.responses import Response
 from fhir_server.api import negotiation as neg
 from fhir_server.api.rendering import json_response
 from fhir_server.api.routes import base_url, services
+from fhir_server.authz.context import request_policy
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import dumps, load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
@@ -67,7 +68,10 @@ async def _transaction(request: Request, bundle: dict[str, Any], out: neg.Output
     svc = services(request)
     base = base_url(request)
     lenient = neg.prefer(request).handling == "lenient"
-    transactions = TransactionService(svc.resources, svc.settings.bundle_max_entries, lenient)
+    policy = request_policy(request)
+    transactions = TransactionService(
+        svc.resources, svc.settings.bundle_max_entries, lenient, policy
+    )
     result = await transactions.process(bundle, base)
     prefer_return = neg.prefer(request).return_
     reads: dict[int, dict[str, Any]] = {}

@@ -15,10 +15,22 @@ from starlette.responses import Response
 
 from fhir_server.api import negotiation as neg
 from fhir_server.api.rendering import bundle, json_response, outcome_response, resource_json
-from fhir_server.api.routes import base_url, bind_base_url, resource_type, services
+from fhir_server.api.routes import (
+    base_url,
+    bind_base_url,
+    require_visible,
+    resource_type,
+    services,
+)
+from fhir_server.authz.context import request_policy
 from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request
-from fhir_server.service.everything import EverythingQuery, EverythingService, PatientScope
+from fhir_server.service.everything import (
+    EverythingQuery,
+    EverythingService,
+    PatientScope,
+    restrict,
+)
 from fhir_server.service.everything import parse_query as parse_everything
 from fhir_server.service.parameters import is_parameters, primitive_text, read_parameters
 from fhir_server.service.resources import check_id
@@ -90,11 +102,16 @@ async def _everything(request: Request, patient_id: str | None) -> Response:
         max_count=svc.settings.search_max_count,
         lenient=neg.prefer(request).handling == "lenient",
     )
+    policy = request_policy(request)
     if patient_id is not None:
+        await require_visible(request, "Patient", patient_id)  # 404 outside the token
         await svc.resources.read("Patient", patient_id)  # 404 unknown, 410 deleted
+    else:
+        policy.require("Patient", "r")
+    await restrict(query, policy)
     path = f"Patient/{patient_id}/$everything" if patient_id else "Patient/$everything"
     link = _linker(base_url(request), path, query)
-    service = EverythingService(svc.search)
+    service = EverythingService(svc.search, policy)
     if out.summary == "count" or query.count == 0:  # as search does (search.html#count)
         total = await service.count(query)
         return json_response(bundle("searchset", [], {"self": link(None)}, total), out)
@@ -157,8 +174,15 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
             raise FhirError.of(
                 400, "not-supported", f"Unknown parameter {name!r} for $validate", name
             )
+    # $validate previews a write: it needs the scope of the write it checks (mode
+    # create or none: c, update: u, delete: d); an instance's must be visible too.
+    mode = params.get("mode")
+    interaction = {"update": "u", "delete": "d"}.get(mode or "", "c")
+    request_policy(request).require(t, interaction)
+    if rid is not None and not rid.startswith("$"):
+        await require_visible(request, t, rid, interaction)
     body = await optional_body(request)
-    req = validate_request(t, body, params.get("mode"), params.get("profile"))
+    req = validate_request(t, body, mode, params.get("profile"))
     resources = services(request).resources
     issues = await ValidateService(resources).run(t, rid, req, neg.if_match(request))
     return outcome_response(validation_outcome(issues), out, 200)

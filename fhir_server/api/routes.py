@@ -24,14 +24,19 @@ from fhir_server.api.rendering import (
     resource_response,
     version_headers,
 )
+from fhir_server.authz.context import request_policy
 from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import parse_json
-from fhir_server.outcome import FhirError, bad_request, info_outcome
+from fhir_server.outcome import FhirError, bad_request, info_outcome, not_found
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.service.capability import capability_statement
 from fhir_server.service.context import request_base_url
-from fhir_server.service.history import HistoryService, parse_instant_param
+from fhir_server.service.history import (
+    HistoryService,
+    RestrictedHistoryQuery,
+    parse_instant_param,
+)
 from fhir_server.service.resources import ResourceService, WriteOutcome, check_id
 from fhir_server.service.search import SearchService
 from fhir_server.storage import StoredVersion
@@ -77,6 +82,18 @@ def instance_id(value: str) -> str:
             400, "not-supported", f"Operation {value} is not supported on this endpoint"
         )
     return value
+
+
+async def require_visible(request: Request, rtype: str, rid: str, interaction: str = "r") -> None:
+    """403 when no scope covers reading the type; 404 when this resource is outside
+    what the token may see, exactly as if it did not exist (no existence leak)."""
+    policy = request_policy(request)
+    if policy.unrestricted:
+        return
+    await policy.restriction(rtype, interaction)  # 403: no usable scope for the type
+    check_id(rid)
+    if not await policy.contains(rtype, rid, interaction):
+        raise not_found(f"{rtype}/{rid} is not known")
 
 
 # --- capabilities ----------------------------------------------------------------------
@@ -136,12 +153,21 @@ async def _history(request: Request, query: HistoryQuery, path: str) -> Response
         since = parse_instant_param("_since", params["_since"])[0]
     if "_at" in params:
         at = parse_instant_param("_at", params["_at"])
-    query = HistoryQuery(
+    policy = request_policy(request)
+    allowed = None
+    if query.id is None and not policy.unrestricted:
+        if query.type is not None:
+            policy.require(query.type, "r")
+        existing = set(await svc.resources.storage.db.list_collection_names())
+        types = None if query.type is None else [query.type]
+        allowed = await policy.types_filter("r", types, existing)
+    query = RestrictedHistoryQuery(
         query.type,
         query.id,
         since=since,
         at_low=at[0] if at else None,
         at_high=at[1] if at else None,
+        allowed=allowed,
     )
     if out.summary == "count":
         total = await svc.resources.storage.history_count(query)
@@ -159,7 +185,9 @@ async def _history(request: Request, query: HistoryQuery, path: str) -> Response
         links["previous"] = link(page.previous)
     if page.next:
         links["next"] = link(page.next)
-    entries = [_history_entry(v, base, out) for v in page.versions]
+    policy = request_policy(request)
+    versions = [v for v in page.versions if policy.version_visible(v)]
+    entries = [_history_entry(v, base, out) for v in versions]
     return json_response(bundle("history", entries, links, page.total), out)
 
 
@@ -196,7 +224,8 @@ async def history_type(request: Request, rtype: str) -> Response:
 async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
     svc = services(request)
-    await svc.resources.read_any(t, instance_id(rid))
+    await require_visible(request, t, instance_id(rid))
+    await svc.resources.read_any(t, rid)
     return await _history(request, HistoryQuery(type=t, id=rid), f"{t}/{rid}/_history")
 
 
@@ -213,6 +242,7 @@ async def _search(
     compartment: tuple[str, str] | None = None,
 ) -> Response:
     svc = services(request)
+    policy = request_policy(request)
     out = neg.negotiate(request, allow_count=True)
     base = base_url(request)
     # search.html#errors: "Empty parameters are not an error - they are just ignored"
@@ -234,9 +264,9 @@ async def _search(
     # search.html#count: "if _count has the value 0, this shall be treated the same as
     # _summary=count"
     if plan.summary == "count" or plan.count == 0:
-        total = await svc.search.count(plan)
+        total = await svc.search.count(plan, policy=policy)
         return json_response(bundle("searchset", [], {"self": link(None)}, total), out)
-    result = await svc.search.search(plan)
+    result = await svc.search.search(plan, policy)
     links = {"self": link(plan.cursor), "first": link(None)}
     if result.previous:
         links["previous"] = link(result.previous)
@@ -276,14 +306,25 @@ async def _form_params(request: Request) -> list[tuple[str, str]]:
         raise bad_request("The form body is not valid UTF-8") from None
 
 
-def _system_types(request: Request) -> list[str]:
+async def _system_types(request: Request) -> list[str]:
+    """The types of a system search: those of _type (each must be searchable with the
+    token, else 403), or every type the token may search."""
+    policy = request_policy(request)
     value = request.query_params.get("_type")
     if not value:  # absent, or empty and so ignored
-        return list(resource_types())
+        if policy.unrestricted:
+            return list(resource_types())
+        types = await policy.readable(resource_types(), "s")
+        if not types:
+            raise FhirError.of(
+                403, "forbidden", "The access token does not permit searching any type", "_type"
+            )
+        return types
     names = [t.strip() for t in value.split(",") if t.strip()]
     for name in names:
         if not is_resource_type(name):
             raise bad_request(f"_type: unknown resource type {name!r}", "_type")
+        await policy.restriction(name, "s")
     if not names:
         raise bad_request("_type needs at least one resource type", "_type")
     return names
@@ -292,13 +333,13 @@ def _system_types(request: Request) -> list[str]:
 @router.get("")
 @router.get("/")
 async def search_system(request: Request) -> Response:
-    return await _search(request, _system_types(request), "")
+    return await _search(request, await _system_types(request), "")
 
 
 @router.post("/_search")
 async def search_system_post(request: Request) -> Response:
     extra = await _form_params(request)
-    return await _search(request, _system_types(request), "", extra)
+    return await _search(request, await _system_types(request), "", extra)
 
 
 @router.get("/{rtype}")
@@ -330,7 +371,8 @@ def _not_modified(request: Request, stored: StoredVersion) -> bool:
 async def read(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
     out = neg.negotiate(request)
-    stored = await services(request).resources.read(t, instance_id(rid))
+    await require_visible(request, t, instance_id(rid))
+    stored = await services(request).resources.read(t, rid)
     if _not_modified(request, stored):
         return Response(status_code=304, headers=version_headers(stored))
     return resource_response(stored, out)
@@ -340,7 +382,10 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     t = resource_type(rtype)
     out = neg.negotiate(request)
-    stored = await services(request).resources.vread(t, instance_id(rid), vid)
+    await require_visible(request, t, instance_id(rid))
+    stored = await services(request).resources.vread(t, rid, vid)
+    if not request_policy(request).version_visible(stored):
+        raise not_found(f"{t}/{rid} has no version {vid}")
     return resource_response(stored, out)
 
 
@@ -390,20 +435,24 @@ async def _resource_body(request: Request) -> Any:
 @router.post("/{rtype}")
 async def create(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "c")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     criteria = request.headers.get("if-none-exist")
-    result = await services(request).resources.create(t, body, criteria)
+    result = await services(request).resources.create(t, body, criteria, policy)
     return _write_response(request, result, out, neg.prefer(request))
 
 
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "u")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     result = await services(request).resources.update(
-        t, instance_id(rid), body, neg.if_match(request)
+        t, instance_id(rid), body, neg.if_match(request), policy
     )
     return _write_response(request, result, out, neg.prefer(request))
 
@@ -418,10 +467,12 @@ def _criteria(request: Request) -> str:
 @router.put("/{rtype}")
 async def conditional_update(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "u")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     result = await services(request).resources.conditional_update(
-        t, _criteria(request), body, neg.if_match(request)
+        t, _criteria(request), body, neg.if_match(request), policy
     )
     return _write_response(request, result, out, neg.prefer(request))
 
@@ -478,10 +529,12 @@ async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
 @router.patch("/{rtype}/{rid}")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "u")
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.patch(
-        t, instance_id(rid), ops, neg.if_match(request)
+        t, instance_id(rid), ops, neg.if_match(request), policy
     )
     return _write_response(request, result, out, neg.prefer(request))
 
@@ -489,10 +542,12 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 @router.patch("/{rtype}")
 async def conditional_patch(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "u")
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.conditional_patch(
-        t, _criteria(request), ops, neg.if_match(request)
+        t, _criteria(request), ops, neg.if_match(request), policy
     )
     return _write_response(request, result, out, neg.prefer(request))
 
@@ -509,8 +564,12 @@ def _delete_response(
 @router.delete("/{rtype}/{rid}")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "d")
     out = neg.negotiate(request)
-    stored = await services(request).resources.delete(t, instance_id(rid), neg.if_match(request))
+    stored = await services(request).resources.delete(
+        t, instance_id(rid), neg.if_match(request), policy
+    )
     if stored is None:
         message = f"{t}/{rid} does not exist; nothing to delete"
     else:
@@ -521,8 +580,10 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}")
 async def conditional_delete(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
+    policy = request_policy(request)
+    policy.require(t, "d")
     out = neg.negotiate(request)
-    deleted = await services(request).resources.conditional_delete(t, _criteria(request))
+    deleted = await services(request).resources.conditional_delete(t, _criteria(request), policy)
     if deleted:
         names = ", ".join(f"{d.type}/{d.id}" for d in deleted)
         message = f"Deleted {len(deleted)} resource(s): {names}"

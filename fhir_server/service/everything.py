@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, resource_types
@@ -30,6 +30,9 @@ from fhir_server.service.search import (
     encode_cursor,
 )
 from fhir_server.storage import StoredVersion
+
+if TYPE_CHECKING:
+    from fhir_server.authz.policy import Policy
 
 Filter = dict[str, Any]
 
@@ -67,6 +70,8 @@ class EverythingQuery:
     cursor: str | None = None
     # The parameters as understood, for the self/first/next links.
     canonical: list[tuple[str, str]] = field(default_factory=list)
+    # Per type, what the request's token may read (authz policy; absent: everything).
+    allowed: dict[str, Filter] = field(default_factory=dict)
 
 
 def compartment_types(registry: Registry) -> tuple[str, ...]:
@@ -168,16 +173,37 @@ def select_types(
 # --- running it ------------------------------------------------------------------------------
 
 
+async def restrict(query: EverythingQuery, policy: Policy) -> None:
+    """Keep the types the token may read, each within what it may read: a patient
+    context token gets its own patient's record only, whatever patients were asked."""
+    if policy.unrestricted:
+        return
+    kept: list[str] = []
+    for t in query.types:
+        allowed = await policy.try_restriction(t, "r")
+        if allowed is not None:
+            kept.append(t)
+            query.allowed[t] = allowed
+    if not kept:
+        raise FhirError.of(
+            403, "forbidden", "The access token does not permit reading any type of $everything"
+        )
+    query.types = tuple(kept)
+    query.referenced = tuple(query.referenced)
+
+
 class EverythingService:
-    def __init__(self, search: SearchService) -> None:
+    def __init__(self, search: SearchService, policy: Policy | None = None) -> None:
         self.search = search
         self.storage = search.storage
+        self.policy = policy
 
-    def _filter(self, query: EverythingQuery) -> Filter:
+    def _filter(self, query: EverythingQuery, resource_type: str) -> Filter:
         f: Filter = {"del": False, **query.scope.filter()}
         if query.since is not None:
             f["lu"] = {"$gte": query.since}
-        return f
+        allowed = query.allowed.get(resource_type)
+        return {"$and": [f, allowed]} if allowed else f
 
     async def _present(self, types: Sequence[str]) -> list[tuple[int, str]]:
         """(position, type) of the types that have a collection: a patient's record
@@ -191,9 +217,9 @@ class EverythingService:
         for _, t in await self._present(query.types):
             collection = self.storage.current(t)
             if limit is None:
-                total += await collection.count_documents(self._filter(query))
+                total += await collection.count_documents(self._filter(query, t))
                 continue
-            total += await collection.count_documents(self._filter(query), limit=limit - total)
+            total += await collection.count_documents(self._filter(query, t), limit=limit - total)
             if total >= limit:
                 break
         return total
@@ -205,9 +231,9 @@ class EverythingService:
         for ti, t in await self._present(query.types):
             if ti < start:
                 continue
-            f = self._filter(query)
+            f = self._filter(query, t)
             if ti == start and last_id:
-                f["_id"] = {"$gt": last_id}
+                f = {"$and": [f, {"_id": {"$gt": last_id}}]}
             limit = query.count + 1 - len(docs)
             found = (
                 await self.storage.current(t)
@@ -227,7 +253,9 @@ class EverythingService:
             result.next = encode_cursor("a", [docs[-1][0], docs[-1][1]["_id"]])
         result.total = await self._total(query, result)
         if result.matches and query.referenced:
-            result.included = await self.search.included(self._includes(query, result), result)
+            result.included = await self.search.included(
+                self._includes(query, result), result, self.policy
+            )
         return result
 
     def _position(self, query: EverythingQuery) -> tuple[int, str]:

@@ -6,11 +6,25 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from fhir_server.datetimes import parse_range
 from fhir_server.outcome import bad_request
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import HistoryCursor, HistoryQuery
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedHistoryQuery(HistoryQuery):
+    """A history query within what the request's token may read: ``allowed`` (a filter
+    on history documents, from authz.policy.Policy.types_filter) is ANDed in. Every
+    page and the total are filtered, so a cursor never widens access."""
+
+    allowed: dict[str, Any] | None = None
+
+    def filter(self) -> dict[str, Any]:
+        found = HistoryQuery.filter(self)
+        return found if self.allowed is None else {"$and": [found, self.allowed]}
 
 
 @dataclass(frozen=True, slots=True)

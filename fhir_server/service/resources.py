@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonpatch
 import jsonpointer
@@ -24,6 +24,9 @@ from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
 from fhir_server.validation import validate_resource
+
+if TYPE_CHECKING:
+    from fhir_server.authz.policy import Policy
 
 MAX_CONDITIONAL_DELETE = 1000
 T = TypeVar("T")
@@ -187,10 +190,38 @@ class ResourceService:
         await self.storage.claim(_criteria_key(resource_type), s)
 
     async def _match(
-        self, s: Session, resource_type: str, query: str, where: str, limit: int = 2
+        self,
+        s: Session,
+        resource_type: str,
+        query: str,
+        where: str,
+        limit: int = 2,
+        policy: Policy | None = None,
+        interaction: str = "s",
     ) -> list[StoredVersion]:
         await self.claim_conditional(s, resource_type)
-        return await self.search.match(resource_type, query, where, limit, s)
+        return await self.search.match(resource_type, query, where, limit, s, policy, interaction)
+
+    # --- authorization (SMART scopes, see fhir_server/authz/policy.py) ----------------
+
+    @staticmethod
+    async def guard_before(
+        s: Session, policy: Policy | None, current: StoredVersion | None, interaction: str
+    ) -> None:
+        """The version a write replaces must be within what the token may change."""
+        if policy is None or policy.unrestricted or current is None or current.deleted:
+            return
+        await policy.require_contains(current.type, current.id, interaction, s)
+
+    @staticmethod
+    async def guard_after(s: Session, policy: Policy | None, write: VersionWrite) -> None:
+        """The version just written (read back inside the transaction) must be within
+        what the token may create or update: a write cannot move a resource out."""
+        if policy is None or policy.unrestricted or write.raw is None:
+            return
+        if write.created:
+            policy.require(write.type, "c")
+        await policy.require_contains(write.type, write.id, "c" if write.created else "u", s)
 
     # --- read --------------------------------------------------------------------------
 
@@ -225,7 +256,11 @@ class ResourceService:
     # --- create ------------------------------------------------------------------------
 
     async def create(
-        self, resource_type: str, body: Any, if_none_exist: str | None = None
+        self,
+        resource_type: str,
+        body: Any,
+        if_none_exist: str | None = None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         if isinstance(body, dict):
             # http.html#create: an id in the body SHALL be ignored; drop it before
@@ -236,7 +271,9 @@ class ResourceService:
 
         async def txn(s: Session) -> WriteOutcome:
             if if_none_exist is not None:
-                matches = await self._match(s, resource_type, if_none_exist, "If-None-Exist")
+                matches = await self._match(
+                    s, resource_type, if_none_exist, "If-None-Exist", 2, policy, "c"
+                )
                 if len(matches) > 1:
                     raise precondition_failed(
                         f"If-None-Exist criteria match {len(matches)} or more resources",
@@ -246,6 +283,7 @@ class ResourceService:
                     return WriteOutcome(matches[0], created=False)
             write = self.new_version(resource_type, new_id, resource, None, "POST")
             await self.storage.write([write], s)
+            await self.guard_after(s, policy, write)
             return WriteOutcome(write.stored(), created=True)
 
         return await self._transaction(resource_type, txn)
@@ -260,8 +298,10 @@ class ResourceService:
         resource: dict[str, Any],
         if_match: int | None,
         method: str = "PUT",
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         current = await self.storage.read_current(resource_type, resource_id, s)
+        await self.guard_before(s, policy, current, "u")
         check_version_match(current, if_match)
         if current is None and not self.settings.allow_update_create:
             raise FhirError.of(
@@ -274,10 +314,16 @@ class ResourceService:
             return WriteOutcome(current, created=False)  # no change: no new version
         write = self.new_version(resource_type, resource_id, resource, current, method)
         await self.storage.write([write], s)
+        await self.guard_after(s, policy, write)
         return WriteOutcome(write.stored(), created=current is None or current.deleted)
 
     async def update(
-        self, resource_type: str, resource_id: str, body: Any, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: Any,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         check_id(resource_id)
         resource = self.checked(resource_type, body)
@@ -293,18 +339,24 @@ class ResourceService:
                 f"{resource_type}.id",
             )
         return await self._transaction(
-            resource_type, lambda s: self._put(s, resource_type, resource_id, resource, if_match)
+            resource_type,
+            lambda s: self._put(s, resource_type, resource_id, resource, if_match, "PUT", policy),
         )
 
     async def conditional_update(
-        self, resource_type: str, query: str, body: Any, if_match: int | None
+        self,
+        resource_type: str,
+        query: str,
+        body: Any,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         """http.html#cond-update: no match creates, one match updates, several: 412."""
         resource = self.checked(resource_type, body)
         body_id = resource.get("id")
 
         async def txn(s: Session) -> WriteOutcome:
-            matches = await self._match(s, resource_type, query, "url")
+            matches = await self._match(s, resource_type, query, "url", 2, policy, "u")
             if len(matches) > 1:
                 raise precondition_failed(
                     "The conditional update criteria match more than one resource", "url"
@@ -321,7 +373,7 @@ class ResourceService:
                 target = body_id  # update-as-create with the client's id
             else:
                 target = str(uuid.uuid4())
-            return await self._put(s, resource_type, target, resource, if_match)
+            return await self._put(s, resource_type, target, resource, if_match, "PUT", policy)
 
         return await self._transaction(resource_type, txn)
 
@@ -334,10 +386,12 @@ class ResourceService:
         resource_id: str,
         patch: jsonpatch.JsonPatch,
         if_match: int | None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         current = await self.storage.read_current(resource_type, resource_id, s)
         if current is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
+        await self.guard_before(s, policy, current, "u")  # before a "test" op can probe it
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
@@ -352,37 +406,54 @@ class ResourceService:
         resource = self.checked(resource_type, patched, "patched resource")
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
-        return await self._put(s, resource_type, resource_id, resource, None, "PATCH")
+        return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
 
     async def patch(
-        self, resource_type: str, resource_id: str, patch: jsonpatch.JsonPatch, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        patch: jsonpatch.JsonPatch,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         check_id(resource_id)
         return await self._transaction(
-            resource_type, lambda s: self._patch(s, resource_type, resource_id, patch, if_match)
+            resource_type,
+            lambda s: self._patch(s, resource_type, resource_id, patch, if_match, policy),
         )
 
     async def conditional_patch(
-        self, resource_type: str, query: str, patch: jsonpatch.JsonPatch, if_match: int | None
+        self,
+        resource_type: str,
+        query: str,
+        patch: jsonpatch.JsonPatch,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> WriteOutcome:
         async def txn(s: Session) -> WriteOutcome:
-            matches = await self._match(s, resource_type, query, "url")
+            matches = await self._match(s, resource_type, query, "url", 2, policy, "u")
             if not matches:
                 raise not_found("The conditional patch criteria match no resource")
             if len(matches) > 1:
                 raise precondition_failed(
                     "The conditional patch criteria match more than one resource", "url"
                 )
-            return await self._patch(s, resource_type, matches[0].id, patch, if_match)
+            return await self._patch(s, resource_type, matches[0].id, patch, if_match, policy)
 
         return await self._transaction(resource_type, txn)
 
     # --- delete ------------------------------------------------------------------------
 
     async def _delete(
-        self, s: Session, resource_type: str, resource_id: str, if_match: int | None
+        self,
+        s: Session,
+        resource_type: str,
+        resource_id: str,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> StoredVersion | None:
         current = await self.storage.read_current(resource_type, resource_id, s)
+        await self.guard_before(s, policy, current, "d")
         check_version_match(current, if_match)
         if current is None or current.deleted:
             return current  # nothing to do (http.html#delete: still a success)
@@ -391,21 +462,28 @@ class ResourceService:
         return write.stored()
 
     async def delete(
-        self, resource_type: str, resource_id: str, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        if_match: int | None,
+        policy: Policy | None = None,
     ) -> StoredVersion | None:
         check_id(resource_id)
         return await self._transaction(
-            resource_type, lambda s: self._delete(s, resource_type, resource_id, if_match)
+            resource_type,
+            lambda s: self._delete(s, resource_type, resource_id, if_match, policy),
         )
 
-    async def conditional_delete(self, resource_type: str, query: str) -> list[StoredVersion]:
+    async def conditional_delete(
+        self, resource_type: str, query: str, policy: Policy | None = None
+    ) -> list[StoredVersion]:
         """http.html#3.1.0.7.1: several matches are all deleted only when the server is
         configured for 'multiple'; otherwise 412."""
         multiple = self.settings.conditional_delete == "multiple"
         limit = MAX_CONDITIONAL_DELETE + 1 if multiple else 2
 
         async def txn(s: Session) -> list[StoredVersion]:
-            matches = await self._match(s, resource_type, query, "url", limit)
+            matches = await self._match(s, resource_type, query, "url", limit, policy, "d")
             if len(matches) > 1 and not multiple:
                 raise precondition_failed(
                     "The conditional delete criteria match more than one resource", "url"

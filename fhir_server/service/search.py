@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import bson
@@ -26,6 +26,9 @@ from fhir_server.search.plan import Include, SearchPlan
 from fhir_server.search.registry import Registry
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import Session
+
+if TYPE_CHECKING:
+    from fhir_server.authz.policy import Policy
 
 MAX_INCLUDED = 1000
 DEFAULT_TOTAL_LIMIT = 1000
@@ -90,21 +93,45 @@ class SearchService:
         cursor = await self.storage.current(resource_type).aggregate(pipeline)
         return [d["_id"] async for d in cursor if isinstance(d["_id"], str)]
 
+    # --- authorization -----------------------------------------------------------------
+
+    async def filter(
+        self,
+        resource_type: str,
+        plan: SearchPlan,
+        policy: Policy | None,
+        interaction: str = "s",
+        session: Session | None = None,
+    ) -> Filter:
+        """The plan's query on one type, within what ``policy`` allows: its restriction
+        is ANDed in, and so is each chained or ``_has`` type's (403 if one of those is
+        not searchable), so no criterion can probe resources the token may not see."""
+        resolver: Any = self
+        if policy is not None and not policy.unrestricted:
+            resolver = _PolicyResolver(self, policy)
+        query = await Compiler(resolver).filter(resource_type, plan.conditions, plan.compartment)
+        if policy is None:
+            return query
+        return _all([query, await policy.restriction(resource_type, interaction)])
+
     # --- search ------------------------------------------------------------------------
 
-    async def count(self, plan: SearchPlan, limit: int | None = None) -> int:
+    async def count(
+        self, plan: SearchPlan, limit: int | None = None, policy: Policy | None = None
+    ) -> int:
         """Matches of the plan (counting stops at ``limit`` when given)."""
-        compiler = Compiler(self)
         total = 0
         for t in plan.types:
-            query = await compiler.filter(t, plan.conditions, plan.compartment)
+            query = await self.filter(t, plan, policy)
             options: dict[str, Any] = {"limit": limit - total} if limit is not None else {}
             total += await self.storage.current(t).count_documents(query, **options)
             if limit is not None and total >= limit:
                 break
         return total
 
-    async def _total(self, plan: SearchPlan, result: SearchResult) -> int | None:
+    async def _total(
+        self, plan: SearchPlan, result: SearchResult, policy: Policy | None
+    ) -> int | None:
         """Bundle.total. Asked for (``_total=accurate|estimate``): always counted.
         By default: on the first page only, exact when the matches fit the page or
         number under DEFAULT_TOTAL_LIMIT, and left out beyond (counting millions of
@@ -112,22 +139,24 @@ class SearchService:
         if plan.total == "none":
             return None
         if plan.total in ("accurate", "estimate"):
-            return await self.count(plan)
+            return await self.count(plan, policy=policy)
         if plan.cursor is not None:
             return None
         if result.next is None:
             return len(result.matches)
-        counted = await self.count(plan, DEFAULT_TOTAL_LIMIT)
+        counted = await self.count(plan, DEFAULT_TOTAL_LIMIT, policy)
         return counted if counted < DEFAULT_TOTAL_LIMIT else None
 
-    async def search(self, plan: SearchPlan) -> SearchResult:
+    async def search(self, plan: SearchPlan, policy: Policy | None = None) -> SearchResult:
+        """One page. With a ``policy`` every page (cursors included) is re-restricted:
+        a cursor only says where to resume, never what may be seen."""
         if len(plan.types) == 1:
-            result = await self._search_type(plan, plan.types[0])
+            result = await self._search_type(plan, plan.types[0], policy)
         else:
-            result = await self._search_types(plan)
-        result.total = await self._total(plan, result)
+            result = await self._search_types(plan, policy)
+        result.total = await self._total(plan, result, policy)
         if plan.includes and result.matches:
-            result.included = await self.included(plan.includes, result)
+            result.included = await self.included(plan.includes, result, policy)
         return result
 
     def _projection(self, plan: SearchPlan) -> dict[str, int]:
@@ -137,8 +166,10 @@ class SearchService:
                 projection["sp"] = 1  # the page's references, for _include
         return projection
 
-    async def _search_type(self, plan: SearchPlan, resource_type: str) -> SearchResult:
-        query = await Compiler(self).filter(resource_type, plan.conditions, plan.compartment)
+    async def _search_type(
+        self, plan: SearchPlan, resource_type: str, policy: Policy | None
+    ) -> SearchResult:
+        query = await self.filter(resource_type, plan, policy)
         fields = sort_fields(plan.sort)
         direction, values = decode_cursor(plan.cursor) if plan.cursor else ("a", None)
         if len(values or []) not in (0, len(fields)):
@@ -168,7 +199,7 @@ class SearchService:
             result.previous = encode_cursor("b", first) if has_before else None
         return result
 
-    async def _search_types(self, plan: SearchPlan) -> SearchResult:
+    async def _search_types(self, plan: SearchPlan, policy: Policy | None) -> SearchResult:
         """A system search over several types, in type order then id order."""
         if plan.sort and plan.sort[0].code != "_id":
             raise FhirError.of(
@@ -181,13 +212,12 @@ class SearchService:
         if direction != "a" or len(values) != 2:
             raise bad_request("Invalid paging cursor for a multi-type search", "_cursor")
         start_type, last_id = int(values[0]), str(values[1])
-        compiler = Compiler(self)
         result = SearchResult()
         remaining = plan.count + 1
         docs: list[tuple[int, dict[str, Any]]] = []
         for ti in range(start_type, len(plan.types)):
             t = plan.types[ti]
-            query = await compiler.filter(t, plan.conditions, plan.compartment)
+            query = await self.filter(t, plan, policy)
             if ti == start_type and last_id:
                 query = _all([query, {"_id": {"$gt": last_id}}])
             found = (
@@ -212,8 +242,11 @@ class SearchService:
     # --- _include / _revinclude ----------------------------------------------------------
 
     async def included(
-        self, includes: Sequence[Include], result: SearchResult
+        self, includes: Sequence[Include], result: SearchResult, policy: Policy | None = None
     ) -> list[StoredVersion]:
+        """The _include/_revinclude resources of a page. With a ``policy``, only those
+        the token may read: the others are left out silently (search.html does not
+        make them an error, and naming them would leak that they exist)."""
         seen = {f"{m.type}/{m.id}" for m in result.matches}
         sp_by_key = dict(result.index)
         frontier = list(result.matches)
@@ -225,9 +258,9 @@ class SearchService:
             found: list[StoredVersion] = []
             for include in active:
                 if include.reverse:
-                    docs = await self._revinclude(include, frontier)
+                    docs = await self._revinclude(include, frontier, policy)
                 else:
-                    docs = await self._include(include, frontier, sp_by_key)
+                    docs = await self._include(include, frontier, sp_by_key, policy)
                 for t, d in docs:
                     key = f"{t}/{d['_id']}"
                     if key in seen:
@@ -253,7 +286,11 @@ class SearchService:
         ]
 
     async def _include(
-        self, include: Include, frontier: list[StoredVersion], sp_by_key: dict[str, Any]
+        self,
+        include: Include,
+        frontier: list[StoredVersion],
+        sp_by_key: dict[str, Any],
+        policy: Policy | None,
     ) -> list[tuple[str, dict[str, Any]]]:
         wanted: dict[str, set[str]] = {}
         for m in frontier:
@@ -270,8 +307,11 @@ class SearchService:
         for t, ids in wanted.items():
             if not self.registry.params(t):
                 continue
+            allowed = await policy.try_restriction(t, "r") if policy else {}
+            if allowed is None:
+                continue
             cursor = self.storage.current(t).find(
-                {"_id": {"$in": sorted(ids)}, "del": False},
+                _all([{"_id": {"$in": sorted(ids)}, "del": False}, allowed]),
                 {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1},
                 limit=MAX_INCLUDED,
             )
@@ -279,13 +319,16 @@ class SearchService:
         return out
 
     async def _revinclude(
-        self, include: Include, frontier: list[StoredVersion]
+        self, include: Include, frontier: list[StoredVersion], policy: Policy | None
     ) -> list[tuple[str, dict[str, Any]]]:
         keys = [f"{m.type}/{m.id}" for m in frontier]
         codes = self._include_codes(include, include.source_type)
         if not codes:
             return []
-        query = {"del": False, "$or": [{f"sp.{c}": {"$in": keys}} for c in codes]}
+        allowed = await policy.try_restriction(include.source_type, "r") if policy else {}
+        if allowed is None:
+            return []
+        query = _all([{"del": False, "$or": [{f"sp.{c}": {"$in": keys}} for c in codes]}, allowed])
         cursor = self.storage.current(include.source_type).find(
             query, {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1}, limit=MAX_INCLUDED
         )
@@ -293,15 +336,19 @@ class SearchService:
 
     # --- diagnostics ------------------------------------------------------------------------
 
-    async def explain(self, plan: SearchPlan) -> list[tuple[str, dict[str, Any]]]:
+    async def explain(
+        self, plan: SearchPlan, policy: Policy | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """MongoDB's winning plan for every query the plan runs (chained sub-queries
         first, then the main query per type): how to check a search uses indexes."""
         recording = _RecordingResolver(self)
         compiler = Compiler(recording)
-        queries = [
-            (t, await compiler.filter(t, plan.conditions, plan.compartment), sort_fields(plan.sort))
-            for t in plan.types
-        ]
+        queries = []
+        for t in plan.types:
+            query = await compiler.filter(t, plan.conditions, plan.compartment)
+            if policy is not None:
+                query = _all([query, await policy.restriction(t, "s")])
+            queries.append((t, query, sort_fields(plan.sort)))
         plans = []
         for t, query, sort in [*recording.queries, *queries]:
             command = {"find": t, "filter": query, "sort": dict(sort), "limit": plan.count + 1}
@@ -320,8 +367,12 @@ class SearchService:
         where: str,
         limit: int,
         session: Session | None = None,
+        policy: Policy | None = None,
+        interaction: str = "s",
     ) -> list[StoredVersion]:
-        """Resources matching a conditional interaction's criteria (at most ``limit``)."""
+        """Resources matching a conditional interaction's criteria (at most ``limit``).
+        With a ``policy``, only among those ``interaction`` may touch: a condition
+        cannot find, and so cannot probe, resources outside the token's access."""
         pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
         pairs = [(k, v) for k, v in pairs if k not in ("_format", "_pretty")]
         if not pairs:
@@ -334,7 +385,7 @@ class SearchService:
         except FhirError as exc:  # point at the request part holding the criteria
             issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
             raise FhirError(exc.status, issues) from None
-        query_filter = await Compiler(self).filter(resource_type, plan.conditions)
+        query_filter = await self.filter(resource_type, plan, policy, interaction)
         cursor = self.storage.current(resource_type).find(
             query_filter, {"sp": 0, "so": 0}, limit=limit, session=session
         )
@@ -353,6 +404,24 @@ def plan_stages(plan: Any) -> set[str]:
         for item in plan:
             found |= plan_stages(item)
     return found
+
+
+class _PolicyResolver:
+    """Chained and ``_has`` sub-queries restricted to what the policy lets search."""
+
+    def __init__(self, inner: SearchService, policy: Policy) -> None:
+        self.inner = inner
+        self.policy = policy
+
+    async def ids(self, resource_type: str, query: Filter, limit: int) -> list[str]:
+        allowed = await self.policy.restriction(resource_type, "s")
+        return await self.inner.ids(resource_type, _all([query, allowed]), limit)
+
+    async def references(
+        self, resource_type: str, query: Filter, field_name: str, limit: int
+    ) -> list[str]:
+        allowed = await self.policy.restriction(resource_type, "s")
+        return await self.inner.references(resource_type, _all([query, allowed]), field_name, limit)
 
 
 class _RecordingResolver:

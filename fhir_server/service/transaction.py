@@ -17,7 +17,7 @@ import binascii
 import re
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
@@ -36,9 +36,14 @@ from fhir_server.service.resources import (
 from fhir_server.storage import StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
 
+if TYPE_CHECKING:
+    from fhir_server.authz.policy import Policy
+
 # http.html#trules: deletes, then creates, then updates/patches, then reads.
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _METHODS = frozenset(_ORDER)
+# The SMART interaction each entry needs (GET of a resource: r, GET of a type: s).
+_INTERACTION = {"DELETE": "d", "POST": "c", "PUT": "u", "PATCH": "u"}
 
 
 @dataclass(slots=True)
@@ -155,8 +160,15 @@ def _patch_from_binary(entry: Entry, resource: Any) -> jsonpatch.JsonPatch:
 
 
 class TransactionService:
-    def __init__(self, resources: ResourceService, max_entries: int, lenient: bool = False) -> None:
+    def __init__(
+        self,
+        resources: ResourceService,
+        max_entries: int,
+        lenient: bool = False,
+        policy: Policy | None = None,
+    ) -> None:
         self.resources = resources
+        self.policy = policy
         self.storage = resources.storage
         self.search = resources.search
         self.max_entries = max_entries
@@ -260,8 +272,20 @@ class TransactionService:
 
     # --- processing (in the database transaction) ----------------------------------------
 
+    def _authorize(self, entries: list[Entry]) -> None:
+        """Every entry's interaction must be granted: one that is not fails the whole
+        transaction (403 naming the entry) before anything is read or written."""
+        if self.policy is None:
+            return
+        for e in entries:
+            try:
+                self.policy.require(e.type, interaction(e))
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+
     async def process(self, bundle: dict[str, Any], base_url: str) -> TransactionResult:
         entries = self.parse(bundle, base_url)
+        self._authorize(entries)
         writes = [e for e in entries if e.method not in ("GET", "HEAD")]
         reads = [e for e in entries if e.method in ("GET", "HEAD")]
         types = sorted({e.type for e in writes})
@@ -296,6 +320,14 @@ class TransactionService:
         self._check_distinct(entries, skip)
         active = [e for e in ordered if e.index not in skip]
         current = await self._current_versions(s, active)
+        for e in active:  # before a PATCH "test" op could probe a resource out of reach
+            if e.method != "POST":
+                try:
+                    await ResourceService.guard_before(
+                        s, self.policy, current.get((e.type, e.id or "")), interaction(e)
+                    )
+                except FhirError as exc:
+                    raise entry_error(e, exc) from None
         for e in active:
             if e.method == "PATCH":
                 try:
@@ -336,6 +368,12 @@ class TransactionService:
                 if any(before.get(r) != after[r] for r in conditional_references(e.unresolved))
             ]
             await self._re_resolve(s, changed, after, current)
+        for e in active:  # what was written must be within the token's reach
+            if e.write is not None:
+                try:
+                    await ResourceService.guard_after(s, self.policy, e.write)
+                except FhirError as exc:
+                    raise entry_error(e, exc) from None
         for e in entries:
             if e.same_as is not None:
                 e.stored = e.same_as.stored
@@ -355,7 +393,7 @@ class TransactionService:
         resource an earlier create of the same criteria makes."""
         if e.method == "POST" and e.if_none_exist:
             matches = await self._match(
-                s, e.type, e.if_none_exist, "request.ifNoneExist", resolution
+                s, e.type, e.if_none_exist, "request.ifNoneExist", resolution, "c"
             )
             if len(matches) > 1:
                 raise precondition_failed("ifNoneExist matches more than one resource")
@@ -370,7 +408,9 @@ class TransactionService:
             else:
                 resolution.creates[key] = e
         elif e.query is not None:
-            matches = await self._match(s, e.type, e.query, "request.url", resolution)
+            matches = await self._match(
+                s, e.type, e.query, "request.url", resolution, interaction(e)
+            )
             if len(matches) > 1:
                 raise precondition_failed("The conditional criteria match more than one resource")
             if matches:
@@ -391,11 +431,20 @@ class TransactionService:
             references[e.full_url] = f"{e.type}/{e.id}"
 
     async def _match(
-        self, s: Session, resource_type: str, query: str, where: str, resolution: _Resolution
+        self,
+        s: Session,
+        resource_type: str,
+        query: str,
+        where: str,
+        resolution: _Resolution,
+        action: str,
     ) -> list[StoredVersion]:
-        """Up to 2 live matches, not counting resources this transaction deletes."""
+        """Up to 2 live matches, not counting resources this transaction deletes, among
+        the resources the token may touch with ``action``."""
         deleted = {i for t, i in resolution.deleted if t == resource_type}
-        matches = await self.search.match(resource_type, query, where, 2 + len(deleted), s)
+        matches = await self.search.match(
+            resource_type, query, where, 2 + len(deleted), s, self.policy, action
+        )
         return [m for m in matches if m.id not in deleted][:2]
 
     def _check_distinct(self, entries: list[Entry], skip: set[int]) -> None:
@@ -430,7 +479,9 @@ class TransactionService:
                 seen.add(ref)
                 type_, _, query = ref.partition("?")
                 try:
-                    matches = await self.search.match(type_, query, "reference", 2, s)
+                    matches = await self.search.match(
+                        type_, query, "reference", 2, s, self.policy, "s"
+                    )
                 except FhirError as exc:
                     raise entry_error(e, exc) from None
                 if len(matches) == 1:
@@ -483,6 +534,9 @@ class TransactionService:
             if e.read_id is None:
                 continue
             current = await self.storage.read_current(e.type, e.read_id, s)
+            policy = self.policy
+            if policy and current and not await policy.contains(e.type, e.read_id, "r", s):
+                current = None  # outside the token's reach: as if it did not exist
             try:
                 if current is None:
                     raise not_found(f"{e.type}/{e.read_id} is not known")
@@ -567,6 +621,12 @@ class TransactionService:
         e.status = "201 Created" if created else "200 OK"
         e.stored = write.stored()
         return write
+
+
+def interaction(e: Entry) -> str:
+    if e.method in ("GET", "HEAD"):
+        return "r" if e.read_id is not None else "s"
+    return _INTERACTION[e.method]
 
 
 @dataclass(slots=True)
