@@ -157,12 +157,15 @@ class TokenVerifier:
         except (JoseError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise InvalidToken("the access token is malformed or its signature is invalid") from exc
         claims = decoded.claims
+        issuer: dict[str, Any] = (
+            {"iss": {"essential": True, "value": self.issuer}} if self.issuer else {}
+        )
         registry = JWTClaimsRegistry(
             exp={"essential": True},
             jti={"essential": True},
             client_id={"essential": True},
             aud={"essential": True, "value": audience.rstrip("/")},
-            **({"iss": {"essential": True, "value": self.issuer}} if self.issuer else {}),
+            **issuer,
         )
         try:
             registry.validate(claims)

@@ -51,6 +51,41 @@ def _search_facts(registry: Registry) -> dict[str, dict[str, Any]]:
     return facts
 
 
+def _security(base_url: str) -> dict[str, Any]:
+    """rest.security for SMART on FHIR (SMART App Launch 2.2, "Conformance": the
+    oauth-uris extension and the SMART-on-FHIR service coding)."""
+    auth = base_url.rstrip("/").removesuffix("/fhir") + "/auth"
+    uris = [
+        {"url": name, "valueUri": f"{auth}/{path}"}
+        for name, path in (
+            ("authorize", "authorize"),
+            ("token", "token"),
+            ("introspect", "introspect"),
+            ("revoke", "revoke"),
+        )
+    ]
+    return {
+        "cors": True,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+            }
+        ],
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": uris,
+            }
+        ],
+    }
+
+
 def capability_statement(settings: Settings, base_url: str, registry: Registry) -> dict[str, Any]:
     facts = _search_facts(registry)
     common = [
@@ -95,6 +130,7 @@ def capability_statement(settings: Settings, base_url: str, registry: Registry) 
         "rest": [
             {
                 "mode": "server",
+                **({"security": _security(base_url)} if settings.auth_enabled else {}),
                 "documentation": (
                     "Search supports every R4 SearchParameter with an expression; "
                     "conditional create, update, patch and delete take any search as "

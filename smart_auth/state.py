@@ -1,0 +1,33 @@
+"""What the authorization server keeps for the life of the app: a synchronous MongoDB
+client on the FHIR database, the authlib server, and the session signer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from fhir_server.config import Settings
+from smart_auth.server import SmartServer
+from smart_auth.session import Sessions
+from smart_auth.store import ensure_auth_indexes, session_secret
+
+
+class AuthState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url, tz_aware=True)
+        self.db: Database[dict[str, Any]] = self.client[settings.database]
+        ensure_auth_indexes(self.db)
+        self.server = SmartServer(self.db, settings)
+        self.server.keyring.signing_key()  # the JWKS is never empty, even before a token
+        self.sessions = Sessions(session_secret(self.db))
+
+    @classmethod
+    async def open(cls, settings: Settings) -> AuthState:
+        return await asyncio.to_thread(cls, settings)
+
+    def close(self) -> None:
+        self.client.close()
