@@ -20,12 +20,18 @@ RESOURCE_VALIDATE: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# Bulk Data Access IG (fhir_server/bulk): system, Patient and Group level $export.
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/export"})
+PATIENT_EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/patient-export"})
+GROUP_EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/group-export"})
+
 # rest.resource[type].operation
 RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyType(
-    {"Patient": (PATIENT_EVERYTHING,)}
+    {"Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT), "Group": (GROUP_EXPORT,)}
 )
 # rest.operation ($validate works on every type, so it is declared once here)
-SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE,)
+SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE, EXPORT)
 
 
 def operation_json(operations: tuple[Mapping[str, str], ...]) -> list[dict[str, str]]:

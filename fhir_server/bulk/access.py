@@ -1,0 +1,125 @@
+"""Every authorization decision of bulk export, in one place.
+
+``request.state.access`` is set by the server's token dependency: ``None`` when
+authorization is off (everything allowed, jobs belong to no client), otherwise an
+``AccessToken`` (smart_auth.tokens) with ``client_id``, ``scopes`` (a ScopeSet with
+``allows(type, letter)`` and ``contexts``) and ``patient``.
+
+Rules (bulkdata authorization: "system/" scopes for backend services):
+- A kick-off needs ``system/`` or ``user/`` scopes granting read (``r``) and search
+  (``s``) on every type named in ``_type``; one that is not is 403 naming ``_type``.
+- Without ``_type`` the export is narrowed to the types the token may read and search
+  (403 when that is none), rather than refused: a client asking for "everything" gets
+  everything it is entitled to, and the manifest lists what it got.
+- A token with only ``patient/`` scopes may run a Patient- or Group-level export limited
+  to its launch patient (``patient`` context); a system-level export is 403.
+- Status, download and cancel need a token of the client that started the job.
+- Within each type, the rows are narrowed by the server's policy (fhir_server/authz:
+  granular scopes such as ``system/Observation.rs?category=laboratory``, a patient
+  context), the same restriction a search by this token would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+
+from fhir_server.outcome import FhirError
+
+
+class ScopesLike(Protocol):
+    def allows(self, resource_type: str, interaction: str) -> bool: ...
+
+    @property
+    def contexts(self) -> frozenset[str]: ...
+
+
+class AccessLike(Protocol):
+    """The fields of smart_auth.tokens.AccessToken this module reads."""
+
+    client_id: str
+    scopes: Any
+    patient: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a kick-off may export: the job's owner, its types and (when the token is
+    patient-bound) the only patients whose records it may contain."""
+
+    client_id: str | None
+    types: tuple[str, ...]
+    patients: tuple[str, ...] | None = None
+
+
+def access_of(request: Request) -> AccessLike | None:
+    return getattr(request.state, "access", None)
+
+
+def _forbidden(message: str, *expression: str) -> FhirError:
+    return FhirError.of(403, "forbidden", message, *expression)
+
+
+def _may_export(scopes: Any, resource_type: str) -> bool:
+    return bool(scopes.allows(resource_type, "r") and scopes.allows(resource_type, "s"))
+
+
+def authorize_kickoff(
+    access: AccessLike | None,
+    level: str,
+    requested: Sequence[str] | None,
+    candidates: Sequence[str],
+    patients: Sequence[str] | None,
+) -> Grant:
+    """The grant for a kick-off of ``level`` asking for ``requested`` types (None: all
+    of ``candidates``), or 403."""
+    if access is None:
+        return Grant(None, tuple(requested or candidates), tuple(patients) if patients else None)
+    contexts = access.scopes.contexts
+    population = bool(contexts & {"system", "user"})
+    if not population:
+        if "patient" not in contexts or access.patient is None:
+            raise _forbidden("Bulk export needs system/ or user/ scopes")
+        if level == "system":
+            raise _forbidden("A patient-bound token cannot run a system-level export")
+        if patients and any(p != access.patient for p in patients):
+            raise _forbidden("patient names a patient outside this token's context", "patient")
+        patients = (access.patient,)
+    if requested:
+        denied = [t for t in requested if not _may_export(access.scopes, t)]
+        if denied:
+            raise _forbidden(
+                f"The token does not grant read and search on {', '.join(denied)}", "_type"
+            )
+        types = tuple(requested)
+    else:
+        types = tuple(t for t in candidates if _may_export(access.scopes, t))
+        if not types:
+            raise _forbidden("The token grants read and search on no resource type")
+    return Grant(access.client_id, types, tuple(patients) if patients else None)
+
+
+async def row_filter(request: Request, resource_type: str) -> dict[str, Any]:
+    """The MongoDB filter the token confines this type's exported resources to
+    (``{}``: none), read and search restrictions together."""
+    if access_of(request) is None:
+        return {}
+    from fhir_server.authz.context import request_policy
+
+    policy = request_policy(request)
+    clauses = [await policy.restriction(resource_type, i) for i in ("r", "s")]
+    clauses = [c for c in clauses if c]
+    return {"$and": clauses} if clauses else {}
+
+
+def check_owner(access: AccessLike | None, job_client_id: str | None) -> None:
+    """Status, files and cancel belong to the client that started the job. A job started
+    with authorization off (no owner) is open; one with an owner needs that client."""
+    if job_client_id is None:
+        return
+    if access is None or access.client_id != job_client_id:
+        # 404 rather than 403: another client must not learn that the job exists.
+        raise FhirError.of(404, "not-found", "No such export job for this client")

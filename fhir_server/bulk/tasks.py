@@ -1,0 +1,122 @@
+"""The Celery app of bulk export: one task, ``export_unit(database, unit_id)``.
+
+Tasks are acknowledged late and rejected back to the queue when their worker is lost;
+the unit's lease and checkpoint (see ``export``) make a second delivery harmless and let
+it resume where the first one stopped. Without ``FHIR_CELERY_BROKER_URL`` the broker is
+the server's own MongoDB (kombu's MongoDB transport, same database), so the embedded
+default needs no other service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from celery import Celery
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from fhir_server.config import Settings
+
+TASK = "fhir_server.bulk.export_unit"
+log = logging.getLogger(__name__)
+
+
+def broker_url(settings: Settings) -> str:
+    """The configured broker, else the MongoDB database of the server."""
+    if settings.celery_broker_url:
+        return settings.celery_broker_url
+    if not settings.mongo_url:
+        raise RuntimeError("bulk export needs FHIR_MONGO_URL or FHIR_CELERY_BROKER_URL")
+    parts = urlsplit(settings.mongo_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{settings.database}", parts.query, ""))
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for sending (API) or running (worker) export tasks."""
+    app = Celery("fhir_server_bulk", broker=broker_url(settings), set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=settings.celery_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        broker_pool_limit=4,
+    )
+    if app.conf.broker_url.startswith("mongodb"):
+        # kombu polls a MongoDB queue (default every second); a task waiting up to 1 s
+        # for an idle worker would dominate small exports.
+        app.conf.broker_transport_options = {"polling_interval": 0.2}
+    return app
+
+
+def dispatch(app: Celery, settings: Settings, unit_ids: Sequence[str]) -> None:
+    """Queue one task per unit (blocking: call it from a thread in async code)."""
+    with app.producer_or_acquire() as producer:
+        for unit_id in unit_ids:
+            app.send_task(
+                TASK,
+                args=[settings.database, unit_id],
+                queue=settings.celery_queue,
+                producer=producer,
+            )
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The app a worker runs: ``make_celery`` plus the export task."""
+    from fhir_server.bulk.export import UnitExport, fail_job
+
+    app = make_celery(settings)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    clients: dict[str, MongoClient[dict[str, Any]]] = {}
+
+    def client() -> MongoClient[dict[str, Any]]:
+        if "c" not in clients:  # created lazily, in the process that runs tasks
+            clients["c"] = MongoClient(settings.mongo_url, tz_aware=True)
+        return clients["c"]
+
+    @app.task(name=TASK, bind=True, acks_late=True, max_retries=10)  # type: ignore[untyped-decorator]
+    def export_unit(self: Any, database: str, unit_id: str) -> int:
+        db = client().get_database(database)
+        try:
+            return UnitExport(db, unit_id, worker_id).run()
+        except PyMongoError as exc:  # transient (failover, network): retry from checkpoint
+            log.warning("unit %s: %s; retrying", unit_id, exc)
+            raise self.retry(exc=exc, countdown=2) from exc
+        except Exception as exc:
+            log.exception("unit %s failed", unit_id)
+            fail_job(db, unit_id, f"Export failed: {exc}")
+            return 0
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Run a worker in this process until it is stopped (one task at a time: start
+    more workers to export faster; they share units of the same job)."""
+    app = worker_app(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            settings.celery_queue,
+            "--loglevel",
+            loglevel.upper(),
+            "--hostname",
+            f"fhir-bulk-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
