@@ -1,0 +1,206 @@
+"""``fhir-server import``: sample legacy databases and migrations into FHIR servers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from importers.schemas import SCHEMAS
+
+BUILTIN = SCHEMAS  # each legacy schema has its built-in mapping of the same name
+
+
+@click.group("import")
+def import_group() -> None:
+    """Migrate legacy clinic databases (MySQL/MariaDB, PostgreSQL) into a FHIR server."""
+
+
+@import_group.command("make-sample")
+@click.option("--schema", type=click.Choice(SCHEMAS), required=True, help="Legacy schema.")
+@click.option("--patients", type=click.IntRange(1, 10_000_000), default=100, show_default=True)
+@click.option(
+    "--source",
+    required=True,
+    metavar="URL",
+    help="SQLAlchemy URL of the database to create and fill, e.g. "
+    "mysql+pymysql://root@127.0.0.1:3306/clinica?charset=utf8mb4",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Same seed, same data.")
+@click.option("--replace", is_flag=True, help="Drop the schema's tables first if they exist.")
+def make_sample(schema: str, patients: int, source: str, seed: int, replace: bool) -> None:
+    """Create SCHEMA's legacy tables and fill them with realistic, dirty data."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from importers.sample import make_sample as make
+
+    try:
+        counts = make(source, schema, patients, seed=seed, replace=replace)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    for table, count in counts.items():
+        click.echo(f"{table}: {count}")
+
+
+@import_group.command("run")
+@click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
+@click.option(
+    "--mapping",
+    required=True,
+    metavar="NAME|FILE",
+    help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
+)
+@click.option("--fhir-url", metavar="BASE", help="FHIR base URL (not needed with --dry-run).")
+@click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
+@click.option("--dry-run", is_flag=True, help="Map and validate everything, write nothing.")
+@click.option(
+    "--since",
+    metavar="TIMESTAMP",
+    help="Only rows updated at or after TIMESTAMP (ISO 8601; without an offset it is local "
+    "time of the mapping's zone), for mappings with an update column.",
+)
+@click.option("--incremental", is_flag=True, help="Only rows updated since the last run.")
+@click.option("--restart", is_flag=True, help="Do not resume an interrupted run.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".fhir-import"),
+    show_default=True,
+    help="Where the state (watermarks, resume point) and reports are kept.",
+)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Report CSV.")
+@click.option(
+    "--validate-first",
+    is_flag=True,
+    help="Validate every resource before sending it (by default the server validates, and "
+    "only the resources of a bundle it refuses are checked here).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def run(
+    source: str,
+    mapping: str,
+    fhir_url: str | None,
+    token: str | None,
+    dry_run: bool,
+    since: str | None,
+    incremental: bool,
+    restart: bool,
+    batch_size: int,
+    concurrency: int,
+    state_dir: Path,
+    report: Path | None,
+    validate_first: bool,
+    progress: bool,
+) -> None:
+    """Migrate the legacy database at --source into the FHIR server at --fhir-url.
+
+    Exit code 0 when every row went in, 1 when any row failed (see the report), 2 for
+    usage or mapping errors.
+    """
+    from datetime import datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from importers.mapping.expressions import MappingError
+    from importers.run import RunOptions, run_import
+
+    if not dry_run and not fhir_url:
+        raise click.UsageError("--fhir-url is required (or use --dry-run)")
+    if fhir_url and not fhir_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--fhir-url")
+    if since:
+        try:
+            datetime.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("not an ISO 8601 timestamp", param_hint="--since") from None
+    options = RunOptions(
+        source_url=source,
+        mapping=mapping,
+        fhir_url=fhir_url,
+        token=token,
+        dry_run=dry_run,
+        since=since,
+        incremental=incremental,
+        restart=restart,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        state_dir=state_dir,
+        report=report,
+        validate_first=validate_first,
+    )
+    try:
+        summary = run_import(options, progress=progress)
+    except MappingError as exc:
+        click.echo(f"mapping error: {exc}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        click.echo(f"source database error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(2)
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(0 if summary.ok else 1)
+
+
+@import_group.command("check-mapping")
+@click.argument("mapping", metavar="NAME|FILE")
+def check_mapping(mapping: str) -> None:
+    """Load and check a mapping (schema, expressions, reference order) without a database."""
+    from importers.mapping.expressions import MappingError
+    from importers.mapping.model import load_mapping
+
+    try:
+        m = load_mapping(mapping)
+    except MappingError as exc:
+        click.echo(f"mapping error: {exc}", err=True)
+        sys.exit(2)
+    for r in m.resources:
+        click.echo(f"{r.name}: {r.where()} -> {r.resource_type} ({r.system})")
+
+
+@import_group.command("users")
+@click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
+@click.option("--mapping", required=True, metavar="NAME|FILE", help="Mapping with a users: part.")
+@click.option("--fhir-url", required=True, metavar="BASE", help="Where the records went.")
+@click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
+@click.option("--mongo-url", envvar="FHIR_MONGO_URL", required=True, help="[env: FHIR_MONGO_URL]")
+@click.option("--database", envvar="FHIR_DATABASE", default="fhir", show_default=True)
+def users(
+    source: str,
+    mapping: str,
+    fhir_url: str,
+    token: str | None,
+    mongo_url: str,
+    database: str,
+) -> None:
+    """Copy legacy users and roles into the SMART authorization server's users.
+
+    Run it after `import run`: each user is linked to its migrated Practitioner or
+    Patient and must choose a new password (legacy hashes are not carried over).
+    """
+    from pymongo import MongoClient
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from importers.mapping.expressions import MappingError
+    from importers.mapping.model import load_mapping
+    from importers.users import import_users
+    from smart_auth.store import ensure_auth_indexes
+
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_url, tz_aware=True)
+    try:
+        db = client[database]
+        ensure_auth_indexes(db)
+        summary = import_users(load_mapping(mapping), source, fhir_url, db, token)
+    except MappingError as exc:
+        click.echo(f"mapping error: {exc}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        click.echo(f"source database error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(2)
+    finally:
+        client.close()
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(0 if summary.failed == 0 else 1)

@@ -1,0 +1,235 @@
+"""Whole migrations of generated legacy databases into a real server: idempotent re-runs,
+incremental runs, dry runs, resuming a killed run, PostgreSQL, accented column names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import test_import_support as support
+from pymongo import MongoClient
+from test_import_support import (
+    by_identifier,
+    count,
+    execute,
+    get,
+    history_total,
+    report_rows,
+    run,
+    search,
+    stats,
+)
+
+from importers.sample import Dirt, make_sample
+from importers.state import State, state_path
+
+fhir_base = support.fhir_base  # a fixture
+fhir_target = support.fhir_target  # a fixture
+mariadb_url = support.mariadb_url  # a fixture
+mariadb_server = support.mariadb_server  # a fixture
+postgres_url = support.postgres_url  # a fixture
+postgres_server = support.postgres_server  # a fixture
+
+L = "urn:legacy:clinica:"
+
+
+def test_rerun_creates_nothing_and_incremental_updates_only_changes(
+    mariadb_url: str, fhir_base: str, tmp_path: Path
+) -> None:
+    make_sample(mariadb_url, "clinica", 40, seed=3)
+    first = run(mariadb_url, "clinica", fhir_base, tmp_path)
+    written = first.total("created")
+    assert written == first.total("mapped") > 500
+    assert first.total("updated") == first.total("unchanged") == 0
+    versions = history_total(fhir_base)
+    assert versions == written
+
+    # http.html#update: the server keeps an identical update without a new version; the
+    # re-run must neither create resources nor make versions.
+    second = run(mariadb_url, "clinica", fhir_base, tmp_path)
+    assert second.total("created") == second.total("updated") == 0
+    assert second.total("unchanged") == written
+    assert history_total(fhir_base) == versions
+
+    # One patient changes in the legacy system: an incremental run reads only the rows
+    # updated since the last run and makes one new version.
+    execute(
+        mariadb_url,
+        "UPDATE patients_patient SET last_name = 'Villacís Guzmán', updated_at = "
+        "'2030-01-01 00:00:00' WHERE id = 5",
+    )
+    third = run(mariadb_url, "clinica", fhir_base, tmp_path, incremental=True)
+    patients = stats(third, "patients")
+    # (>= the watermark: the newest row of the last run is read again, unchanged)
+    assert (patients.read, patients.updated, patients.created) == (2, 1, 0)
+    assert third.total("read") < first.total("read") / 3  # tables with an update column
+    assert third.total("created") == third.total("updated") - 1 == 0
+    patient = by_identifier(fhir_base, "Patient", L + "patients_patient", "5")
+    assert patient["name"][0]["family"] == "Villacís Guzmán"
+    assert patient["meta"]["versionId"] == "2"
+    assert history_total(fhir_base) == versions + 1
+
+    # --since: everything updated from that time on, whatever the watermark says.
+    since = run(mariadb_url, "clinica", fhir_base, tmp_path, since="2029-12-31T00:00:00")
+    assert stats(since, "patients").read == 1
+    assert stats(since, "patients").unchanged == 1
+
+
+def test_dry_run_validates_and_writes_nothing(
+    mariadb_url: str, fhir_base: str, tmp_path: Path
+) -> None:
+    dirt = Dirt(mojibake=0.2, null=0.2, zero_date=0.1, orphan=0.05, duplicate=0.1, bad_cedula=0.1)
+    made = make_sample(mariadb_url, "clinica", 30, seed=5, dirt=dirt)
+    for kind in ("mojibake", "zero_date", "orphan", "duplicate", "bad_cedula"):
+        assert made[f"dirt:{kind}"] > 0, kind
+    summary = run(mariadb_url, "clinica", None, tmp_path, dry_run=True)
+    assert stats(summary, "patients").merged == made["dirt:duplicate"]
+    assert summary.total("mapped") > 300
+    assert summary.total("failed") > 0  # orphans with required references
+    assert count(fhir_base, "Patient") == 0
+    assert history_total(fhir_base) == 0
+    rows = report_rows(tmp_path / "report.csv")
+    assert {r["severity"] for r in rows} == {"warning", "error"}
+    assert all(r["mapping"] and r["table"] and r["key"] for r in rows)
+    reasons = " ".join(r["reason"] for r in rows)
+    for found in ("mojibake repaired", "zero date", "orphan key", "duplicate of", "module 10"):
+        assert found in reasons, found
+
+
+def test_end_to_end_from_postgresql(postgres_url: str, fhir_base: str, tmp_path: Path) -> None:
+    """The seed-004 clinic ran on PostgreSQL: the same schema and mapping work there."""
+    make_sample(postgres_url, "clinica", 40, seed=11)
+    summary = run(postgres_url, "clinica", fhir_base, tmp_path)
+    assert summary.total("created") == summary.total("mapped") > 500
+    # An appointment's patient and practitioner resolve ...
+    appointments = search(fhir_base, "Appointment", status="fulfilled")
+    assert appointments
+    appt = appointments[0]
+    actors = [p["actor"]["reference"] for p in appt["participant"]]
+    patient = get(fhir_base, actors[0])
+    assert patient["resourceType"] == "Patient"
+    assert get(fhir_base, actors[1])["resourceType"] == "Practitioner"
+    # ... and the patient's vital signs come back by LOINC code.
+    encounters = search(fhir_base, "Encounter", patient=f"Patient/{patient['id']}")
+    assert encounters
+    vitals = search(
+        fhir_base,
+        "Observation",
+        subject=f"Patient/{patient['id']}",
+        code="http://loinc.org|85354-9",
+    )
+    assert vitals and all(v["code"]["coding"][0]["code"] == "85354-9" for v in vitals)
+    assert vitals[0]["component"][0]["code"]["coding"][0]["code"] == "8480-6"
+    bundle = get(fhir_base, "Observation", category="vital-signs", _summary="count")
+    assert bundle["total"] == sum(
+        t.created for t in summary.tables if t.resource_type == "Observation"
+    )
+
+
+def test_accented_column_names_historial_medico(
+    mariadb_url: str, fhir_target: support.Target, tmp_path: Path
+) -> None:
+    fhir_base = fhir_target.base
+    make_sample(mariadb_url, "historial_medico", 40, seed=2)
+    execute(
+        mariadb_url,
+        "UPDATE `Paciente` SET `Nombre` = 'MarÃ­a JosÃ©', `Apellido` = 'Ibáñez',"
+        " `Género` = ' FEMENINO', `Teléfono` = '(09) 8765-4321' WHERE `ID_Paciente` = 1",
+        "UPDATE `Cita` SET `ID_Paciente` = 1, `ID_Médico` = 2, `Estado` = 'completada ',"
+        " `Fecha` = '2024-07-01', `Hora` = '10:40:00' WHERE `ID_Cita` = 1",
+    )
+    summary = run(mariadb_url, "historial_medico", fhir_base, tmp_path)
+    assert stats(summary, "patients").created == 40
+    system = "urn:legacy:historial_medico:"
+    patient = by_identifier(fhir_base, "Patient", system + "Paciente", "1")
+    assert patient["name"] == [{"use": "official", "family": "Ibáñez", "given": ["María", "José"]}]
+    assert patient["gender"] == "female"
+    assert {"system": "phone", "value": "0987654321"} in patient["telecom"]
+    doctor = by_identifier(fhir_base, "Practitioner", system + "Médico", "2")
+    appt = by_identifier(fhir_base, "Appointment", system + "Cita", "1")
+    assert appt["start"] == "2024-07-01T10:40:00-05:00"
+    assert [p["actor"]["reference"] for p in appt["participant"]] == [
+        f"Patient/{patient['id']}",
+        f"Practitioner/{doctor['id']}",
+    ]
+    encounter = by_identifier(fhir_base, "Encounter", system + "Cita", "1")
+    assert encounter["appointment"] == [{"reference": f"Appointment/{appt['id']}"}]
+    rows = report_rows(tmp_path / "report.csv")
+    assert any(r["column"] == "Nombre" and "mojibake" in r["reason"] for r in rows)
+
+    # Legacy users and roles become smart_auth users linked to their records, with a
+    # password they must reset; a second run leaves them alone.
+    args = [
+        sys.executable, "-m", "fhir_server", "import", "users", "--source", mariadb_url,
+        "--mapping", "historial_medico", "--fhir-url", fhir_base,
+        "--mongo-url", fhir_target.mongo_url, "--database", fhir_target.database,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_")}
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "users: 1 read" not in first.stdout
+    with MongoClient(fhir_target.mongo_url) as mc:
+        users = {u["_id"]: u for u in mc[fhir_target.database]["auth_users"].find()}
+    assert users["admin"]["role"] == "admin" and users["admin"]["must_reset_password"]
+    assert users["medico2"]["role"] == "practitioner"
+    assert users["medico2"]["fhir_user"] == f"Practitioner/{doctor['id']}"
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "0 created" in again.stdout
+
+
+def test_resume_after_a_killed_run(mariadb_url: str, fhir_base: str, tmp_path: Path) -> None:
+    make_sample(mariadb_url, "clinica", 40, seed=9)
+    state_dir = tmp_path / "state"
+    args = [
+        sys.executable, "-m", "fhir_server", "import", "run", "--source", mariadb_url,
+        "--mapping", "clinica", "--fhir-url", fhir_base, "--state-dir", str(state_dir),
+        "--batch-size", "5", "--concurrency", "1", "--no-progress",
+        "--report", str(tmp_path / "report.csv"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_")}
+    path = state_path(state_dir, mariadb_url, _builtin("clinica"))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    killed_in = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists():
+            try:
+                run_state = json.loads(path.read_text())["run"]
+            except (json.JSONDecodeError, KeyError):
+                run_state = None
+            moving = [k for k, v in (run_state or {}).get("checkpoints", {}).items() if v]
+            if run_state and "patients" in run_state["done"] and moving:
+                proc.send_signal(signal.SIGKILL)  # no clean-up at all
+                killed_in = moving[0]
+                break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert killed_in is not None, "the run ended before it could be killed"
+    state = State.load(path)
+    assert state.run is not None and state.run["status"] == "running"
+    before = {t: count(fhir_base, t) for t in ("Patient", "Appointment", "Slot", "Schedule")}
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr  # seed 9: no orphans
+    assert "resumed an interrupted run at" in resumed.stdout
+    assert f"{killed_in} after key" in resumed.stdout
+    # Mappings finished before the kill were not read again.
+    assert "\npatients " not in resumed.stdout
+    assert before["Patient"] == count(fhir_base, "Patient")
+
+    # Nothing is missing and nothing is there twice: a full re-run finds every resource.
+    check = run(mariadb_url, "clinica", fhir_base, tmp_path, restart=True)
+    assert check.total("created") == 0
+    assert check.total("unchanged") == check.total("mapped")
+    assert history_total(fhir_base) == check.total("mapped") + check.total("updated")
+
+
+def _builtin(name: str) -> str:
+    from importers.mapping.model import builtin_path
+
+    return str(builtin_path(name))
