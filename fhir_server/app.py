@@ -5,21 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pymongo import AsyncMongoClient
 
 from fhir_server import __version__
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
+from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
+from fhir_server.authz.authenticate import authenticate
+from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
 from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
+from smart_auth.mount import close_auth, install_auth, open_auth
+from smart_auth.tokens import TokenVerifier
 
 BASE_PATH = "/fhir"
 
@@ -41,9 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             settings, ResourceService(storage, settings, search), HistoryService(storage), search
         )
+        app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
+        await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         try:
             yield
         finally:
+            close_auth(app)
             await client.close()
 
     app = FastAPI(
@@ -53,10 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Bearer tokens on every FHIR route, including routers added below later.
+        dependencies=[Depends(authenticate)],
     )
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    install_cors(app, settings.cors_origins)  # outermost: answers preflights before auth
+    install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
     app.include_router(bundles_router, prefix=BASE_PATH)
+    app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fhir_server.config import Settings
+from importers.cli import import_group
+from smart_auth.cli import auth as auth_group
 
 if TYPE_CHECKING:
     from fhir_server.loader import Options, Summary
@@ -70,7 +72,14 @@ def _environment_only_settings() -> str:
 @setting_option("base_url", "--base-url")
 @setting_option("workers", "--workers", type=int)
 @setting_option("log_level", "--log-level")
-def serve(**options: Any) -> None:
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    default=False,
+    help="Serve the FHIR API without SMART authorization: anyone can read and write "
+    "everything. Local development only (same as FHIR_AUTH_ENABLED=false).",
+)
+def serve(no_auth: bool = False, **options: Any) -> None:
     """Run the FHIR API (http://HOST:PORT/fhir).
 
     Without --mongo-url it starts a private mongod (single-node replica set) with its
@@ -82,9 +91,25 @@ def serve(**options: Any) -> None:
     for name, value in options.items():
         if value is not None:
             os.environ[f"{_ENV_PREFIX}{name.upper()}"] = str(value)
+    if no_auth:
+        os.environ["FHIR_AUTH_ENABLED"] = "false"
     settings = Settings()
-    with mongo_url(settings) as url:
+    if not settings.auth_enabled:
+        click.echo(
+            "WARNING: authorization is OFF (--no-auth / FHIR_AUTH_ENABLED=false): every "
+            "client can read and change every resource. Use this for local development only.",
+            err=True,
+        )
+    from fhir_server.bulk.embedded import embedded_worker
+
+    with mongo_url(settings) as url, embedded_worker(settings, url):
         os.environ["FHIR_MONGO_URL"] = url
+        if settings.auth_enabled:  # a fresh server: say how to register the first client
+            from smart_auth.cli import first_start_hint
+
+            hint = first_start_hint(url, settings.database)
+            if hint:
+                click.echo(hint, err=True)
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
         # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
         signal.signal(signal.SIGTERM, _exit_quietly)
@@ -302,6 +327,29 @@ async def _run_load(files: list[Path], skipped: int, options: Options, progress:
     with loader.ProgressBar(loader.total_bytes(files)) as bar:
         return await loader.load_files(files, options, bar, skipped=skipped)
 
+
+@main.command()
+@setting_option("mongo_url", "--mongo-url")
+@setting_option("database", "--database")
+@setting_option("celery_broker_url", "--broker-url")
+@setting_option("celery_queue", "--queue")
+@setting_option("log_level", "--log-level")
+def worker(**options: Any) -> None:
+    """Run a bulk export worker (Celery, one task at a time; start more to go faster).
+
+    It needs the server's MongoDB (--mongo-url) and, unless the server uses MongoDB as
+    its broker (no FHIR_CELERY_BROKER_URL), the same --broker-url as the server.
+    """
+    from fhir_server.bulk.tasks import run_worker
+
+    settings = Settings(**{k: v for k, v in options.items() if v is not None})
+    if not settings.mongo_url:
+        raise click.UsageError("a worker needs --mongo-url (or FHIR_MONGO_URL)")
+    run_worker(settings, settings.log_level)
+
+
+main.add_command(import_group)
+main.add_command(auth_group)
 
 if __name__ == "__main__":
     main()

@@ -56,3 +56,51 @@ class Settings(BaseSettings):
     search_default_count: int = Field(20, ge=1, description="Default page size of searches.")
     search_max_count: int = Field(1000, ge=1, description="Largest _count honoured on searches.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    # SMART on FHIR authorization (smart_auth/); on by default.
+    auth_enabled: bool = Field(
+        True,
+        description="Require SMART on FHIR access tokens on the FHIR API (false only for "
+        "local development).",
+    )
+    auth_access_token_seconds: int = Field(
+        900, ge=30, le=86_400, description="Lifetime of access tokens, in seconds."
+    )
+    auth_refresh_token_seconds: int = Field(
+        90 * 86_400, ge=60, description="Lifetime of offline_access refresh tokens, in seconds."
+    )
+    auth_online_refresh_token_seconds: int = Field(
+        8 * 3600, ge=60, description="Lifetime of online_access refresh tokens, in seconds."
+    )
+    auth_key_rotation_seconds: int = Field(
+        7 * 86_400, ge=3600, description="Seconds a token signing key signs before rotation."
+    )
+    auth_lockout_attempts: int = Field(
+        5, ge=1, description="Failed logins within auth_lockout_seconds that lock an account."
+    )
+    auth_lockout_seconds: int = Field(
+        900, ge=1, description="Window (and lock time) of the failed-login lockout, seconds."
+    )
+    cors_origins: str = Field(
+        "*",
+        description="Origins allowed to call the API from a browser (CORS): '*' or a "
+        "comma-separated list such as https://app.example.org,http://localhost:3000.",
+    )
+    celery_broker_url: str | None = Field(
+        None,
+        description="Celery broker of the bulk export workers (redis://... or amqp://...). "
+        "Unset: the MongoDB of the server (kombu's MongoDB transport), and `serve` starts "
+        "one worker process itself.",
+    )
+    celery_queue: str = Field("fhir-bulk", description="Celery queue of bulk export tasks.")
+    export_file_max_resources: int = Field(
+        50_000, ge=1, description="Most resources in one bulk export NDJSON file."
+    )
+    export_expiry_seconds: int = Field(
+        3600, ge=1, description="Seconds a finished bulk export's files stay downloadable."
+    )
+    export_lease_seconds: int = Field(
+        60,
+        ge=1,
+        description="Seconds without progress after which a bulk export unit whose worker "
+        "died is given to another worker.",
+    )
