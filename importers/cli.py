@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -10,6 +12,24 @@ import click
 from importers.schemas import SCHEMAS
 
 BUILTIN = SCHEMAS  # each legacy schema has its built-in mapping of the same name
+
+
+@contextmanager
+def _exit_on_source_errors() -> Iterator[None]:
+    """A broken mapping or an unreachable source ends the command with exit code 2 and
+    one line saying why (row-level problems go to the report instead)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from importers.mapping.expressions import MappingError
+
+    try:
+        yield
+    except MappingError as exc:
+        click.echo(f"mapping error: {exc}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        click.echo(f"source database error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(2)
 
 
 @click.group("import")
@@ -102,9 +122,6 @@ def run(
     """
     from datetime import datetime
 
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from importers.mapping.expressions import MappingError
     from importers.run import RunOptions, run_import
 
     if not dry_run and not fhir_url:
@@ -131,14 +148,8 @@ def run(
         report=report,
         validate_first=validate_first,
     )
-    try:
+    with _exit_on_source_errors():
         summary = run_import(options, progress=progress)
-    except MappingError as exc:
-        click.echo(f"mapping error: {exc}", err=True)
-        sys.exit(2)
-    except SQLAlchemyError as exc:
-        click.echo(f"source database error: {str(exc).splitlines()[0]}", err=True)
-        sys.exit(2)
     for line in summary.lines():
         click.echo(line)
     sys.exit(0 if summary.ok else 1)
@@ -181,24 +192,17 @@ def users(
     Patient and must choose a new password (legacy hashes are not carried over).
     """
     from pymongo import MongoClient
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from importers.mapping.expressions import MappingError
     from importers.mapping.model import load_mapping
     from importers.users import import_users
     from smart_auth.store import ensure_auth_indexes
 
     client: MongoClient[dict[str, object]] = MongoClient(mongo_url, tz_aware=True)
     try:
-        db = client[database]
-        ensure_auth_indexes(db)
-        summary = import_users(load_mapping(mapping), source, fhir_url, db, token)
-    except MappingError as exc:
-        click.echo(f"mapping error: {exc}", err=True)
-        sys.exit(2)
-    except SQLAlchemyError as exc:
-        click.echo(f"source database error: {str(exc).splitlines()[0]}", err=True)
-        sys.exit(2)
+        with _exit_on_source_errors():
+            db = client[database]
+            ensure_auth_indexes(db)
+            summary = import_users(load_mapping(mapping), source, fhir_url, db, token)
     finally:
         client.close()
     for line in summary.lines():

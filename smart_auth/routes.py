@@ -317,6 +317,13 @@ def _flow(ctx: _Ctx, rid: str) -> _Flow | Response:
     return _Flow(ctx, doc, user, client)
 
 
+def _posted_flow(ctx: _Ctx, rid: str) -> _Flow | Response:
+    """``_flow`` for a form post, which must carry the session's CSRF token."""
+    if not ctx.csrf_ok():
+        return ctx.error(TEXT[ctx.lang]["err_csrf"], 403)
+    return _flow(ctx, rid)
+
+
 @router.get("/consent/{rid}")
 async def consent(request: Request, rid: str) -> Response:
     def work(ctx: _Ctx) -> Response:
@@ -337,9 +344,7 @@ async def consent(request: Request, rid: str) -> Response:
 @router.post("/consent/{rid}/patient")
 async def choose_patient(request: Request, rid: str) -> Response:
     def work(ctx: _Ctx) -> Response:
-        if not ctx.csrf_ok():
-            return ctx.error(TEXT[ctx.lang]["err_csrf"], 403)
-        flow = _flow(ctx, rid)
+        flow = _posted_flow(ctx, rid)
         if isinstance(flow, Response):
             return flow
         patient = ctx.form_data.get("patient", "")
@@ -356,9 +361,7 @@ async def choose_patient(request: Request, rid: str) -> Response:
 @router.post("/consent/{rid}")
 async def decide(request: Request, rid: str) -> Response:
     def work(ctx: _Ctx) -> Response:
-        if not ctx.csrf_ok():
-            return ctx.error(TEXT[ctx.lang]["err_csrf"], 403)
-        flow = _flow(ctx, rid)
+        flow = _posted_flow(ctx, rid)
         if isinstance(flow, Response):
             return flow
         if flow.needs_picker:

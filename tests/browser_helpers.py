@@ -5,6 +5,7 @@ the ``fhir-server auth`` admin CLI run as a real subprocess."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +24,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 def missing_prerequisites() -> list[str]:
     """What .ci/run installs and this test cannot run without (a failure, never a skip)."""
     missing = []
+    if not FHIR_CLIENT_JS.exists() and shutil.which("npm"):
+        # the locked fhirclient (package-lock.json), so a fresh clone needs no extra step
+        subprocess.run(
+            ["npm", "ci", "--prefix", str(APP_DIR), "--no-audit", "--no-fund"],
+            check=False,
+            capture_output=True,
+            timeout=300,
+        )
     if not CHROMIUM.exists():
         missing.append(f"{CHROMIUM} (apt-get install -y chromium)")
     if not FHIR_CLIENT_JS.exists():
