@@ -85,7 +85,7 @@ def serve(no_auth: bool = False, **options: Any) -> None:
     Without --mongo-url it starts a private mongod (single-node replica set) with its
     data in --data-dir, and stops it on exit.
     """
-    import uvicorn
+    from fhir_server import serving
 
     # Flags become FHIR_* variables so that every uvicorn worker reads the same Settings.
     for name, value in options.items():
@@ -113,15 +113,11 @@ def serve(no_auth: bool = False, **options: Any) -> None:
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
         # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
         signal.signal(signal.SIGTERM, _exit_quietly)
-        uvicorn.run(
-            "fhir_server.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            proxy_headers=True,
+        status = serving.serve(
+            settings.host, settings.port, settings.workers, settings.log_level.lower()
         )
+    if status:
+        sys.exit(status)
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

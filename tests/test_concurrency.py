@@ -22,6 +22,7 @@ from fhir_helpers import all_pages, assert_outcome, create, patch, patient, post
 from pymongo import MongoClient
 
 from fhir_server.app import create_app
+from fhir_server.service.resources import LOCK_SHARDS, conditional_locks
 
 THREADS = 16
 PER_THREAD = 5
@@ -265,3 +266,44 @@ def test_concurrent_conditional_updates_create_once(counted):
     assert len({r.json()["id"] for r in responses}) == 1
     rid = responses[0].json()["id"]
     assert_history_complete(client, rid, THREADS)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "shards"),
+    [
+        ("identifier=urn:race|5", 1),
+        ("identifier=urn%3Arace|5", 1),  # the same identifier, URL-encoded
+        ("identifier=5", LOCK_SHARDS),  # any system: could match what a|5 matches
+        ("identifier=urn:race|", LOCK_SHARDS),
+        ("identifier=urn:race|5,urn:race|6", LOCK_SHARDS),
+        ("identifier=urn:race|5&name=x", LOCK_SHARDS),
+        ("identifier:of-type=a|b|5", LOCK_SHARDS),
+        ("name=nunez", LOCK_SHARDS),
+        ("identifier=a\\|b|5", LOCK_SHARDS),
+    ],
+)
+def test_conditional_lock_shards(criteria: str, shards: int) -> None:
+    """Only a plain identifier=system|value claims one shard; every other criteria claim
+    them all, so they conflict with any conditional interaction on the type."""
+    locks = conditional_locks("Patient", criteria)
+    assert len(locks) == shards
+    if shards == 1:
+        assert locks == conditional_locks("Patient", "identifier=urn:race|5")
+    assert set(locks) <= set(conditional_locks("Patient", "name=x"))
+
+
+def test_conditional_creates_on_different_identifiers_all_succeed(counted):
+    """Different identifiers take different shards (or share one and queue): each
+    record is created exactly once."""
+    client, meter = counted
+
+    def job(n: int) -> Any:
+        body = patient(identifier=[{"system": "urn:shard", "value": str(n % 8)}])
+        return lambda: post(client, body, **{"If-None-Exist": f"identifier=urn:shard|{n % 8}"})
+
+    statuses = sorted(r.status_code for r in run_all([job(n) for n in range(THREADS)]))
+    assert statuses == [200] * (THREADS - 8) + [201] * 8, statuses
+    assert meter.peak > 1
+    found = client.get("/fhir/Patient", params={"identifier": "urn:shard|", "_count": "50"})
+    values = sorted(e["resource"]["identifier"][0]["value"] for e in found.json()["entry"])
+    assert values == [str(n) for n in range(8)]

@@ -108,3 +108,71 @@ def test_concurrent_patches_lose_no_update(tmp_path: Path) -> None:
         history = httpx.get(url, params={"_count": 1000}).json()
         versions = [int(e["resource"]["meta"]["versionId"]) for e in history["entry"]]
         assert versions == list(range(1 + writes, 0, -1))
+
+
+def _connection_owners(server_pid: int, port: int) -> dict[int, int]:
+    """How many established connections to ``port`` each descendant of ``server_pid``
+    holds (from /proc: the socket inodes a process has open, matched to /proc/net/tcp)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    family, todo = [], [server_pid]
+    while todo:
+        pid = todo.pop()
+        family.append(pid)
+        todo.extend(children.get(pid, []))
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            local_port, state = int(cols[1].rsplit(":", 1)[1], 16), cols[3]
+            if local_port == port and state == "01":  # ESTABLISHED, server side
+                inodes.add(cols[9])
+    owners: dict[int, int] = {}
+    for pid in family:
+        try:
+            links = [p.readlink().name for p in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        held = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+        if held:
+            owners[pid] = held
+    return owners
+
+
+def test_workers_share_the_connections(tmp_path: Path) -> None:
+    """With --workers 2 each worker owns a SO_REUSEPORT socket, so long-lived client
+    connections spread over both processes (one shared socket let one worker take them
+    all; fhir_server/serving.py)."""
+    with ServerProcess(tmp_path / "data", workers=2) as server:
+        clients = [httpx.Client(base_url=server.base_url) for _ in range(16)]
+        try:
+            for c in clients:
+                assert c.get("/metadata").status_code == 200
+            assert server.process is not None
+            owners = _connection_owners(server.process.pid, server.port)
+            assert sum(owners.values()) == 16, owners
+            assert len(owners) == 2, owners  # 16 connections all hashed to one: 2**-15
+        finally:
+            for c in clients:
+                c.close()
+    assert server.process is not None and server.process.returncode == 0
+
+
+def test_workers_refuse_a_taken_port(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "a", workers=2) as server:
+        taken = subprocess.run(
+            [
+                *(sys.executable, "-m", "fhir_server", "serve", "--workers", "2", "--no-auth"),
+                *("--port", str(server.port), "--data-dir", str(tmp_path / "b")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert taken.returncode != 0
+        assert str(server.port) in taken.stderr

@@ -4,10 +4,13 @@ the current version, so concurrent writers never lose an update."""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl
 
 import jsonpatch
 import jsonpointer
@@ -109,14 +112,35 @@ def same_content(stored_raw: bytes, resource: dict[str, Any]) -> bool:
     return _content(load_stored(stored_raw)) == _content(resource)
 
 
-def _criteria_key(resource_type: str) -> str:
-    """The lock every conditional interaction on a type claims. One key per type, not
-    per criteria string: differently written criteria can match the same resource
-    (``identifier=a|1`` and ``identifier=1,zz``), and two transactions that each see
-    no match and create would otherwise both commit (write skew), defeating the
-    purpose of conditional create (http.html#ccreate: "avoid the risk of two clients
-    creating duplicate resources for the same record")."""
-    return f"{resource_type}?conditional"
+LOCK_SHARDS = 32
+
+
+def conditional_locks(resource_type: str, criteria: str) -> list[str]:
+    """The lock documents a conditional interaction claims, so that two transactions
+    that each see no match cannot both create (write skew; http.html#ccreate: "avoid
+    the risk of two clients creating duplicate resources for the same record").
+
+    Differently written criteria can match the same resource (``identifier=a|1`` and
+    ``identifier=1,zz``), so a lock per criteria string would not do. Each type has
+    LOCK_SHARDS lock documents: criteria that are exactly one ``identifier=system|value``
+    (what migrations, Synthea and most integration engines send) claim the one shard
+    that identifier hashes to; any other criteria claim every shard. Conditional
+    interactions on different identifiers then run in parallel, while an arbitrary
+    search still conflicts with all of them."""
+    pairs = parse_qsl(criteria, keep_blank_values=True)
+    if len(pairs) == 1:
+        name, value = pairs[0]
+        system, bar, code = value.partition("|")
+        if name == "identifier" and bar and system and code and not _SPECIAL.search(value):
+            return [_lock_key(resource_type, zlib.crc32(value.encode()) % LOCK_SHARDS)]
+    return [_lock_key(resource_type, shard) for shard in range(LOCK_SHARDS)]
+
+
+_SPECIAL = re.compile(r"[,$\\]")  # OR lists, composites and escapes: not a plain identifier
+
+
+def _lock_key(resource_type: str, shard: int) -> str:
+    return f"{resource_type}?conditional#{shard}"
 
 
 class ResourceService:
@@ -185,9 +209,10 @@ class ResourceService:
     ) -> T:
         return await self.storage.transaction(fn, resource_types)
 
-    async def claim_conditional(self, s: Session, resource_type: str) -> None:
-        """Serialise conditional interactions on a type (see _criteria_key)."""
-        await self.storage.claim(_criteria_key(resource_type), s)
+    async def claim_conditional(self, s: Session, locks: Iterable[str]) -> None:
+        """Serialise conditional interactions that could match the same resource (see
+        conditional_locks): ``locks`` from conditional_locks, for every criteria."""
+        await self.storage.claim(sorted(set(locks)), s)
 
     async def _match(
         self,
@@ -199,7 +224,7 @@ class ResourceService:
         policy: Policy | None = None,
         interaction: str = "s",
     ) -> list[StoredVersion]:
-        await self.claim_conditional(s, resource_type)
+        await self.claim_conditional(s, conditional_locks(resource_type, query))
         return await self.search.match(resource_type, query, where, limit, s, policy, interaction)
 
     # --- authorization (SMART scopes, see fhir_server/authz/policy.py) ----------------

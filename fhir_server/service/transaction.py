@@ -30,6 +30,7 @@ from fhir_server.service.links import conditional_references, rewrite_links, rew
 from fhir_server.service.resources import (
     ResourceService,
     check_version_match,
+    conditional_locks,
     gone,
     same_content,
 )
@@ -305,9 +306,15 @@ class TransactionService:
     async def _apply(self, s: Session, entries: list[Entry], base_url: str) -> None:
         for e in entries:
             e.reset()
-        if any(e.if_none_exist or e.query for e in entries):
-            for t in sorted({e.type for e in entries if e.if_none_exist or e.query}):
-                await self.resources.claim_conditional(s, t)
+        locks = [
+            lock
+            for e in entries
+            for criteria in (e.if_none_exist, e.query)
+            if criteria
+            for lock in conditional_locks(e.type, criteria)
+        ]
+        if locks:
+            await self.resources.claim_conditional(s, locks)
         ordered = sorted(entries, key=lambda e: _ORDER[e.method])
         references: dict[str, str] = {}
         skip: set[int] = set()

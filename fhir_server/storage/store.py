@@ -209,13 +209,15 @@ class Storage:
                 await asyncio.sleep(0.002 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def claim(self, key: str, session: Session) -> None:
-        """Serialise transactions that decide on the same key (e.g. a conditional
-        create's criteria): both write this document, so one of them conflicts and is
-        retried, and its re-run sees what the other committed."""
-        await self.db["locks"].update_one(
-            {"_id": key}, {"$inc": {"n": 1}}, upsert=True, session=session
-        )
+    async def claim(self, keys: Sequence[str], session: Session) -> None:
+        """Serialise transactions that decide on the same keys (e.g. conditional
+        criteria): both write these documents, so one of them conflicts and is retried,
+        and its re-run sees what the other committed. One round trip for all keys."""
+        if keys:
+            await self.db["locks"].bulk_write(
+                [UpdateOne({"_id": k}, {"$inc": {"n": 1}}, upsert=True) for k in keys],
+                session=session,
+            )
 
     async def write(self, writes: Sequence[VersionWrite], session: Session) -> None:
         """Apply new versions inside ``session``'s transaction, in bulk: one
