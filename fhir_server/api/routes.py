@@ -25,6 +25,7 @@ from fhir_server.api.rendering import (
     version_headers,
 )
 from fhir_server.authz.context import request_policy
+from fhir_server.authz.policy import Policy
 from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import parse_json
@@ -432,11 +433,17 @@ async def _resource_body(request: Request) -> Any:
     return parse_json(body)
 
 
-@router.post("/{rtype}")
-async def create(request: Request, rtype: str) -> Response:
+def _writer(request: Request, rtype: str, interaction: str) -> tuple[str, Policy]:
+    """The type a write names and the caller's policy, once it may ``interaction`` it."""
     t = resource_type(rtype)
     policy = request_policy(request)
-    policy.require(t, "c")
+    policy.require(t, interaction)
+    return t, policy
+
+
+@router.post("/{rtype}")
+async def create(request: Request, rtype: str) -> Response:
+    t, policy = _writer(request, rtype, "c")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     criteria = request.headers.get("if-none-exist")
@@ -446,9 +453,7 @@ async def create(request: Request, rtype: str) -> Response:
 
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "u")
+    t, policy = _writer(request, rtype, "u")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     result = await services(request).resources.update(
@@ -466,9 +471,7 @@ def _criteria(request: Request) -> str:
 
 @router.put("/{rtype}")
 async def conditional_update(request: Request, rtype: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "u")
+    t, policy = _writer(request, rtype, "u")
     out = neg.negotiate(request)
     body = await _resource_body(request)
     result = await services(request).resources.conditional_update(
@@ -528,9 +531,7 @@ async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
 
 @router.patch("/{rtype}/{rid}")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "u")
+    t, policy = _writer(request, rtype, "u")
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.patch(
@@ -541,9 +542,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 
 @router.patch("/{rtype}")
 async def conditional_patch(request: Request, rtype: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "u")
+    t, policy = _writer(request, rtype, "u")
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.conditional_patch(
@@ -563,9 +562,7 @@ def _delete_response(
 
 @router.delete("/{rtype}/{rid}")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "d")
+    t, policy = _writer(request, rtype, "d")
     out = neg.negotiate(request)
     stored = await services(request).resources.delete(
         t, instance_id(rid), neg.if_match(request), policy
@@ -579,9 +576,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 
 @router.delete("/{rtype}")
 async def conditional_delete(request: Request, rtype: str) -> Response:
-    t = resource_type(rtype)
-    policy = request_policy(request)
-    policy.require(t, "d")
+    t, policy = _writer(request, rtype, "d")
     out = neg.negotiate(request)
     deleted = await services(request).resources.conditional_delete(t, _criteria(request), policy)
     if deleted:
