@@ -834,3 +834,57 @@ def test_prefer_minimal_and_representation(client):
         assert "resource" not in e, e
         assert e["response"]["status"] == "201 Created"
         assert e["response"]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+# --- many identifier conditions in one transaction (a migration's bundle) -------------
+
+
+def test_many_identifier_conditions_resolve_like_single_ones(client):
+    """A migration sends hundreds of ``PUT Patient?identifier=s|v`` entries and
+    ``Patient?identifier=s|v`` references in one transaction. The server answers them
+    with one query per type (service/search.py: match_identifiers); each entry must
+    still resolve exactly as it would alone (http.html#cond-update, #trules)."""
+    existing = {i: create(client, patient(identifier=[ident(SYS, f"m{i}")])) for i in range(10)}
+    twice = [create(client, patient(identifier=[ident(SYS, "dup")])) for _ in range(2)]
+    widely = [create(client, patient(identifier=[ident(SYS, "wide")])) for _ in range(9)]
+    assert len(twice) == 2 and len(widely) == 9
+    entries = [
+        entry("PUT", f"Patient?identifier={SYS}|m{i}", patient(identifier=[ident(SYS, f"m{i}")]))
+        for i in range(30)
+    ] + [
+        entry(
+            "POST",
+            "Observation",
+            observation(subject={"reference": f"Patient?identifier={SYS}|m{i}"}),
+        )
+        for i in range(0, 30, 3)
+    ]
+    results = bundle_response(post_bundle(client, entries))
+    ids = {}
+    for i in range(30):
+        status = "200 OK" if i < 10 else "201 Created"
+        _, ids[i] = written(results[i], status)
+        if i < 10:
+            assert ids[i] == existing[i]["id"]
+    for n, i in enumerate(range(0, 30, 3)):
+        _, oid = written(results[30 + n], "201 Created")
+        assert read(client, f"Observation/{oid}")["subject"] == {"reference": f"Patient/{ids[i]}"}
+    # two matches: 412 (http.html#cond-update: "Multiple matches ... 412")
+    for criteria in (f"{SYS}|dup", f"{SYS}|wide"):  # "wide" exceeds the prefetch list
+        r = post_bundle(
+            client,
+            [entry("PUT", f"Patient?identifier={criteria}", patient(identifier=[ident(SYS, "x")]))],
+        )
+        assert r.status_code == 412, r.text
+    # a conditional reference to several resources fails the transaction
+    r = post_bundle(
+        client,
+        [
+            entry(
+                "POST",
+                "Observation",
+                observation(subject={"reference": f"Patient?identifier={SYS}|dup"}),
+            )
+        ],
+    )
+    assert r.status_code == 412, r.text

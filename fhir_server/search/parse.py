@@ -5,6 +5,7 @@ left out of the self link), as search.html#errors allows."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -472,3 +473,20 @@ class Parser:
             # compiler applies to each collection the conditions of its type.
             for t in plan.types:
                 plan.conditions.append(self.condition(t, name, value))
+
+
+_NOT_PLAIN = re.compile(r"[,$\\]")  # OR lists, composites and escapes
+
+
+def plain_identifier(criteria: str) -> str | None:
+    """``system|value`` when the criteria are exactly one ``identifier=system|value``
+    (what migrations, Synthea and most integration engines send in conditional
+    interactions and conditional references), else None."""
+    pairs = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return None
+    value = pairs[0][1]
+    system, bar, code = value.partition("|")
+    if not (bar and system and code) or "|" in code or _NOT_PLAIN.search(value):
+        return None
+    return value

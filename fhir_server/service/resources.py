@@ -4,13 +4,11 @@ the current version, so concurrent writers never lose an update."""
 
 from __future__ import annotations
 
-import re
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl
 
 import jsonpatch
 import jsonpointer
@@ -21,6 +19,7 @@ from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
+from fhir_server.search.parse import plain_identifier
 from fhir_server.search.registry import Registry
 from fhir_server.service.context import request_base_url
 from fhir_server.service.search import SearchService
@@ -127,16 +126,10 @@ def conditional_locks(resource_type: str, criteria: str) -> list[str]:
     that identifier hashes to; any other criteria claim every shard. Conditional
     interactions on different identifiers then run in parallel, while an arbitrary
     search still conflicts with all of them."""
-    pairs = parse_qsl(criteria, keep_blank_values=True)
-    if len(pairs) == 1:
-        name, value = pairs[0]
-        system, bar, code = value.partition("|")
-        if name == "identifier" and bar and system and code and not _SPECIAL.search(value):
-            return [_lock_key(resource_type, zlib.crc32(value.encode()) % LOCK_SHARDS)]
+    identifier = plain_identifier(criteria)
+    if identifier is not None:
+        return [_lock_key(resource_type, zlib.crc32(identifier.encode()) % LOCK_SHARDS)]
     return [_lock_key(resource_type, shard) for shard in range(LOCK_SHARDS)]
-
-
-_SPECIAL = re.compile(r"[,$\\]")  # OR lists, composites and escapes: not a plain identifier
 
 
 def _lock_key(resource_type: str, shard: int) -> str:

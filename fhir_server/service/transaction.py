@@ -319,6 +319,7 @@ class TransactionService:
         references: dict[str, str] = {}
         skip: set[int] = set()
         resolution = _Resolution()
+        await self._prefetch_targets(s, entries, resolution)
         for e in ordered:
             try:
                 await self._resolve_target(s, e, references, skip, resolution)
@@ -449,10 +450,31 @@ class TransactionService:
         """Up to 2 live matches, not counting resources this transaction deletes, among
         the resources the token may touch with ``action``."""
         deleted = {i for t, i in resolution.deleted if t == resource_type}
-        matches = await self.search.match(
-            resource_type, query, where, 2 + len(deleted), s, self.policy, action
-        )
+        matches = resolution.prefetched.get((resource_type, action, query))
+        if matches is None or len(matches) >= _PREFETCH_LIMIT:
+            matches = await self.search.match(
+                resource_type, query, where, 2 + len(deleted), s, self.policy, action
+            )
         return [m for m in matches if m.id not in deleted][:2]
+
+    async def _prefetch_targets(
+        self, s: Session, entries: list[Entry], resolution: _Resolution
+    ) -> None:
+        """The matches of every plain-identifier condition, a query per type and action
+        rather than one per entry (the snapshot is the same: nothing is written before
+        every target is resolved)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for e in entries:
+            criteria = e.if_none_exist if e.method == "POST" else e.query
+            if criteria:
+                action = "c" if e.method == "POST" else interaction(e)
+                groups.setdefault((e.type, action), []).append(criteria)
+        for (type_, action), criteria_list in groups.items():
+            found = await self.search.match_identifiers(
+                type_, criteria_list, _PREFETCH_LIMIT, s, self.policy, action
+            )
+            for criteria, matches in found.items():
+                resolution.prefetched[(type_, action, criteria)] = matches
 
     def _check_distinct(self, entries: list[Entry], skip: set[int]) -> None:
         """http.html#trules: two entries may not act on the same resource."""
@@ -479,6 +501,15 @@ class TransactionService:
         otherwise only the references with exactly one match are returned)."""
         found: dict[str, str] = {}
         seen: set[str] = set()
+        by_type: dict[str, list[str]] = {}
+        for e in entries:
+            for ref in conditional_references(e.unresolved or e.resource):
+                type_, _, query = ref.partition("?")
+                by_type.setdefault(type_, []).append(query)
+        prefetched: dict[str, list[StoredVersion]] = {}
+        for type_, queries in by_type.items():
+            answers = await self.search.match_identifiers(type_, queries, 2, s, self.policy, "s")
+            prefetched.update({f"{type_}?{q}": m for q, m in answers.items()})
         for e in entries:
             for ref in conditional_references(e.unresolved or e.resource):
                 if ref in seen:
@@ -486,9 +517,11 @@ class TransactionService:
                 seen.add(ref)
                 type_, _, query = ref.partition("?")
                 try:
-                    matches = await self.search.match(
-                        type_, query, "reference", 2, s, self.policy, "s"
-                    )
+                    matches = prefetched.get(ref)
+                    if matches is None:
+                        matches = await self.search.match(
+                            type_, query, "reference", 2, s, self.policy, "s"
+                        )
                 except FhirError as exc:
                     raise entry_error(e, exc) from None
                 if len(matches) == 1:
@@ -642,6 +675,12 @@ class _Resolution:
 
     deleted: set[tuple[str, str]] = field(default_factory=set)
     creates: dict[tuple[str, str], Entry] = field(default_factory=dict)  # by ifNoneExist
+    # matches of plain-identifier conditions, by (type, action, criteria), fetched at once
+    prefetched: dict[tuple[str, str, str], list[StoredVersion]] = field(default_factory=dict)
+
+
+# A prefetched list this long may have been cut short: ask the database again.
+_PREFETCH_LIMIT = 8
 
 
 _RESTFUL = re.compile(r"(https?://.+)/([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
