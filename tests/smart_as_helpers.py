@@ -161,3 +161,19 @@ _FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 def token_request(c: TestClient, data: dict[str, str], **kwargs: Any) -> Response:
     return c.post("/auth/token", data=data, **kwargs)
+
+
+def app_tokens(c: TestClient, scope: str, username: str, password: str) -> dict[str, Any]:
+    """The token response of the public test app ("app") after a full code flow with
+    PKCE, logged in as ``username``."""
+    verifier, challenge = pkce()
+    back = authorize_to_code(c, authorize_params("app", scope, challenge), username, password)
+    data = {
+        "grant_type": "authorization_code",
+        "code": back["code"],
+        "redirect_uri": REDIRECT,
+        "client_id": "app",
+        "code_verifier": verifier,
+    }
+    tokens: dict[str, Any] = token_request(c, data).json()
+    return tokens

@@ -51,20 +51,26 @@ def start_private_mariadb(directory: Path) -> tuple[str, subprocess.Popen[bytes]
         capture_output=True,
     )
     port = free_port()
-    proc = subprocess.Popen(
+    proc = _start_listening(
         [daemon, "--no-defaults", f"--datadir={data}", f"--port={port}",
          "--bind-address=127.0.0.1", f"--socket={directory / 'mysqld.sock'}",
          "--skip-grant-tables", "--skip-networking=0", *user],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        port,
+        "mariadbd",
     )  # fmt: skip
+    return f"mysql+pymysql://root@127.0.0.1:{port}", proc
+
+
+def _start_listening(args: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
+    """Start a private database server and wait (up to 60 s) until it accepts connections."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not _listening("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise pytest.fail.Exception("the private mariadbd did not start", pytrace=False)
+            raise pytest.fail.Exception(f"the private {what} did not start", pytrace=False)
         time.sleep(0.2)
-    return f"mysql+pymysql://root@127.0.0.1:{port}", proc
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -133,18 +139,12 @@ def start_private_postgres() -> tuple[str, subprocess.Popen[bytes], Path]:
         capture_output=True,
     )  # fmt: skip
     port = free_port()
-    proc = subprocess.Popen(
+    proc = _start_listening(
         [*as_user, str(bindir / "postgres"), "-D", str(directory / "data"), "-p", str(port),
          "-k", str(directory), "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        port,
+        "PostgreSQL",
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not _listening("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise pytest.fail.Exception("the private PostgreSQL did not start", pytrace=False)
-        time.sleep(0.2)
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}", proc, directory
 
 

@@ -12,6 +12,7 @@ import pytest
 from smart_as_helpers import (
     REDIRECT,
     Smart,
+    app_tokens,
     authorize_params,
     authorize_to_code,
     location,
@@ -237,20 +238,7 @@ def test_csrf_token_is_required(smart: Smart) -> None:
 
 def test_introspection_and_revocation(smart: Smart) -> None:
     c = smart.client
-    verifier, challenge = pkce()
-    back = authorize_to_code(
-        c, authorize_params("app", "offline_access patient/*.rs", challenge), "ana", "patient-pass"
-    )
-    tok = token_request(
-        c,
-        {
-            "grant_type": "authorization_code",
-            "code": back["code"],
-            "redirect_uri": REDIRECT,
-            "client_id": "app",
-            "code_verifier": verifier,
-        },
-    ).json()
+    tok = app_tokens(c, "offline_access patient/*.rs", "ana", "patient-pass")
     basic = {"Authorization": "Basic " + base64.b64encode(f"conf:{smart.secret}".encode()).decode()}  # type: ignore[attr-defined]
     info = c.post("/auth/introspect", data={"token": tok["access_token"]}, headers=basic).json()
     assert info["active"] is True and info["client_id"] == "app" and info["patient"] == "p1"

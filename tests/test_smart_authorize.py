@@ -14,6 +14,7 @@ from smart_as_helpers import (
     FHIR,
     REDIRECT,
     Smart,
+    app_tokens,
     authorize_params,
     authorize_to_code,
     csrf,
@@ -214,20 +215,7 @@ def test_pages_are_bilingual(smart: Smart) -> None:
 
 def test_refresh_token_rotation_and_reuse_revokes_the_family(smart: Smart) -> None:
     c = smart.client
-    verifier, challenge = pkce()
-    back = authorize_to_code(
-        c, authorize_params("app", "offline_access patient/*.rs", challenge), "ana", "patient-pass"
-    )
-    first = token_request(
-        c,
-        {
-            "grant_type": "authorization_code",
-            "code": back["code"],
-            "redirect_uri": REDIRECT,
-            "client_id": "app",
-            "code_verifier": verifier,
-        },
-    ).json()
+    first = app_tokens(c, "offline_access patient/*.rs", "ana", "patient-pass")
     r1 = token_request(
         c,
         {
@@ -408,20 +396,7 @@ def test_public_client_may_refresh_without_client_id(smart: Smart) -> None:
     """RFC 6749 section 6 lists no client_id, and fhirclient sends none: the refresh token
     names its (public) client."""
     c = smart.client
-    verifier, challenge = pkce()
-    back = authorize_to_code(
-        c, authorize_params("app", "offline_access patient/*.rs", challenge), "ana", "patient-pass"
-    )
-    first = token_request(
-        c,
-        {
-            "grant_type": "authorization_code",
-            "code": back["code"],
-            "redirect_uri": REDIRECT,
-            "client_id": "app",
-            "code_verifier": verifier,
-        },
-    ).json()
+    first = app_tokens(c, "offline_access patient/*.rs", "ana", "patient-pass")
     r = token_request(c, {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]})
     assert r.status_code == 200, r.text
     assert r.json()["patient"] == "p1"
