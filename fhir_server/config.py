@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
+    validate_r4b_models: bool = Field(
+        False,
+        description="Also run the fhir.resources R4B models over every write (slower; the "
+        "definition-driven pass already covers what they catch for R4).",
+    )
     history_max_count: int = Field(1000, ge=1, description="Largest _count honoured on _history.")
     history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
     bundle_max_entries: int = Field(

@@ -158,7 +158,9 @@ class ResourceService:
                 f"resourceType {actual!r} does not match the request's type {resource_type!r}",
                 "resourceType",
             )
-        issues = validate_resource(body, resource_type)
+        issues = validate_resource(
+            body, resource_type, r4b_models=self.settings.validate_r4b_models
+        )
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
             raise FhirError(400, errors)

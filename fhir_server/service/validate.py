@@ -130,7 +130,9 @@ def check_request(req: ValidateRequest, instance: bool) -> None:
 # --- the checks ------------------------------------------------------------------------------
 
 
-def content_issues(resource_type: str, resource: Any, mode: str | None) -> list[Issue]:
+def content_issues(
+    resource_type: str, resource: Any, mode: str | None, r4b_models: bool = False
+) -> list[Issue]:
     """Base-specification validation, as a write would do it (create ignores the id)."""
     if isinstance(resource, dict):
         actual = resource.get("resourceType")
@@ -143,7 +145,7 @@ def content_issues(resource_type: str, resource: Any, mode: str | None) -> list[
         resource = {k: v for k, v in resource.items() if k != "id"}
         message = "The id is ignored by a create; the server assigns a new one"
         notes.append(Issue("informational", message, "information", (f"{resource_type}.id",)))
-    return validate_resource(resource, resource_type) + notes
+    return validate_resource(resource, resource_type, r4b_models=r4b_models) + notes
 
 
 def id_issues(resource_type: str, resource_id: str, resource: Any) -> list[Issue]:
@@ -187,7 +189,8 @@ class ValidateService:
         if req.mode == "delete":
             assert resource_id is not None
             return await self._delete(resource_type, resource_id, if_match)
-        issues = content_issues(resource_type, req.resource, req.mode)
+        r4b = self.resources.settings.validate_r4b_models
+        issues = content_issues(resource_type, req.resource, req.mode, r4b)
         if req.mode == "update":
             assert resource_id is not None
             issues += await self._update(resource_type, resource_id, req.resource, if_match)

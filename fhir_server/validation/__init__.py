@@ -2,15 +2,17 @@
 
 ``validate_resource`` returns the problems as ``Issue`` objects (an empty list means
 valid) and never raises: the caller turns errors into a 400 OperationOutcome and
-``$validate`` returns the list as is. Two passes run over every resource:
+``$validate`` returns the list as is. The passes over every resource:
 
 1. structure.py, driven by elements.json (generated from the 4.0.1 StructureDefinitions):
    the FHIR JSON rules fhir.resources is lax about (primitive JSON types, arrays exactly
    where elements repeat, no empty objects/arrays/strings, null only as a placeholder in
    primitive arrays paired with ``_name``, unknown properties, one type per choice,
    min-1 elements, required code bindings where the value set can be enumerated).
-2. r4b.py: the fhir.resources R4B pydantic models (value formats such as real calendar
-   dates), with errors R4 contradicts dropped and ones already reported not repeated.
+2. r4b.py, only with FHIR_VALIDATE_R4B_MODELS: the fhir.resources R4B pydantic models,
+   with errors R4 contradicts dropped and ones already reported not repeated. The
+   structural pass covers what it finds (calendar dates included), which
+   tests/test_validation_differential.py checks over generated invalid resources.
 
 Nested resources (contained, Bundle.entry.resource, Bundle.entry.response.outcome,
 Parameters.parameter.resource) are validated as resources of their own type, with
@@ -65,24 +67,30 @@ log = logging.getLogger(__name__)
 Pending = tuple[Any, str, int, bool]
 
 
-def validate_resource(resource: Any, expected_type: str | None = None) -> list[Issue]:
-    """The problems in ``resource`` as an R4 resource (of ``expected_type``, if given)."""
+def validate_resource(
+    resource: Any, expected_type: str | None = None, *, r4b_models: bool = False
+) -> list[Issue]:
+    """The problems in ``resource`` as an R4 resource (of ``expected_type``, if given).
+
+    ``r4b_models`` adds the fhir.resources pass (FHIR_VALIDATE_R4B_MODELS): the structural
+    pass alone catches everything it does for R4 (tests/test_validation_differential.py)
+    at a fraction of its cost, so it is off by default."""
     try:
-        return _validate(resource, expected_type)
+        return _validate(resource, expected_type, r4b_models)
     except Exception as exc:  # never crash on input: report it
         log.exception("validation failed")
         message = f"The resource could not be validated ({type(exc).__name__})"
         return [Issue("exception", message)]
 
 
-def _validate(resource: Any, expected_type: str | None) -> list[Issue]:
+def _validate(resource: Any, expected_type: str | None, r4b_models: bool) -> list[Issue]:
     m = model()
     issues = top_level_issues(resource, expected_type)
     if issues:
         return issues
     queue: deque[Pending] = deque([(resource, "", 0, False)])
     while queue:
-        issues += check_resource(m, queue.popleft(), queue)
+        issues += check_resource(m, queue.popleft(), queue, r4b_models)
     return issues
 
 
@@ -96,8 +104,10 @@ def top_level_issues(resource: Any, expected_type: str | None) -> list[Issue]:
     return []
 
 
-def check_resource(m: Model, pending: Pending, queue: deque[Pending]) -> list[Issue]:
-    """Both passes over one resource; its nested resources join the queue."""
+def check_resource(
+    m: Model, pending: Pending, queue: deque[Pending], r4b_models: bool = False
+) -> list[Issue]:
+    """The passes over one resource; its nested resources join the queue."""
     resource, path, depth, contained = pending
     resource_type, problem = resource_type_of(resource, path)
     if problem is not None:
@@ -110,7 +120,7 @@ def check_resource(m: Model, pending: Pending, queue: deque[Pending]) -> list[Is
         walk.error("invalid", "A contained resource must not contain resources (dom-2)", path)
     queue.extend(walk.nested)
     issues = walk.issues
-    if resource_type not in m.r4b_unusable and not walk.malformed:
+    if r4b_models and resource_type not in m.r4b_unusable and not walk.malformed:
         issues += r4b_issues(resource, info, path, issues)
     return issues
 

@@ -9,6 +9,7 @@ semantics: in the XML Schema regexes of the spec, \\s and \\S are ASCII-only.
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 from collections.abc import Callable
@@ -24,6 +25,9 @@ INT_RANGES = {
     "unsignedInt": (0, 2**31 - 1),
 }
 MAX_STRING = 1024 * 1024  # string.html: "strings SHALL NOT exceed 1MB"
+# Types whose values start with a calendar date; their regexes allow any day 01-31.
+DATED = frozenset({"date", "dateTime", "instant"})
+FULL_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})", re.ASCII)
 # Types whose regex only says "not empty", which the emptiness check already covers.
 FREE_TEXT = frozenset({"string", "markdown"})
 # narrative.html#xhtml: the root is a <div> in the XHTML namespace (txt-1/txt-2, and the
@@ -103,6 +107,7 @@ def string_check(type_name: str, regex: str) -> PrimitiveCheck:
     max_length = MAX_STRING if type_name == "string" else None
     invalid = "is not a <div> in the XHTML namespace" if type_name == "xhtml" else ""
     invalid = invalid or f"is not a valid {type_name}"
+    dated = type_name in DATED
 
     def check(value: Any) -> tuple[str, str] | None:
         if type(value) is not str:
@@ -112,11 +117,23 @@ def string_check(type_name: str, regex: str) -> PrimitiveCheck:
             return "value", f"{article(type_name)} must not be empty or only whitespace"
         if pattern is not None and pattern.fullmatch(value) is None:
             return "value", f"{shown(value)} {invalid}"
+        if dated and not on_calendar(value):
+            return "value", f"{shown(value)} is not a calendar date ({type_name})"
         if max_length is not None and len(value) > max_length:
             return "value", f"A string must not exceed {max_length} characters"
         return None
 
     return check
+
+
+def on_calendar(value: str) -> bool:
+    """Whether a date that passed its regex names a real day (datatypes.html#date: "SHALL
+    be valid dates"): the R4 regexes accept 2021-02-29 and 2021-04-31."""
+    full = FULL_DATE.match(value)
+    if full is None:  # a year or year-month: the regex already bounds the month
+        return True
+    year, month, day = (int(part) for part in full.groups())
+    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
 
 
 def primitive_check(type_name: str, regex: str) -> PrimitiveCheck:
