@@ -184,7 +184,7 @@ class Policy:
         if patient is None:
             return None
         context: Filter = {}
-        if patient is not False:
+        if isinstance(patient, str):
             registry = self.search.registry
             if resource_type == "Patient" or registry.patient_compartment(resource_type):
                 context = compartment_filter(patient, interaction)
