@@ -162,6 +162,34 @@ class Policy:
                 f"{resource_type}/{resource_id} is outside what the token may access",
             )
 
+    async def within_reach(
+        self, current: StoredVersion | None, interaction: str, session: Session | None = None
+    ) -> StoredVersion | None:
+        """The current version a write (``interaction`` u or d) replaces, as far as the
+        token may know it: None when there is none, or when the token may neither
+        change it nor read it. The write then goes on exactly as for a missing resource
+        (same status, same OperationOutcome), so writes are no existence oracle for
+        what is out of reach (issue 11, finding 8). A resource the token can read but
+        may not change is a 403: saying so reveals nothing it could not see."""
+        if self.access is None or current is None:
+            return current
+        if await self.contains(current.type, current.id, interaction, session):
+            return current
+        if await self.contains(current.type, current.id, "r", session):
+            if current.deleted:
+                return current  # a deletion it sees (410 on read): as before
+            raise forbidden(
+                current.type,
+                interaction,
+                f"{current.type}/{current.id} is outside what the token may change",
+            )
+        return None
+
+    async def confines(self, resource_type: str, interaction: str) -> bool:
+        """Is the token's ``interaction`` on the type limited to part of its resources
+        (a patient's record, a category), or not granted at all?"""
+        return bool(await self.try_restriction(resource_type, interaction) != {})
+
     async def readable(self, types: Iterable[str], interaction: str) -> list[str]:
         """The types of ``types`` the token may touch with ``interaction`` at all."""
         return [t for t in types if await self.try_restriction(t, interaction) is not None]

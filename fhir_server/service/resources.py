@@ -225,13 +225,36 @@ class ResourceService:
     # --- authorization (SMART scopes, see fhir_server/authz/policy.py) ----------------
 
     @staticmethod
-    async def guard_before(
+    async def within_reach(
         s: Session, policy: Policy | None, current: StoredVersion | None, interaction: str
+    ) -> StoredVersion | None:
+        """The version a write replaces as the token may know it (Policy.within_reach):
+        None makes the write go on exactly as for a missing resource."""
+        if policy is None:
+            return current
+        return await policy.within_reach(current, interaction, s)
+
+    async def check_update_as_create(
+        self, policy: Policy | None, resource_type: str, resource_id: str, chosen: bool
     ) -> None:
-        """The version a write replaces must be within what the token may change."""
-        if policy is None or policy.unrestricted or current is None or current.deleted:
-            return
-        await policy.require_contains(current.type, current.id, interaction, s)
+        """May a PUT create ``resource_type/resource_id`` (no current version within
+        reach)? Not when the server does not allow update-as-create; nor, for an id the
+        client ``chosen``, when the token's access to the type is limited to part of its
+        resources: ids are one space for all records, so the answer would tell whether
+        another record uses the id (its PUT answers as for a missing one, this 405)."""
+        limited = chosen and policy is not None and await policy.confines(resource_type, "u")
+        if not self.settings.allow_update_create or limited:
+            raise FhirError.of(
+                405,
+                "not-supported",
+                f"{resource_type}/{resource_id} does not exist and update-as-create is "
+                + (
+                    "not available to an access token limited to part of the "
+                    f"{resource_type} resources"
+                    if limited
+                    else "not allowed on this server (FHIR_ALLOW_UPDATE_CREATE=false)"
+                ),
+            )
 
     @staticmethod
     async def guard_after(s: Session, policy: Policy | None, write: VersionWrite) -> None:
@@ -319,17 +342,14 @@ class ResourceService:
         if_match: int | None,
         method: str = "PUT",
         policy: Policy | None = None,
+        chosen: bool = True,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "u")
+        """``chosen``: the id is the client's (not one the server just assigned)."""
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "u")
         check_version_match(current, if_match)
-        if current is None and not self.settings.allow_update_create:
-            raise FhirError.of(
-                405,
-                "not-supported",
-                f"{resource_type}/{resource_id} does not exist and this server does not "
-                "allow update-as-create (FHIR_ALLOW_UPDATE_CREATE=false)",
-            )
+        if current is None:
+            await self.check_update_as_create(policy, resource_type, resource_id, chosen)
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
         write = self.new_version(resource_type, resource_id, resource, current, method)
@@ -393,7 +413,10 @@ class ResourceService:
                 target = body_id  # update-as-create with the client's id
             else:
                 target = str(uuid.uuid4())
-            return await self._put(s, resource_type, target, resource, if_match, "PUT", policy)
+            chosen = target == body_id
+            return await self._put(
+                s, resource_type, target, resource, if_match, "PUT", policy, chosen
+            )
 
         return await self._transaction(resource_type, txn)
 
@@ -408,10 +431,11 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        # out of reach is as missing, before a "test" op can probe it
+        current = await self.within_reach(s, policy, stored, "u")
         if current is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
-        await self.guard_before(s, policy, current, "u")  # before a "test" op can probe it
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
@@ -472,8 +496,8 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> StoredVersion | None:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "d")
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "d")
         check_version_match(current, if_match)
         if current is None or current.deleted:
             return current  # nothing to do (http.html#delete: still a success)

@@ -73,6 +73,7 @@ class Entry:
     write: VersionWrite | None = None
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
+    assigned_id: bool = False  # a conditional PUT without a match got a new server id
 
     @property
     def where(self) -> str:
@@ -83,6 +84,7 @@ class Entry:
         self.id, self.resource = self.parsed_id, self.parsed_resource
         self.status, self.stored, self.write = "", None, None
         self.same_as = self.unresolved = None
+        self.assigned_id = False
 
 
 @dataclass(slots=True)
@@ -328,14 +330,24 @@ class TransactionService:
         self._check_distinct(entries, skip)
         active = [e for e in ordered if e.index not in skip]
         current = await self._current_versions(s, active)
-        for e in active:  # before a PATCH "test" op could probe a resource out of reach
-            if e.method != "POST":
-                try:
-                    await ResourceService.guard_before(
-                        s, self.policy, current.get((e.type, e.id or "")), interaction(e)
+        # A resource out of the token's reach is as missing (before a PATCH "test" op
+        # could probe it); a PUT that would then create checks that it may.
+        for e in active:
+            if e.method == "POST":
+                continue
+            key = (e.type, e.id or "")
+            try:
+                seen = await ResourceService.within_reach(
+                    s, self.policy, current.get(key), interaction(e)
+                )
+                if seen is None:
+                    current.pop(key, None)
+                if e.method == "PUT" and seen is None:
+                    await self.resources.check_update_as_create(
+                        self.policy, e.type, key[1], not e.assigned_id
                     )
-                except FhirError as exc:
-                    raise entry_error(e, exc) from None
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
         for e in active:
             if e.method == "PATCH":
                 try:
@@ -427,7 +439,9 @@ class TransactionService:
                     raise bad_request("The resource id does not match the resource found")
                 e.id = matches[0].id
             elif e.method == "PUT":
-                e.id = (e.resource or {}).get("id") or str(uuid.uuid4())
+                e.id = (e.resource or {}).get("id")
+                if e.id is None:
+                    e.id, e.assigned_id = str(uuid.uuid4()), True
             elif e.method == "PATCH":
                 raise not_found("The conditional patch criteria match no resource")
             else:  # DELETE with no match: nothing to do (http.html#3.1.0.7.1)
@@ -649,8 +663,6 @@ class TransactionService:
             return write
         if e.method == "PUT":
             check_version_match(current, e.if_match)
-            if current is None and not svc.settings.allow_update_create:
-                raise FhirError.of(405, "not-supported", "update-as-create is disabled")
         assert e.resource is not None
         stored_raw = current.raw if current is not None else None
         if stored_raw is not None and same_content(stored_raw, e.resource):
