@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         "*",
-        description="Origins allowed to call the API from a browser (CORS): '*' or a "
-        "comma-separated list such as https://app.example.org,http://localhost:3000.",
+        description="Origins allowed to call the FHIR API and the token endpoint from a "
+        "browser (CORS): '*' or a comma-separated list such as "
+        "https://app.example.org,http://localhost:3000. Login pages never allow CORS.",
     )
     celery_broker_url: str | None = Field(
         None,
