@@ -26,6 +26,7 @@ from fhir_server.authz.context import request_policy
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import dumps, load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
+from fhir_server.resource_types import DOT_SEGMENTS
 from fhir_server.service.transaction import (
     Entry,
     TransactionService,
@@ -143,6 +144,10 @@ def _batch_request(raw: Any, base: str) -> tuple[str, str, bytes | None, dict[st
     if not isinstance(url, str) or not url:
         raise bad_request("request.url is required", "request.url")
     path, query = split_url(url, base)
+    if any(segment in DOT_SEGMENTS for segment in path.split("/")):
+        # dispatched as a URL, "Patient/.." would become the base: refuse, as a
+        # transaction does, rather than perform another request than the entry names
+        raise bad_request(f"Invalid id in request.url {url!r}", "request.url")
     relative = path + (f"?{query}" if query else "")
     headers: dict[str, str] = {}
     for field, header in (
