@@ -13,6 +13,7 @@ from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
+from fhir_server.api.nul import RefuseNul
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.authz.authenticate import authenticate
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(RefuseNul)
     install_cors(app, settings.cors_origins)  # outermost: answers preflights before auth
     install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
     app.include_router(bundles_router, prefix=BASE_PATH)
