@@ -20,7 +20,11 @@ Rules (SMART App Launch 2.2, "Scopes for requesting clinical data"):
   them, never writable.
 - Granular scopes (``patient/Observation.rs?category=laboratory``): the resource must
   also match the scope's search parameters, compiled with the search compiler. Several
-  scopes for one type are ORed; one without parameters lifts the restriction.
+  scopes for one type are ORed; one without parameters lifts the restriction. A scope
+  whose parameters chain (``subject:Patient.name=...``) or reverse-chain (``_has:...``)
+  grants nothing: a client may ask for any narrower scope, and such a parameter would
+  be compiled outside every policy, so which of its own resources the token then sees
+  would answer questions about resources it may not search.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from fhir_server.outcome import FhirError
 from fhir_server.resource_types import resource_types
 from fhir_server.search.compile import Compiler
 from fhir_server.search.extract import index_resource
+from fhir_server.search.plan import Chain, ReverseChain
 from fhir_server.service.context import request_base_url
 from fhir_server.storage import StoredVersion
 from smart_auth.scopes import ResourceScope
@@ -222,6 +227,8 @@ class Policy:
             return context
         try:
             plan = self.search.parser().parse([resource_type], list(scope.params))
+            if any(isinstance(c, Chain | ReverseChain) for c in plan.conditions):
+                return None  # see the module docstring: granular scopes do not chain
             params = await Compiler(self.search).filter(resource_type, plan.conditions)
         except FhirError:
             return None  # a scope whose parameters do not apply to this type grants nothing
