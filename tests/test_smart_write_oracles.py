@@ -116,7 +116,7 @@ def answer(world: World, scope: str, kind: str, rid: str) -> tuple[int, dict[str
     return r.status_code, seen, body
 
 
-@pytest.mark.parametrize("scope", ["patient/Observation.cruds", "patient/Observation.cud"])
+@pytest.mark.parametrize("scope", ["patient/Observation.cruds", "patient/Observation.cuds"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_writes_out_of_reach_answer_as_for_a_missing_id(
     world: World, scope: str, kind: str

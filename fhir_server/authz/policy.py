@@ -190,6 +190,27 @@ class Policy:
             )
         return None
 
+    async def sees(self, stored: StoredVersion, session: Session | None = None) -> bool:
+        """May a response show this version's content? Only when the token may read the
+        resource: a write-only token learns from a write what it sent and the new
+        version's id, never a stored resource (a conditional create's match, a patch's
+        result)."""
+        return self.access is None or await self.contains(stored.type, stored.id, "r", session)
+
+    def require_criteria(self, resource_type: str, where: str) -> None:
+        """Conditional criteria (If-None-Exist, a conditional update, patch or delete
+        URL, a transaction entry's) are a search: whether they match one, several or no
+        resources tells what exists. Without a search scope on the type: 403, before
+        they are evaluated."""
+        if not self.allows(resource_type, "s"):
+            raise FhirError.of(
+                403,
+                "forbidden",
+                f"The access token does not permit search on {resource_type}, and "
+                "conditional criteria are a search",
+                where,
+            )
+
     async def confines(self, resource_type: str, interaction: str) -> bool:
         """Is the token's ``interaction`` on the type limited to part of its resources
         (a patient's record, a category), or not granted at all?"""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonpatch
@@ -167,6 +167,44 @@ class ResourceService:
         if errors:
             raise FhirError(400, errors)
         return body
+
+    def patched(
+        self, current: StoredVersion, patch: jsonpatch.JsonPatch, readable: bool
+    ) -> dict[str, Any]:
+        """The current version with ``patch`` applied, as a valid resource (422 or 400
+        otherwise). To a token that may not read the resource the patch is blind: a
+        ``test`` operation, which is a read, is refused (403), and a failure does not
+        say why (jsonpatch's messages and the validator's quote the content)."""
+        assert current.raw is not None
+        if not readable:
+            for i, op in enumerate(patch.patch):
+                if op.get("op") == "test":
+                    raise FhirError.of(
+                        403,
+                        "forbidden",
+                        f"A JSON Patch 'test' operation reads the resource; the access token "
+                        f"does not permit read on {current.type}/{current.id}",
+                        f"[{i}]",
+                    )
+        hidden = "details withheld: they would show the resource, which the token may not read"
+        try:
+            patched = patch.apply(load_stored(current.raw))
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            why = str(exc) if readable else hidden
+            raise FhirError.of(
+                422, "processing", f"The JSON Patch cannot be applied: {why}"
+            ) from None
+        try:
+            return self.checked(current.type, patched, "patched resource")
+        except FhirError as exc:
+            if readable:
+                raise
+            message = f"The patched resource is not valid ({hidden})"
+            raise FhirError(
+                exc.status, [replace(i, diagnostics=message) for i in exc.issues]
+            ) from None
 
     def new_version(
         self,
@@ -441,15 +479,8 @@ class ResourceService:
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
-        try:
-            patched = patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(
-                422, "processing", f"The JSON Patch cannot be applied: {exc}"
-            ) from None
-        resource = self.checked(resource_type, patched, "patched resource")
+        readable = policy is None or await policy.sees(current, s)
+        resource = self.patched(current, patch, readable)
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
         return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)

@@ -430,7 +430,16 @@ class SearchService:
         interaction: str,
     ) -> Filter:
         """The MongoDB filter of a conditional interaction's criteria; errors name
-        ``where`` (the request part holding them)."""
+        ``where`` (the request part holding them). The criteria are a search: under a
+        policy they need a search scope (403 before they are evaluated) and match only
+        among the resources the token may search, as well as ``interaction``."""
+        searchable: dict[str, Any] = {}
+        if policy is not None and interaction != "s":
+            try:
+                searchable = await policy.restriction(resource_type, "s")
+            except FhirError as exc:
+                issues = [replace(i, expression=(where,)) for i in exc.issues]
+                raise FhirError(exc.status, issues) from None
         pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
         pairs = [(k, v) for k, v in pairs if k not in ("_format", "_pretty")]
         if not pairs:
@@ -439,10 +448,11 @@ class SearchService:
             if name.startswith("_") and name in RESULT_ONLY:
                 raise bad_request(f"{name} is not a criterion (in {where})", where)
         try:
-            return await self.criteria_filter(resource_type, pairs, policy, interaction)
+            found = await self.criteria_filter(resource_type, pairs, policy, interaction)
         except FhirError as exc:  # point at the request part holding the criteria
             issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
             raise FhirError(exc.status, issues) from None
+        return _all([found, searchable])
 
     async def criteria_filter(
         self,

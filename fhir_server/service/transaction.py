@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import jsonpatch
 import jsonpointer
 
-from fhir_server.jsonio import load_stored, parse_json
+from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
@@ -74,6 +74,7 @@ class Entry:
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
     assigned_id: bool = False  # a conditional PUT without a match got a new server id
+    readable: bool = True  # the token may read the resource a PATCH applies to
 
     @property
     def where(self) -> str:
@@ -85,6 +86,7 @@ class Entry:
         self.status, self.stored, self.write = "", None, None
         self.same_as = self.unresolved = None
         self.assigned_id = False
+        self.readable = True
 
 
 @dataclass(slots=True)
@@ -283,6 +285,10 @@ class TransactionService:
         for e in entries:
             try:
                 self.policy.require(e.type, interaction(e))
+                if e.if_none_exist:
+                    self.policy.require_criteria(e.type, "request.ifNoneExist")
+                if e.query and e.method != "GET":
+                    self.policy.require_criteria(e.type, "request.url")
             except FhirError as exc:
                 raise entry_error(e, exc) from None
 
@@ -342,6 +348,8 @@ class TransactionService:
                 )
                 if seen is None:
                     current.pop(key, None)
+                elif e.method == "PATCH" and self.policy is not None:
+                    e.readable = await self.policy.sees(seen, s)
                 if e.method == "PUT" and seen is None:
                     await self.resources.check_update_as_create(
                         self.policy, e.type, key[1], not e.assigned_id
@@ -631,13 +639,7 @@ class TransactionService:
             raise gone(current)
         check_version_match(current, e.if_match)
         assert e.patch is not None
-        try:
-            patched = e.patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch failed: {exc}") from None
-        e.resource = self.resources.checked(e.type, patched, "patched resource")
+        e.resource = self.resources.patched(current, e.patch, e.readable)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
 
