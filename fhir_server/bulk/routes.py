@@ -35,7 +35,8 @@ from fhir_server.bulk.access import (
     Grant,
     access_of,
     authorize_kickoff,
-    check_owner,
+    owner_of,
+    owns,
     row_filter,
 )
 from fhir_server.bulk.request import (
@@ -141,6 +142,7 @@ async def _kickoff(
         db,
         job_id=job_id,
         client_id=grant.client_id,
+        owner=owner_of(access_of(request)),
         request_url=_request_url(request, path),
         tx=tx,
         units=units,
@@ -319,9 +321,9 @@ async def export_other_methods(request: Request) -> Response:
 async def _job(request: Request, job_id: str) -> dict[str, Any]:
     db = await _prepare(request)
     job = await db[jobs.JOBS].find_one({"_id": job_id})
-    if job is None:
+    if job is None or not owns(access_of(request), job):
+        # One answer for both: another user must not learn that the job exists.
         raise FhirError.of(404, "not-found", f"No export job {job_id!r} (expired or deleted?)")
-    check_owner(access_of(request), job["client_id"])
     return job
 
 
