@@ -175,3 +175,34 @@ def test_another_user_of_the_same_app_cannot_see_fetch_or_cancel_an_export(
     again = mint.headers(**app, patient="pa", subject="user-pa", fhir_user="Patient/pa")
     assert client.get(file_url, headers=again).status_code == 200
     assert client.delete(status_url, headers=again).status_code == 202
+
+
+# --- finding 8: Group/[id]/$export is no existence oracle -----------------------------------
+
+
+def test_group_export_does_not_tell_a_token_without_group_access_whether_it_exists(
+    secured: tuple[TestClient, TokenMint],
+) -> None:
+    """A token that may not read a group is answered the same for an existing and a
+    missing one: 403 when no scope covers Group at all (as a read of Group/[id] is),
+    404 when its scopes cover Group but not this group. Its members' data is never
+    exported through a group the token may not read."""
+    client, mint = secured
+    group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+    group["member"] = [{"entity": {"reference": "Patient/pa"}}]
+    admin = mint.headers("system/*.cruds")
+    assert client.put("/fhir/Group/g", json=group, headers=admin).status_code == 201
+
+    def answer(url: str, headers: dict[str, str]) -> tuple[int, str]:
+        r = client.get(url, headers={**ASYNC, **headers})
+        return r.status_code, r.json()["issue"][0]["code"]
+
+    for scope, expected in (
+        ("system/Patient.rs system/Observation.rs", (403, "forbidden")),
+        ("system/Group.rs?type=animal system/Patient.rs system/Observation.rs", (404, "not-found")),
+    ):
+        token = mint.headers(scope)
+        existing = answer("/fhir/Group/g/$export", token)
+        assert existing == answer("/fhir/Group/nope/$export", token) == expected
+    allowed = mint.headers("system/Group.rs system/Patient.rs")
+    assert client.get("/fhir/Group/g/$export", headers={**ASYNC, **allowed}).status_code == 202

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import optional_body
-from fhir_server.api.routes import Services, base_url, bind_base_url, services
+from fhir_server.api.routes import Services, base_url, bind_base_url, require_visible, services
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.bulk import jobs
@@ -182,6 +182,9 @@ async def _scope(
         req.types = tuple(t for t in req.types if t in candidates)
     patients = req.patients
     if level == "group":
+        # Before the lookup: a token that may not read this group gets the same answer
+        # whether it exists or not (403 without Group scope, 404 outside it).
+        await require_visible(request, "Group", req.group_id or "")
         members = await _group_members(svc, req.group_id or "")
         patients = tuple(p for p in members if patients is None or p in patients)
     grant = authorize_kickoff(access_of(request), level, req.types, candidates, patients)
