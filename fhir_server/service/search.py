@@ -26,6 +26,7 @@ from fhir_server.search.parse import Parser, plain_identifier
 from fhir_server.search.plan import Include, SearchPlan
 from fhir_server.search.registry import Registry
 from fhir_server.search.values import token_keys
+from fhir_server.service.context import request_base_url
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import Session
 
@@ -467,8 +468,10 @@ class SearchService:
         are parsed and compiled by ``filter``, the one compilation the search
         interaction uses too, so a criterion a search would refuse or empty under the
         token's policy (a chain into a type it may not search, a ``_has`` over other
-        patients' records) is refused or emptied here in exactly the same way."""
-        plan = self.parser(base_url).parse([resource_type], list(pairs))
+        patients' records) is refused or emptied here in exactly the same way. The
+        request's base URL makes this server's absolute references local, as in search."""
+        base = base_url or request_base_url.get() or ""
+        plan = self.parser(base).parse([resource_type], list(pairs))
         return await self.filter(resource_type, plan, policy, interaction)
 
 
