@@ -1,7 +1,9 @@
 """SMART scopes on writes, conditional interactions, $validate, transactions and
 batches (issue #5): a write needs a scope for its interaction, and the resource before
-and after the change must be within the token's reach (403 otherwise), so a patient's
-app can neither touch another patient's data nor move its own out of the compartment.
+and after the change must be within the token's reach, so a patient's app can neither
+touch another patient's data nor move its own out of the compartment. A resource out of
+reach is as missing (issue 11: no existence oracle, see test_smart_write_oracles.py);
+one the token sees but may not change, or a change that would move it out, is 403.
 Conditional criteria only ever match within that reach, so they cannot probe."""
 
 from __future__ import annotations
