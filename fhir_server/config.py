@@ -42,6 +42,22 @@ class Settings(BaseSettings):
         description="Conditional delete matching several resources: 'single' answers 412, "
         "'multiple' deletes them all.",
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's headers, from connecting or "
+        "from the request's first byte; then 408 and the connection is closed (slow loris).",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    limit_concurrency: int = Field(
+        1000,
+        ge=0,
+        description="Most open connections (or requests in flight) per worker process; "
+        "beyond it requests get 503 with Retry-After. 0: no limit.",
+    )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
