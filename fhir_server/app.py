@@ -13,6 +13,7 @@ from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
+from fhir_server.api.nul import RefuseNul
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(RefuseNul)
     # CORS answers preflights before auth; only the FHIR API and the token endpoint.
     install_cors(app, settings.cors_origins, (BASE_PATH, "/auth/token"))
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
