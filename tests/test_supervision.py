@@ -113,7 +113,7 @@ def test_mongod_killed_gives_503_then_the_server_recovers_by_itself(tmp_path: Pa
         ):
             started = time.monotonic()
             assert_unavailable(http.send(request))
-            assert time.monotonic() - started < 3.5  # serverSelectionTimeoutMS is 2 s
+            assert time.monotonic() - started < 5  # serverSelectionTimeoutMS is 2 s
         assert httpx.get(f"{root}/health/live").status_code == 200
         assert http.get("/metadata").status_code == 200  # describes the server, no DB
 
