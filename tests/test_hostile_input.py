@@ -5,13 +5,17 @@ a valid query, a normal answer; never a 5xx."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import bson
 import pytest
 from fastapi.testclient import TestClient
 from fhir_helpers import (
     FHIR_JSON,
+    app_client,
     assert_outcome,
     bundle_response,
     entry,
@@ -19,6 +23,9 @@ from fhir_helpers import (
     patient,
     post_bundle,
 )
+
+from fhir_server.app import create_app
+from fhir_server.config import Settings
 
 JSON_BODY = {"Content-Type": FHIR_JSON}
 
@@ -263,3 +270,95 @@ def test_a_batch_entry_that_fails_fails_alone(client: TestClient) -> None:
     for e in results[2:6]:
         assert e["response"]["outcome"]["resourceType"] == "OperationOutcome", e
     assert client.get("/fhir/Patient").json()["total"] == 2
+
+
+# --- paging cursors --------------------------------------------------------------------------
+# A cursor says where the next page starts; it goes into a MongoDB filter. It must be one
+# this server gave out (signed with its key), and hold only sort values, never a document.
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _seed(client: TestClient, n: int = 4) -> None:
+    for i in range(n):
+        client.put(
+            f"/fhir/Patient/p{i}",
+            content=json.dumps(patient(id=f"p{i}", name=[{"family": f"F{i}"}])),
+            headers=JSON_BODY,
+        )
+
+
+def _next(client: TestClient, url: str) -> str:
+    """The _cursor of the next link of a GET ``url``."""
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    nxt = next(x["url"] for x in r.json()["link"] if x["relation"] == "next")
+    return dict(parse_qsl(urlsplit(nxt).query))["_cursor"]
+
+
+@pytest.mark.parametrize("operator", [{"$foo": 1}, {"$ne": None}, {"$gt": ""}])
+def test_a_forged_cursor_cannot_inject_a_query_operator(
+    client: TestClient, operator: dict[str, Any]
+) -> None:
+    _seed(client)
+    forged = _b64(bson.encode({"d": "a", "v": [operator, ""]}))
+    r = client.get("/fhir/Patient", params={"_sort": "family", "_count": "1", "_cursor": forged})
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+@pytest.mark.parametrize(
+    ("path", "forged"),
+    [
+        ("/fhir/_history", _b64(f"a:{'9' * 400}:Patient/p0/1".encode())),
+        ("/fhir/Patient?_sort=birthdate", _b64(bson.encode({"d": "a", "v": [[1, 2], "p0"]}))),
+    ],
+)
+def test_a_forged_cursor_that_overflowed_is_refused(
+    client: TestClient, path: str, forged: str
+) -> None:
+    _seed(client)
+    sep = "&" if "?" in path else "?"
+    r = client.get(f"{path}{sep}_count=1&_cursor={forged}")
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+def test_a_tampered_cursor_is_refused(client: TestClient) -> None:
+    """The payload rewritten (here: to resume from the start, whatever the tag says)."""
+    _seed(client)
+    cursor = _next(client, "/fhir/Patient?_count=1")
+    body, dot, tag = cursor.partition(".")
+    doc = bson.decode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    doc["v"] = [""]
+    tampered = _b64(bson.encode(doc)) + dot + tag
+    r = client.get("/fhir/Patient", params={"_count": "1", "_cursor": tampered})
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient?_count=1", "/fhir/_history?_count=1"])
+def test_a_cursor_from_another_server_is_refused(
+    client: TestClient, settings: Settings, path: str
+) -> None:
+    """Another database, another key: its cursors are not this server's."""
+    _seed(client)
+    with app_client(settings) as other:
+        _seed(other)
+        foreign = _next(other, path)
+    r = client.get(f"{path}&_cursor={foreign}")
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+def test_cursors_survive_a_restart_and_cross_workers(
+    client: TestClient, settings: Settings
+) -> None:
+    """The key lives in the database: another process on it (a worker, or the server
+    after a restart) accepts the cursors this one gave out."""
+    _seed(client)
+    cursor = _next(client, "/fhir/Patient?_count=1&_sort=family")
+    with TestClient(create_app(settings), base_url="http://testserver") as worker:
+        r = worker.get(
+            "/fhir/Patient", params={"_count": "1", "_sort": "family", "_cursor": cursor}
+        )
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == ["p1"]
