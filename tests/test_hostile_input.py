@@ -362,3 +362,36 @@ def test_cursors_survive_a_restart_and_cross_workers(
         )
     assert r.status_code == 200, r.text
     assert [e["resource"]["id"] for e in r.json()["entry"]] == ["p1"]
+
+
+# --- digits of other scripts -----------------------------------------------------------------
+# str.isdigit() holds for "²" and int() refuses it: a count or version of such digits was a
+# 500. FHIR's integers and dates are ASCII (datatypes.html: integer [0]|[-+]?[1-9][0-9]*).
+
+
+@pytest.mark.parametrize(
+    ("url", "expression"),
+    [
+        ("/fhir/Patient?_count=%C2%B2", "_count"),
+        ("/fhir/_history?_count=%C2%B2", "_count"),
+        ("/fhir/Patient/p1/$everything?_count=%C2%B2", "_count"),
+        ("/fhir/Patient/p1/_history/%C2%B2", "vid"),
+    ],
+)
+def test_a_count_or_version_of_non_ascii_digits_is_a_400(
+    client: TestClient, url: str, expression: str
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    assert expressions(assert_outcome(client.get(url), 400)) == [expression]
+
+
+def test_a_decimal_integer_beyond_64_bits_is_refused(client: TestClient) -> None:
+    """A valid decimal, but one the JSON writer cannot write back as it came: refused
+    with how to send it instead (an exponent), never stored half-way."""
+    body = HUGE_OBSERVATION.replace("1e999999999", "1" + "0" * 40)
+    r = client.post("/fhir/Observation", content=body, headers=JSON_BODY)
+    assert expressions(assert_outcome(r, 400)) == ["Observation.valueQuantity.value"]
+    ok = client.post(
+        "/fhir/Observation", content=body.replace("1" + "0" * 40, "1e40"), headers=JSON_BODY
+    )
+    assert ok.status_code == 201, ok.text

@@ -20,7 +20,7 @@ _JSON_FORMATS = frozenset({"json", *_JSON_TYPES})
 _XML_FORMATS = frozenset(
     {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
 )
-_ETAG = re.compile(r'(?:W/)?"(\d+)"')
+_ETAG = re.compile(r'(?:W/)?"(\d+)"', re.ASCII)
 
 
 def media_type(header: str | None) -> str | None:
@@ -144,7 +144,7 @@ def if_modified_since(request: Request) -> datetime | None:
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The raw request body, refused with 413 as soon as it exceeds ``limit``."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -146,7 +146,7 @@ async def _history(request: Request, query: HistoryQuery, path: str) -> Response
     count = svc.settings.history_default_count
     if "_count" in params:
         raw = params["_count"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise bad_request("_count must be a non-negative integer", "_count")
         count = min(int(raw), svc.settings.history_max_count)
     since = at = None

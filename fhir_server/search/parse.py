@@ -441,7 +441,7 @@ class Parser:
         self, plan: SearchPlan, includes: list[Include], name: str, value: str, max_count: int
     ) -> None:
         if name == "_count":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise bad_request("_count must be a non-negative integer", "_count")
             plan.count = min(int(value), max_count)
         elif name == "_sort":

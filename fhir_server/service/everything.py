@@ -124,7 +124,7 @@ def _one(
     query: EverythingQuery, requested: list[str], name: str, value: str, max_count: int
 ) -> None:
     if name == "_count":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise bad_request("_count must be a non-negative integer", "_count")
         query.count = min(int(value), max_count)
     elif name == "_since":

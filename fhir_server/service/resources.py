@@ -266,7 +266,7 @@ class ResourceService:
 
     async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
         check_id(resource_id)
-        if not version.isdigit() or int(version) < 1:
+        if not (version.isascii() and version.isdigit()) or int(version) < 1:
             raise bad_request(f"{version!r} is not a version id (a positive integer)", "vid")
         stored = await self.storage.read_version(resource_type, resource_id, int(version))
         if stored is None:

@@ -717,7 +717,9 @@ def _parse_read(entry: Entry, parts: list[str]) -> None:
     operations) are only performed."""
     if len(parts) not in (2, 4) or parts[1].startswith(("$", "_")) or not parts[1]:
         return
-    if len(parts) == 4 and (parts[2] != "_history" or not parts[3].isdigit()):
+    if len(parts) == 4 and (
+        parts[2] != "_history" or not (parts[3].isascii() and parts[3].isdigit())
+    ):
         return
     if not is_valid_id(parts[1]):
         raise bad_request(f"Invalid id in request.url {entry.url!r}", "request.url")
@@ -732,7 +734,7 @@ def _if_match(value: Any) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise bad_request(
             f'ifMatch must be a version ETag such as W/"3", got {value!r}', "request.ifMatch"
         )
