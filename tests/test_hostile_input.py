@@ -395,3 +395,26 @@ def test_a_decimal_integer_beyond_64_bits_is_refused(client: TestClient) -> None
         "/fhir/Observation", content=body.replace("1" + "0" * 40, "1e40"), headers=JSON_BODY
     )
     assert ok.status_code == 201, ok.text
+
+
+# --- long search strings ---------------------------------------------------------------------
+# String matching runs a MongoDB regular expression, which MongoDB refuses beyond 32 KB: a
+# long value in a POST _search body (no URL limit) was a 500.
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    ("path", "param", "value"),
+    [
+        ("Patient", "name", "a" * 40_000),
+        ("Patient", "name:contains", "a" * 40_000),
+        ("Observation", "code:text", "a" * 40_000),
+        ("Patient", "name", "\ufdfa" * 2_000),  # 2,000 characters, 36,000 once normalised
+    ],
+)
+def test_a_search_value_too_long_to_match_is_a_400(
+    client: TestClient, path: str, param: str, value: str
+) -> None:
+    r = client.post(f"/fhir/{path}/_search", data={param: value}, headers=FORM)
+    assert expressions(assert_outcome(r, 400)) == [param]

@@ -33,6 +33,7 @@ from fhir_server.search.plan import (
     Value,
 )
 from fhir_server.search.registry import Registry, SearchParam
+from fhir_server.search.values import normalize_text
 from fhir_server.subsetting import SUMMARY_MODES, parse_elements
 
 _MODIFIERS = {
@@ -55,6 +56,10 @@ _UNSUPPORTED = {
     "_list": "_list is not supported",
 }
 MAX_CHAIN_DEPTH = 4
+# One value (of an OR list). Strings match by regular expression, and MongoDB refuses one
+# beyond 32 KB: 4,096 characters stay within it escaped and in UTF-8, and far above any
+# name, code, identifier or URL a client searches for.
+MAX_VALUE_LENGTH = 4096
 
 
 class _Unknown(Exception):
@@ -259,6 +264,14 @@ class Parser:
         return Criterion(resource_type, param.code, param.type, modifier, values)
 
     def value(self, param: SearchParam, name: str, modifier: str | None, text: str) -> Value:
+        if len(text) > MAX_VALUE_LENGTH or (
+            # as string and :text match it, normalised: NFKD makes up to 18 of one
+            # character (uncached here: the value may yet be refused)
+            not text.isascii() and len(normalize_text.__wrapped__(text)) > MAX_VALUE_LENGTH
+        ):
+            raise bad_request(
+                f"{name}: a search value is limited to {MAX_VALUE_LENGTH} characters", name
+            )
         kind = param.type
         if kind == "token":
             if modifier == "text":
