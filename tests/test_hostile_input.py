@@ -221,6 +221,9 @@ def test_validate_reports_a_value_beyond_decimal128(client: TestClient) -> None:
             "name",
         ),
         ("POST", "/fhir/Patient", {"If-None-Exist": "name=a%00b"}, "{}", "If-None-Exist"),
+        # RFC 9110 5.5: "a recipient of CR, LF, or NUL within a field value MUST either
+        # reject the message or replace each of those characters with SP"
+        ("POST", "/fhir/Patient", {"If-None-Exist": "name=a\x00b"}, "{}", "If-None-Exist"),
         (
             "POST",
             "/fhir/Patient",
