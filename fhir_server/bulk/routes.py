@@ -27,13 +27,16 @@ from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import optional_body
-from fhir_server.api.routes import Services, base_url, bind_base_url, services
+from fhir_server.api.routes import Services, base_url, bind_base_url, require_visible, services
+from fhir_server.authz.context import request_policy
+from fhir_server.authz.policy import Policy
 from fhir_server.bulk import jobs
 from fhir_server.bulk.access import (
     Grant,
     access_of,
     authorize_kickoff,
-    check_owner,
+    owner_of,
+    owns,
     row_filter,
 )
 from fhir_server.bulk.request import (
@@ -48,7 +51,6 @@ from fhir_server.datetimes import format_instant, http_date, now
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, Issue, bad_request, info_outcome, operation_outcome
 from fhir_server.resource_types import resource_types
-from fhir_server.search.compile import Compiler
 from fhir_server.service.everything import compartment_types
 from fhir_server.service.search import RESULT_ONLY
 
@@ -119,8 +121,9 @@ async def _kickoff(
     existing = set(await db.list_collection_names())
     grant, patients = await _scope(request, level, req, lenient)
     base = base_url(request)
+    policy = request_policy(request)
     compiled = {
-        t: [await _compile(svc, t, q, base) for q in queries]
+        t: [await _compile(svc, policy, t, q, base) for q in queries]
         for t, queries in req.type_filters.items()
     }
     tx = now()
@@ -139,6 +142,7 @@ async def _kickoff(
         db,
         job_id=job_id,
         client_id=grant.client_id,
+        owner=owner_of(access_of(request)),
         request_url=_request_url(request, path),
         tx=tx,
         units=units,
@@ -178,6 +182,9 @@ async def _scope(
         req.types = tuple(t for t in req.types if t in candidates)
     patients = req.patients
     if level == "group":
+        # Before the lookup: a token that may not read this group gets the same answer
+        # whether it exists or not (403 without Group scope, 404 outside it).
+        await require_visible(request, "Group", req.group_id or "")
         members = await _group_members(svc, req.group_id or "")
         patients = tuple(p for p in members if patients is None or p in patients)
     grant = authorize_kickoff(access_of(request), level, req.types, candidates, patients)
@@ -245,15 +252,21 @@ def _patient_clause(resource_type: str, patients: tuple[str, ...] | None) -> Fil
     return {"comp": {"$in": [f"Patient/{p}" for p in patients]}}
 
 
-async def _compile(svc: Services, resource_type: str, query: str, base: str) -> Filter:
-    """One ``_typeFilter`` query through the search engine's parser and compiler."""
+async def _compile(
+    svc: Services, policy: Policy, resource_type: str, query: str, base: str
+) -> Filter:
+    """One ``_typeFilter`` query, compiled by the search service under the token's
+    policy exactly as a search with these criteria would be: a chain into a type the
+    token may not search is a 403, a ``_has`` sees only the records the token may
+    search (bulk data CapabilityStatement: "The FHIR server SHALL limit the data
+    returned to only those FHIR resources for which the client is authorized"; an
+    unrestricted filter would let the row count answer questions about the rest)."""
     pairs = parse_qsl(query, keep_blank_values=True)
     for name, _ in pairs:
         if name in RESULT_ONLY or name in ("_type", "_cursor", "_format", "_pretty"):
             raise bad_request(f"_typeFilter: {name} is not a search criterion", "_typeFilter")
     try:
-        plan = svc.search.parser(base).parse([resource_type], pairs)
-        return await Compiler(svc.search).filter(resource_type, plan.conditions)
+        return await svc.search.criteria_filter(resource_type, pairs, policy, "s", base)
     except FhirError as exc:
         issues = [
             Issue(i.code, f"_typeFilter {resource_type}?{query}: {i.diagnostics}", i.severity,
@@ -311,9 +324,9 @@ async def export_other_methods(request: Request) -> Response:
 async def _job(request: Request, job_id: str) -> dict[str, Any]:
     db = await _prepare(request)
     job = await db[jobs.JOBS].find_one({"_id": job_id})
-    if job is None:
+    if job is None or not owns(access_of(request), job):
+        # One answer for both: another user must not learn that the job exists.
         raise FhirError.of(404, "not-found", f"No export job {job_id!r} (expired or deleted?)")
-    check_owner(access_of(request), job["client_id"])
     return job
 
 

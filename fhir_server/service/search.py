@@ -12,6 +12,7 @@ from fhir_server.outcome import FhirError, bad_request
 from fhir_server.search.compile import (
     Compiler,
     Filter,
+    Resolver,
     _all,
     field_value,
     keyset_filter,
@@ -21,6 +22,7 @@ from fhir_server.search.parse import Parser, plain_identifier
 from fhir_server.search.plan import Include, SearchPlan
 from fhir_server.search.registry import Registry
 from fhir_server.search.values import token_keys
+from fhir_server.service.context import request_base_url
 from fhir_server.service.cursors import Cursors, invalid_cursor, scalars
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import Session
@@ -354,7 +356,10 @@ class SearchService:
     ) -> list[tuple[str, dict[str, Any]]]:
         """MongoDB's winning plan for every query the plan runs (chained sub-queries
         first, then the main query per type): how to check a search uses indexes."""
-        recording = _RecordingResolver(self)
+        inner: Resolver = self
+        if policy is not None and not policy.unrestricted:
+            inner = _PolicyResolver(self, policy)  # the sub-queries ``filter`` would run
+        recording = _RecordingResolver(inner)
         compiler = Compiler(recording)
         queries = []
         for t in plan.types:
@@ -447,10 +452,28 @@ class SearchService:
             if name.startswith("_") and name in RESULT_ONLY:
                 raise bad_request(f"{name} is not a criterion (in {where})", where)
         try:
-            plan = self.parser().parse([resource_type], pairs)
+            return await self.criteria_filter(resource_type, pairs, policy, interaction)
         except FhirError as exc:  # point at the request part holding the criteria
             issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
             raise FhirError(exc.status, issues) from None
+
+    async def criteria_filter(
+        self,
+        resource_type: str,
+        pairs: Sequence[tuple[str, str]],
+        policy: Policy | None,
+        interaction: str = "s",
+        base_url: str = "",
+    ) -> Filter:
+        """The filter of search criteria embedded in another request: conditional
+        headers and URLs, conditional references, ``_typeFilter`` of ``$export``. They
+        are parsed and compiled by ``filter``, the one compilation the search
+        interaction uses too, so a criterion a search would refuse or empty under the
+        token's policy (a chain into a type it may not search, a ``_has`` over other
+        patients' records) is refused or emptied here in exactly the same way. The
+        request's base URL makes this server's absolute references local, as in search."""
+        base = base_url or request_base_url.get() or ""
+        plan = self.parser(base).parse([resource_type], list(pairs))
         return await self.filter(resource_type, plan, policy, interaction)
 
 
@@ -498,7 +521,7 @@ class _PolicyResolver:
 class _RecordingResolver:
     """Runs chained sub-queries like the service does, and remembers them."""
 
-    def __init__(self, inner: SearchService) -> None:
+    def __init__(self, inner: Resolver) -> None:
         self.inner = inner
         self.queries: list[tuple[str, Filter, list[tuple[str, int]]]] = []
 
