@@ -421,3 +421,43 @@ def test_a_search_value_too_long_to_match_is_a_400(
 ) -> None:
     r = client.post(f"/fhir/{path}/_search", data={param: value}, headers=FORM)
     assert expressions(assert_outcome(r, 400)) == [param]
+
+
+MANY_DIGITS = "9" * 5_000  # int() refuses more than 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "status"),
+    [
+        ("GET", f"/fhir/Patient?_count={MANY_DIGITS}", {}, 200),  # capped at the maximum
+        ("GET", f"/fhir/_history?_count={MANY_DIGITS}", {}, 200),
+        ("GET", f"/fhir/Patient/p1/$everything?_count={MANY_DIGITS}", {}, 200),
+        ("GET", f"/fhir/Patient/p1/_history/{MANY_DIGITS}", {}, 404),  # no such version
+        ("PUT", "/fhir/Patient/p1", {"If-Match": f'W/"{MANY_DIGITS}"'}, 412),
+        ("GET", "/fhir/Patient/p1", {"If-None-Match": f'W/"{MANY_DIGITS}"'}, 200),
+    ],
+)
+def test_a_number_of_thousands_of_digits_is_answered_as_a_large_number(
+    client: TestClient, method: str, url: str, headers: dict[str, str], status: int
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    body = json.dumps(patient(id="p1")) if method == "PUT" else None
+    r = client.request(method, url, content=body, headers={**JSON_BODY, **headers})
+    assert r.status_code == status, r.text
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        ({"method": "GET", "url": f"Patient/p1/_history/{MANY_DIGITS}"}, 404),
+        ({"method": "PUT", "url": "Patient/p1", "ifMatch": f'W/"{MANY_DIGITS}"'}, 412),
+    ],
+)
+def test_a_transaction_version_of_thousands_of_digits_is_answered(
+    client: TestClient, request_: dict[str, str], status: int
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    e: dict[str, Any] = {"request": request_}
+    if request_["method"] == "PUT":
+        e["resource"] = patient(id="p1")
+    assert_outcome(post_bundle(client, [e]), status)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from fhir_server.datetimes import now, parse_range, widened
 from fhir_server.decimals import RANGE_TEXT, bounded, in_range
+from fhir_server.digits import whole_number
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.search.plan import (
@@ -454,9 +455,10 @@ class Parser:
         self, plan: SearchPlan, includes: list[Include], name: str, value: str, max_count: int
     ) -> None:
         if name == "_count":
-            if not (value.isascii() and value.isdigit()):
+            count = whole_number(value)
+            if count is None:
                 raise bad_request("_count must be a non-negative integer", "_count")
-            plan.count = min(int(value), max_count)
+            plan.count = min(count, max_count)
         elif name == "_sort":
             plan.sort = self.sort(plan.types, value)
         elif name == "_total":

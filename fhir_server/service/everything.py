@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from fhir_server.digits import whole_number
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.search.plan import Include
@@ -124,9 +125,10 @@ def _one(
     query: EverythingQuery, requested: list[str], name: str, value: str, max_count: int
 ) -> None:
     if name == "_count":
-        if not (value.isascii() and value.isdigit()):
+        count = whole_number(value)
+        if count is None:
             raise bad_request("_count must be a non-negative integer", "_count")
-        query.count = min(int(value), max_count)
+        query.count = min(count, max_count)
     elif name == "_since":
         query.since = parse_instant_param("_since", value)[0]
     elif name == "_type":
