@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -94,6 +95,12 @@ def scalars(values: Any, count: int | None = None) -> list[Any]:
     if not all(isinstance(v, SCALARS) for v in values):
         raise invalid_cursor()
     return values
+
+
+def order_digest(order: Sequence[str]) -> bytes:
+    """What a cursor's position is a position in (sort fields, or the types of a
+    multi-type listing), in 8 bytes: a cursor of $everything lists up to 146 types."""
+    return hashlib.sha256("\x00".join(order).encode()).digest()[:8]
 
 
 def _tag(key: bytes, kind: str, raw: bytes) -> bytes:

@@ -22,7 +22,7 @@ from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.search.plan import Include
 from fhir_server.search.registry import Registry
-from fhir_server.service.cursors import invalid_cursor, scalars
+from fhir_server.service.cursors import invalid_cursor, order_digest, scalars
 from fhir_server.service.history import parse_instant_param
 from fhir_server.service.search import (
     DEFAULT_TOTAL_LIMIT,
@@ -252,7 +252,7 @@ class EverythingService:
             result.index[f"{t}/{d['_id']}"] = d.get("sp", {})
         if more:
             position = [docs[-1][0], docs[-1][1]["_id"]]
-            payload = {"v": position, "o": list(query.types)}
+            payload = {"v": position, "o": order_digest(query.types)}
             result.next = await self.search.cursors.seal("everything", payload)
         result.total = await self._total(query, result)
         if result.matches and query.referenced:
@@ -265,7 +265,7 @@ class EverythingService:
         if query.cursor is None:
             return 0, ""
         doc = await self.search.cursors.open("everything", query.cursor)
-        if doc.get("o") != list(query.types):
+        if doc.get("o") != order_digest(query.types):
             raise bad_request("The paging cursor does not belong to these _type", "_cursor")
         start, last_id = scalars(doc.get("v"), 2)
         if type(start) is not int or not isinstance(last_id, str):

@@ -23,7 +23,7 @@ from fhir_server.search.plan import Include, SearchPlan
 from fhir_server.search.registry import Registry
 from fhir_server.search.values import token_keys
 from fhir_server.service.context import request_base_url
-from fhir_server.service.cursors import Cursors, invalid_cursor, scalars
+from fhir_server.service.cursors import Cursors, invalid_cursor, order_digest, scalars
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import Session
 
@@ -71,7 +71,7 @@ class SearchService:
     ) -> str:
         """A search cursor: where a page ended, for the sort ``order`` it was read in
         (field names of one type, or the types of a multi-type search)."""
-        payload = {"d": direction, "v": list(values), "o": list(order)}
+        payload = {"d": direction, "v": list(values), "o": order_digest(order)}
         return await self.cursors.seal("search", payload)
 
     async def open_position(
@@ -81,7 +81,7 @@ class SearchService:
         cursor that is not this server's, or belongs to another search."""
         doc = await self.cursors.open("search", token)
         direction = doc.get("d")
-        if direction not in ("a", "b") or doc.get("o") != list(order):
+        if direction not in ("a", "b") or doc.get("o") != order_digest(order):
             raise bad_request("The paging cursor does not belong to this search", "_cursor")
         return direction, scalars(doc.get("v"), count)
 
