@@ -28,6 +28,7 @@ from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
+from fhir_server.digits import whole_number
 from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, not_found
 from fhir_server.resource_types import is_resource_type, resource_types
@@ -145,10 +146,10 @@ async def _history(request: Request, query: HistoryQuery, path: str) -> Response
             raise bad_request(f"Unknown or unsupported history parameter {name!r}", name)
     count = svc.settings.history_default_count
     if "_count" in params:
-        raw = params["_count"]
-        if not raw.isdigit():
+        asked = whole_number(params["_count"])
+        if asked is None:
             raise bad_request("_count must be a non-negative integer", "_count")
-        count = min(int(raw), svc.settings.history_max_count)
+        count = min(asked, svc.settings.history_max_count)
     since = at = None
     if "_since" in params:
         since = parse_instant_param("_since", params["_since"])[0]

@@ -15,6 +15,7 @@ import jsonpointer
 
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
+from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
@@ -327,9 +328,10 @@ class ResourceService:
 
     async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
         check_id(resource_id)
-        if not version.isdigit() or int(version) < 1:
+        number = whole_number(version)
+        if number is None or number < 1:
             raise bad_request(f"{version!r} is not a version id (a positive integer)", "vid")
-        stored = await self.storage.read_version(resource_type, resource_id, int(version))
+        stored = await self.storage.read_version(resource_type, resource_id, number)
         if stored is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version}")
         if stored.deleted:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 import jsonpatch
 import jsonpointer
 
+from fhir_server.digits import whole_number
 from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
@@ -731,12 +732,13 @@ def _parse_read(entry: Entry, parts: list[str]) -> None:
     operations) are only performed."""
     if len(parts) not in (2, 4) or parts[1].startswith(("$", "_")) or not parts[1]:
         return
-    if len(parts) == 4 and (parts[2] != "_history" or not parts[3].isdigit()):
+    version = whole_number(parts[3]) if len(parts) == 4 else None
+    if len(parts) == 4 and (parts[2] != "_history" or version is None):
         return
     if not is_valid_id(parts[1]):
         raise bad_request(f"Invalid id in request.url {entry.url!r}", "request.url")
     entry.read_id = parts[1]
-    entry.read_version = int(parts[3]) if len(parts) == 4 else None
+    entry.read_version = version
 
 
 def _if_match(value: Any) -> int | None:
@@ -746,8 +748,9 @@ def _if_match(value: Any) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    version = whole_number(text)
+    if version is None:
         raise bad_request(
             f'ifMatch must be a version ETag such as W/"3", got {value!r}', "request.ifMatch"
         )
-    return int(text)
+    return version
