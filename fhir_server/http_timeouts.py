@@ -48,14 +48,17 @@ _BODY_TIMEOUT_BODY = dumps(
         [Issue("timeout", "The request body did not arrive in time; the connection is closed")]
     )
 )
-_BODY_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: application/fhir+json; charset=utf-8\r\n"
-    + b"content-length: %d\r\n"
-    % len(_BODY_TIMEOUT_BODY)
-    + b"cache-control: no-store\r\n"
-    b"x-content-type-options: nosniff\r\n"
-    b"connection: close\r\n\r\n" + _BODY_TIMEOUT_BODY
+_BODY_TIMEOUT = b"\r\n".join(
+    [
+        b"HTTP/1.1 408 Request Timeout",
+        b"content-type: application/fhir+json; charset=utf-8",
+        b"content-length: " + str(len(_BODY_TIMEOUT_BODY)).encode(),
+        b"cache-control: no-store",
+        b"x-content-type-options: nosniff",
+        b"connection: close",
+        b"",
+        _BODY_TIMEOUT_BODY,
+    ]
 )
 _OVERLOADED_BODY = dumps(
     operation_outcome(
