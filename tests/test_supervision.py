@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -198,3 +200,124 @@ def test_export_worker_killed_mid_export_is_restarted_and_the_export_is_exact(
         assert exported == Counter(stored)  # every resource, each exactly once
         assert server.stop() == 0
         assert not running(restarted)
+
+
+def observations(n: int, tag: str, conditional: bool = False) -> dict[str, object]:
+    """A transaction creating ``n`` Observations; ``conditional``: each if none exists
+    with its ``_id`` (a query per entry inside the transaction, so it stays open)."""
+    entries = [
+        {
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": tag}},
+            "request": {"method": "POST", "url": "Observation"}
+            | ({"ifNoneExist": f"_id={tag}-{i}"} if conditional else {}),
+        }
+        for i in range(n)
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def in_mongod(mc: MongoClient[dict[str, Any]]) -> tuple[set[tuple[str, int]], bool]:
+    """The multi-document transactions mongod lists (session id, transaction number),
+    and whether a read of Observations outside them is running. Retryable writes (the
+    export worker's queue) have a transaction number too, but no autocommit."""
+    stage = {"$currentOp": {"idleSessions": True, "allUsers": True}}
+    transactions, reading = set(), False
+    for op in mc.admin.aggregate([stage]):
+        txn = op.get("transaction", {}).get("parameters", {})
+        if txn.get("autocommit") is False:
+            transactions.add((str(op["lsid"]["id"]), txn["txnNumber"]))
+        elif op.get("active") and op.get("ns") == "fhir.Observation" and not txn:
+            reading = reading or bool({"find", "aggregate", "getMore"} & set(op["command"]))
+    return transactions, reading
+
+
+N_IN_FLIGHT = 3000
+
+
+def test_requests_in_flight_when_mongod_dies_get_503_in_time(tmp_path: Path) -> None:
+    """The kill lands while a transaction of 3,000 conditional creates is open in
+    mongod and searches over 3,000 resources run: each of them is answered, 503 with
+    Retry-After (a search that was done with the database: 200), within the transaction
+    timeout plus the server selection timeout; never a 500, never a hang. The
+    transaction is all or nothing. Issue 11, finding 6: "in-flight writes hang beyond
+    120 s"."""
+    timeout = 5.0  # FHIR_MONGO_TRANSACTION_TIMEOUT_SECONDS
+    bound = timeout + 2.0 + 5.0  # + serverSelectionTimeoutMS + slack for a loaded host
+    env = {
+        "FHIR_SUPERVISOR_BACKOFF_SECONDS": "1",
+        "FHIR_MONGO_TRANSACTION_TIMEOUT_SECONDS": str(timeout),
+    }
+    log = tmp_path / "server.log"
+    with (
+        ServerProcess(tmp_path / "data", env=env, log_file=log) as server,
+        httpx.Client(base_url=server.base_url, timeout=120) as http,
+    ):
+        root = server.base_url.removesuffix("/fhir")
+        assert http.post("", json=observations(3000, "seed")).status_code == 200
+        mongod = child_pid(server, "mongod")
+        port = int((tmp_path / "data" / "mongod.port").read_text())
+        direct = MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true")
+        answers: list[tuple[str, float, float, httpx.Response | Exception]] = []
+        killed = threading.Event()
+
+        def timed(kind: str, request: httpx.Request) -> None:
+            with httpx.Client(timeout=120) as own:
+                started = time.monotonic()
+                try:
+                    answer: httpx.Response | Exception = own.send(request)
+                except httpx.HTTPError as exc:
+                    answer = exc
+                answers.append((kind, started, time.monotonic(), answer))
+
+        def transaction() -> None:
+            body = observations(N_IN_FLIGHT, "in-flight", conditional=True)
+            timed("transaction", http.build_request("POST", server.base_url, json=body))
+
+        def searches() -> None:
+            params = {"code:text": "seed", "_count": "1000", "_total": "accurate"}
+            while not killed.is_set():
+                url = f"{server.base_url}/Observation"
+                timed("search", http.build_request("GET", url, params=params))
+
+        before, _ = in_mongod(direct)  # none expected; so that only ours counts
+        threads = [threading.Thread(target=transaction)]
+        threads += [threading.Thread(target=searches) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        # Kill once the transaction is open in mongod (its queries run, nothing
+        # committed) and a search is reading.
+        deadline = time.monotonic() + 60
+        while True:
+            transactions, reading = in_mongod(direct)
+            if transactions - before and reading:
+                break
+            assert time.monotonic() < deadline, f"not both in mongod: {answers}"
+            time.sleep(0.002)
+        kill = time.monotonic()
+        os.kill(mongod, signal.SIGKILL)
+        direct.close()
+        killed.set()
+        for thread in threads:
+            thread.join(bound + 5)
+            assert not thread.is_alive(), "a request in flight hangs"
+
+        in_flight = [a for a in answers if a[1] < kill < a[2]]
+        kinds = {a[0] for a in in_flight}
+        assert kinds == {"transaction", "search"}, f"the kill must land mid-request: {answers}"
+        for kind, _, ended, answer in in_flight:
+            assert isinstance(answer, httpx.Response), (kind, answer)
+            assert ended - kill < bound, (kind, ended - kill)
+            if answer.status_code != 200:
+                assert_unavailable(answer)
+        (tx,) = [a for a in in_flight if a[0] == "transaction"]
+        assert isinstance(tx[3], httpx.Response) and tx[3].status_code == 503
+
+        wait_for(
+            lambda: httpx.get(f"{root}/health/ready", timeout=10).status_code == 200,
+            60,
+            "ready again",
+        )
+        r = http.get("/Observation", params={"code:text": "in-flight", "_summary": "count"})
+        assert r.status_code == 200, (r.text, log.read_text()[-3000:])
+        assert r.json()["total"] in (0, N_IN_FLIGHT)  # all or nothing
+        assert server.stop() == 0
