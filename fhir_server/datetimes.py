@@ -63,6 +63,36 @@ def parse_range(value: str) -> tuple[datetime, datetime]:
     return low, min(high, LATEST)
 
 
+def stored_range(value: str) -> tuple[datetime, datetime]:
+    """The [low, high) range of a date in a stored resource, for its index: as
+    parse_range, but an instant that only its time zone puts outside [EARLIEST, LATEST]
+    is clamped to the nearer limit instead of refused. datatypes.html#dateTime allows
+    any year 0001-9999 with any offset -14:00..+14:00, so "9999-12-31T23:59:59-14:00"
+    (10000-01-01T13:59:59Z) is a valid value: indexed at LATEST, ``ge9999-12-31``
+    finds it and ``lt9999-12-31`` does not. ValueError if malformed."""
+    try:
+        return parse_range(value)
+    except ValueError:
+        m = _DATETIME.fullmatch(value.strip())
+        if m is None or not m["tz"] or m["tz"] == "Z":
+            raise
+    local = value.strip()[: m.start("tz")]  # the same wall-clock time, in UTC
+    low, high = parse_range(local)
+    sign = 1 if m["tz"][0] == "+" else -1
+    hours, minutes = m["tz"][1:].split(":")
+    offset = sign * timedelta(hours=int(hours), minutes=int(minutes))
+    return _shifted(low, offset), _shifted(high, offset)
+
+
+def _shifted(t: datetime, offset: timedelta) -> datetime:
+    """``t`` (a wall-clock time read as UTC) at UTC offset ``offset``, in UTC, clamped
+    to [EARLIEST, LATEST]."""
+    try:
+        return min(max(t - offset, EARLIEST), LATEST)
+    except OverflowError:
+        return LATEST if offset < timedelta(0) else EARLIEST
+
+
 def widened(low: datetime, high: datetime, margin: timedelta) -> tuple[datetime, datetime]:
     """[low - margin, high + margin), clamped to [EARLIEST, LATEST] (the "ap" prefix)."""
     low = low - margin if low - EARLIEST > margin else EARLIEST

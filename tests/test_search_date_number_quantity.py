@@ -171,6 +171,27 @@ def test_date_or(dated):
     }
 
 
+def test_dates_past_the_representable_range_are_indexed_at_its_limits(client):
+    """datatypes.html#dateTime allows any year 0001-9999 with any offset up to 14 hours
+    ("the time zone SHALL be populated ... -14:00 to +14:00" in the regex), so
+    "9999-12-31T23:59:59-14:00" (10000-01-01T13:59:59Z) and "0001-01-01T00:00:00+14:00"
+    (0000-12-31T10:00:00Z) are valid and stored. They were indexed as no date at all,
+    so date searches missed them; now they are indexed at the last (first) instant the
+    server represents, and the prefixes that reach that far find them."""
+    create_with_id(client, observation(effectiveDateTime="9999-12-31T23:59:59-14:00"), "last")
+    create_with_id(client, observation(effectiveDateTime="0001-01-01T00:00:00+14:00"), "first")
+    starts = {"start": "9999-12-31T20:00:00-10:00", "end": "9999-12-31T23:00:00-12:00"}
+    create_with_id(client, observation(effectivePeriod=starts), "period")
+    create_with_id(client, observation(effectiveDateTime="2020-03-04"), "mid")
+    assert found(client, "Observation", {"date": "ge9999-12-31"}) == {"last", "period"}
+    assert found(client, "Observation", {"date": "sa9999-12-30"}) == {"last", "period"}
+    assert found(client, "Observation", {"date": "lt9999-12-31"}) == {"first", "mid"}
+    assert found(client, "Observation", {"date": "le0001-01-01"}) == {"first"}
+    assert found(client, "Observation", {"date": "gt0001-01-01"}) == {"last", "period", "mid"}
+    ordered = search(client, "Observation", {"_sort": "date"})
+    assert [e["resource"]["id"] for e in ordered["entry"]][:2] == ["first", "mid"]
+
+
 def test_date_on_patient_birthdate(client):
     for rid, born in (("a", "1980-02-29"), ("b", "1980-03"), ("c", "1981")):
         create_with_id(client, {"resourceType": "Patient", "birthDate": born}, rid)

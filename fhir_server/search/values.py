@@ -50,7 +50,7 @@ from typing import Any
 
 from bson.decimal128 import Decimal128
 
-from fhir_server.datetimes import parse_range
+from fhir_server.datetimes import stored_range
 
 SEP = "\x1f"
 # Open ends of periods and ranges: BSON dates span far wider than FHIR needs.
@@ -113,9 +113,9 @@ def date_value(value: str) -> dict[str, datetime] | None:
 
 @lru_cache(maxsize=16384)
 def _date_range(value: str) -> tuple[datetime, datetime] | None:
-    """parse_range, memoised: resources written together repeat their dates."""
+    """stored_range, memoised: resources written together repeat their dates."""
     try:
-        return parse_range(value)
+        return stored_range(value)
     except (ValueError, OverflowError):
         return None
 
