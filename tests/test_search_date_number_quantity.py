@@ -172,10 +172,11 @@ def test_date_or(dated):
 
 
 def test_dates_past_the_representable_range_are_indexed_at_its_limits(client):
-    """datatypes.html#dateTime allows any year 0001-9999 with any offset up to 14 hours
-    ("the time zone SHALL be populated ... -14:00 to +14:00" in the regex), so
-    "9999-12-31T23:59:59-14:00" (10000-01-01T13:59:59Z) and "0001-01-01T00:00:00+14:00"
-    (0000-12-31T10:00:00Z) are valid and stored. They were indexed as no date at all,
+    """datatypes.html#dateTime: "If hours and minutes are specified, a time zone SHALL
+    be populated", and the R4 regex allows any year 0001-9999 with an offset up to
+    "(Z|(\\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))", so "9999-12-31T23:59:59-14:00"
+    (10000-01-01T13:59:59Z) and "0001-01-01T00:00:00+14:00" (0000-12-31T10:00:00Z) are
+    valid and stored. They were indexed as no date at all,
     so date searches missed them; now they are indexed at the last (first) instant the
     server represents, and the prefixes that reach that far find them."""
     create_with_id(client, observation(effectiveDateTime="9999-12-31T23:59:59-14:00"), "last")
