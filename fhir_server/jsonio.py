@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import orjson
 
+from fhir_server.input_limits import (
+    DEFAULT_LIMITS,
+    InputLimits,
+    OversizedNumber,
+    check_limits,
+    number_within,
+)
 from fhir_server.outcome import bad_request
 
 
@@ -33,6 +41,9 @@ class JsonDecimal(Decimal):
         value.text = text
         return value
 
+    def __reduce__(self) -> tuple[type[JsonDecimal], tuple[str]]:
+        return JsonDecimal, (self.text,)  # a copy keeps its JSON text
+
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
@@ -49,28 +60,50 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(
-    parse_float=JsonDecimal,
-    parse_constant=_reject_constant,
-    object_pairs_hook=_object_without_duplicates,
-)
+@cache
+def _decoder(limits: InputLimits) -> json.JSONDecoder:
+    """A decoder that converts only decimals within ``limits``: their text is checked
+    first, since ``Decimal()`` or a later ``int()`` of a huge number is where the time
+    would go (measured: no slower than converting unchecked). Integers need no hook:
+    Python refuses to convert more than 4300 digits (sys.int_info), and check_limits
+    holds them to max_number_digits."""
+
+    def parse_float(text: str) -> JsonDecimal | OversizedNumber:
+        return JsonDecimal(text) if number_within(text, limits) else OversizedNumber(text)
+
+    return json.JSONDecoder(
+        parse_float=parse_float,
+        parse_constant=_reject_constant,
+        object_pairs_hook=_object_without_duplicates,
+    )
 
 
-def parse_json(body: bytes | str, what: str = "request body") -> Any:
-    """Parse client JSON; malformed input raises a 400 FhirError with a position."""
+def parse_json(
+    body: bytes | str, what: str = "request body", limits: InputLimits = DEFAULT_LIMITS
+) -> Any:
+    """Parse client JSON; malformed input raises a 400 FhirError with a position, and
+    JSON beyond ``limits`` a 400 (too-costly) with the path of the first excess."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
         raise bad_request(f"The {what} is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return _decoder.decode(text)
+        value = _decoder(limits).decode(text)
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             code="structure",
         ) from None
-    except (DuplicateKeyError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        message = f"The {what} nests deeper than {limits.max_depth} levels"
+        raise bad_request(message, "$this", code="too-costly") from None
+    except DuplicateKeyError as exc:
         raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer of more than 4300 digits
+        code = "too-costly" if "digits" in str(exc) else "structure"
+        raise bad_request(f"The {what} is not valid JSON: {exc}", code=code) from None
+    check_limits(value, limits, what)
+    return value
 
 
 def load_stored(raw: bytes) -> Any:

@@ -56,7 +56,7 @@ async def optional_body(request: Request) -> Any:
             f"Content-Type {declared!r} is not supported here; send application/fhir+json",
             "Content-Type",
         )
-    return parse_json(body)
+    return parse_json(body, limits=services(request).settings.input_limits())
 
 
 def not_allowed(request: Request, allow: str) -> FhirError:

@@ -428,9 +428,10 @@ def _write_response(
 
 
 async def _resource_body(request: Request) -> Any:
-    limit = services(request).settings.max_body_bytes
+    settings = services(request).settings
+    limit = settings.max_body_bytes
     body = await neg.read_body(request, limit, neg.RESOURCE_BODY, "application/fhir+json")
-    return parse_json(body)
+    return parse_json(body, limits=settings.input_limits())
 
 
 def _writer(request: Request, rtype: str, interaction: str) -> tuple[str, Policy]:
@@ -500,9 +501,9 @@ def _is_json_pointer(value: Any) -> bool:
 
 
 async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
-    limit = services(request).settings.max_body_bytes
-    raw = await neg.read_body(request, limit, neg.PATCH_BODY, neg.JSON_PATCH)
-    operations = parse_json(raw)
+    settings = services(request).settings
+    raw = await neg.read_body(request, settings.max_body_bytes, neg.PATCH_BODY, neg.JSON_PATCH)
+    operations = parse_json(raw, limits=settings.input_limits())
     if not isinstance(operations, list) or not operations:
         raise bad_request("A JSON Patch body is a non-empty array of operations")
     for i, op in enumerate(operations):

@@ -22,6 +22,7 @@ from fhir_server.search.extract import index_resource
 from fhir_server.search.parse import plain_identifier
 from fhir_server.search.registry import Registry
 from fhir_server.service.context import request_base_url
+from fhir_server.service.patching import apply_patch
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
@@ -159,11 +160,15 @@ class ResourceService:
                 "resourceType",
             )
         issues = validate_resource(
-            body, resource_type, r4b_models=self.settings.validate_r4b_models
+            body,
+            resource_type,
+            r4b_models=self.settings.validate_r4b_models,
+            max_issues=self.settings.validation_max_issues,
         )
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
-            raise FhirError(400, errors)
+            # with the note that validation stopped at the issue limit, if it did
+            raise FhirError(400, errors + [i for i in issues if i.code == "too-costly"])
         return body
 
     def new_version(
@@ -416,7 +421,8 @@ class ResourceService:
             raise gone(current)
         check_version_match(current, if_match)
         try:
-            patched = patch.apply(load_stored(current.raw))
+            limits = self.settings.input_limits()
+            patched = apply_patch(patch, load_stored(current.raw), limits)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:

@@ -27,6 +27,7 @@ from fhir_server.jsonio import load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
+from fhir_server.service.patching import apply_patch
 from fhir_server.service.resources import (
     ResourceService,
     check_version_match,
@@ -618,7 +619,8 @@ class TransactionService:
         check_version_match(current, e.if_match)
         assert e.patch is not None
         try:
-            patched = e.patch.apply(load_stored(current.raw))
+            limits = self.resources.settings.input_limits()
+            patched = apply_patch(e.patch, load_stored(current.raw), limits)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
