@@ -62,10 +62,33 @@ class Settings(BaseSettings):
     json_max_number_exponent: int = Field(
         308, ge=18, le=6000, description="Largest exponent of a JSON number in a request."
     )
+    json_max_decimals: int = Field(
+        100_000,
+        ge=1000,
+        description="Most decimal numbers (with a fraction or exponent) in one request body.",
+    )
     validation_max_issues: int = Field(
         1000,
         ge=10,
         description="Validation stops after this many issues and says so (informational).",
+    )
+    cpu_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes (and threads) per server process for CPU-bound request work "
+        "(parsing, validation, indexing). Default: the cores divided by --workers.",
+    )
+    parse_in_processes: bool = Field(
+        True,
+        description="Parse large request bodies in child processes (false: in the thread "
+        "pool, where the JSON scanner holds the GIL and so delays other requests).",
+    )
+    graceful_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, seconds in-flight requests get to finish before the server "
+        "stops anyway.",
     )
     validate_r4b_models: bool = Field(
         False,
@@ -140,4 +163,5 @@ class Settings(BaseSettings):
             max_string_chars=self.json_max_string_chars,
             max_number_digits=self.json_max_number_digits,
             max_number_exponent=self.json_max_number_exponent,
+            max_decimals=self.json_max_decimals,
         )

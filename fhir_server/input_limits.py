@@ -26,6 +26,7 @@ class InputLimits:
     max_string_chars: int = 8 * 1024 * 1024
     max_number_digits: int = 64
     max_number_exponent: int = 308
+    max_decimals: int = 100_000
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -41,6 +42,10 @@ class OversizedNumber:
 
     def __repr__(self) -> str:
         return f"OversizedNumber({shown_number(self.text)})"
+
+
+# Every decimal after the first max_decimals of a body (the text is not kept).
+TOO_MANY_DECIMALS = OversizedNumber("")
 
 
 def shown_number(text: str) -> str:
@@ -104,6 +109,9 @@ def check_limits(value: Any, limits: InputLimits, what: str = "request body") ->
             if len(v) > max_str:
                 message = f"A string of {len(v)} characters exceeds the limit of {max_str}"
                 _fail(message, root_name, trail)
+        elif v is TOO_MANY_DECIMALS:
+            message = f"The {what} holds more than {limits.max_decimals} decimal numbers"
+            _fail(message, root_name, trail)
         elif kind is OversizedNumber:
             message = (
                 f"The number {shown_number(v.text)} exceeds the limits of this server "

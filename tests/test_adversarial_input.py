@@ -132,6 +132,7 @@ def test_61_byte_exponent_is_refused_before_conversion(http: httpx.Client) -> No
         b'{"op":"test","path":"/active","value":1e999999999}',
         b'{"op":"add","path":"/extension","value":[{"url":"http://x","valueDecimal":1e999999999}]}',
     ],
+    ids=["integer", "test", "decimal"],
 )
 def test_json_patch_exponent_is_refused(http: httpx.Client, operation: bytes) -> None:
     """A JSON Patch value ``1e999999999`` hung the server."""
@@ -198,8 +199,16 @@ def test_narrative_with_many_xmlns_is_answered_at_once(http: httpx.Client) -> No
         (b'{"resourceType":"Patient","gender":"' + b"x" * 9_000_000 + b'"}', "Patient.gender"),
         (b'{"resourceType":"Patient","id":1' + b"0" * 100 + b"}", "Patient.id"),
         (b'{"resourceType":"Patient","id":1.5e-400}', "Patient.id"),
+        (
+            b'{"resourceType":"Patient","a":['
+            + b"1.5," * 60_000
+            + b'1.5],"b":['
+            + b"1.5," * 60_000
+            + b"1.5]}",
+            "Patient.b[",
+        ),
     ],
-    ids=["depth", "array", "string", "digits", "exponent"],
+    ids=["depth", "array", "string", "digits", "exponent", "decimals"],
 )
 def test_each_limit_is_a_400_naming_the_place(
     http: httpx.Client, body: bytes, expression: str
@@ -222,3 +231,88 @@ def test_limits_do_not_refuse_ordinary_resources(http: httpx.Client, tmp_path: P
         ],
     }
     assert http.post("/Observation", json=observation).status_code == 201
+
+
+# --- authorization before validation, and SIGTERM --------------------------------------------
+
+
+def patients_transaction(n: int, bad: bool) -> dict[str, Any]:
+    """A transaction of n Patient creates; ``bad``: each with 500 bad extensions."""
+    resource: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": "Many"}]}
+    if bad:
+        resource["extension"] = [1] * 500
+    entry = {"resource": resource, "request": {"method": "POST", "url": "Patient"}}
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [entry] * n}
+
+
+def test_read_only_token_with_a_huge_transaction_gets_403_first(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    """A transaction was validated before its scopes were checked, so any token, even a
+    read-only one, could make the server validate. The scopes come from the entries'
+    methods and URLs, before any resource is looked at."""
+    from smart_helpers import TokenMint
+
+    database = "adversarial_auth"
+    log = tmp_path / "serve.log"
+    with ServerProcess(mongo_url=mongo_url, database=database, auth=True, log_file=log) as server:
+        mint = TokenMint(mongo_url, database, audience=server.base_url)
+        try:
+            headers = {**mint.headers("system/*.read"), **FHIR_JSON}
+            bundle = patients_transaction(2_000, bad=True)
+            with httpx.Client(base_url=server.base_url, timeout=120) as http:
+                started = time.perf_counter()
+                response = http.post("", json=bundle, headers=headers)
+                seconds = time.perf_counter() - started
+        finally:
+            mint.mongo.drop_database(database)
+            mint.close()
+    assert response.status_code == 403, response.text[:300]
+    assert response.json()["issue"][0]["expression"][0].startswith("Bundle.entry[0]")
+    assert seconds < 3, seconds
+
+
+def stop_seconds(server: ServerProcess) -> float:
+    started = time.perf_counter()
+    assert server.stop(timeout=120) == 0
+    return time.perf_counter() - started
+
+
+def test_sigterm_during_heavy_requests_stops_within_the_graceful_timeout(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM was ignored while the loop was busy; and uvicorn waits for in-flight
+    requests without limit unless told one. With FHIR_GRACEFUL_TIMEOUT_SECONDS=1 the
+    server stops at most about a second later than an idle one (which takes seconds
+    of its own: the embedded export worker's warm shutdown), although three
+    10,000-entry transactions were being validated and indexed (~5 s of work each;
+    they are then not applied: all or nothing)."""
+    env = {"FHIR_GRACEFUL_TIMEOUT_SECONDS": "1"}
+    idle = ServerProcess(mongo_url=mongo_url, database="adversarial_idle", env=env)
+    idle_seconds = stop_seconds(idle.start())
+
+    log = tmp_path / "serve.log"
+    server = ServerProcess(mongo_url=mongo_url, database="adversarial_term", env=env, log_file=log)
+    server.start()
+    bundle = patients_transaction(10_000, bad=False)
+    outcomes: list[Any] = []
+
+    def heavy() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            try:
+                outcomes.append(http.post("", json=bundle).status_code)
+            except httpx.HTTPError as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=heavy) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)  # the bodies are in; their entries are being validated
+    assert all(thread.is_alive() for thread in threads), outcomes
+    heavy_seconds = stop_seconds(server)
+    for thread in threads:
+        thread.join()
+    assert heavy_seconds < idle_seconds + 1 + 2, (heavy_seconds, idle_seconds)
+    assert 200 not in outcomes  # cancelled, not committed
+    with httpx.Client(timeout=10) as http, pytest.raises(httpx.HTTPError):
+        http.get(f"{server.base_url}/metadata")

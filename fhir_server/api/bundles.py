@@ -46,7 +46,7 @@ async def transaction_or_batch(request: Request) -> Response:
     raw = await neg.read_body(
         request, svc.settings.bundle_max_bytes, neg.RESOURCE_BODY, "application/fhir+json"
     )
-    bundle = parse_json(raw, limits=svc.settings.input_limits())
+    bundle = await svc.resources.offload.parse(raw, limits=svc.settings.input_limits())
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request("POST [base] takes a Bundle", "resourceType")
     kind = bundle.get("type")

@@ -28,7 +28,6 @@ from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
-from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, not_found
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.service.capability import capability_statement
@@ -431,7 +430,7 @@ async def _resource_body(request: Request) -> Any:
     settings = services(request).settings
     limit = settings.max_body_bytes
     body = await neg.read_body(request, limit, neg.RESOURCE_BODY, "application/fhir+json")
-    return parse_json(body, limits=settings.input_limits())
+    return await services(request).resources.offload.parse(body, limits=settings.input_limits())
 
 
 def _writer(request: Request, rtype: str, interaction: str) -> tuple[str, Policy]:
@@ -503,7 +502,8 @@ def _is_json_pointer(value: Any) -> bool:
 async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
     settings = services(request).settings
     raw = await neg.read_body(request, settings.max_body_bytes, neg.PATCH_BODY, neg.JSON_PATCH)
-    operations = parse_json(raw, limits=settings.input_limits())
+    offload = services(request).resources.offload
+    operations = await offload.parse(raw, limits=settings.input_limits())
     if not isinstance(operations, list) or not operations:
         raise bad_request("A JSON Patch body is a non-empty array of operations")
     for i, op in enumerate(operations):

@@ -16,6 +16,7 @@ import jsonpointer
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
 from fhir_server.jsonio import dumps, load_stored
+from fhir_server.offload import Offload
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
@@ -138,11 +139,18 @@ def _lock_key(resource_type: str, shard: int) -> str:
 
 
 class ResourceService:
-    def __init__(self, storage: Storage, settings: Settings, search: SearchService) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: Settings,
+        search: SearchService,
+        offload: Offload | None = None,
+    ) -> None:
         self.storage = storage
         self.settings = settings
         self.search = search
         self.registry: Registry = search.registry
+        self.offload = offload or Offload.inline()  # where validation and indexing run
 
     # --- checks ------------------------------------------------------------------------
 
@@ -170,6 +178,10 @@ class ResourceService:
             # with the note that validation stopped at the issue limit, if it did
             raise FhirError(400, errors + [i for i in issues if i.code == "too-costly"])
         return body
+
+    async def check(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
+        """``checked`` off the event loop."""
+        return await self.offload.call(self.checked, resource_type, body, where)
 
     def new_version(
         self,
@@ -291,7 +303,7 @@ class ResourceService:
             # http.html#create: an id in the body SHALL be ignored; drop it before
             # validation so a malformed one does not fail the request.
             body = {k: v for k, v in body.items() if k != "id"}
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         new_id = str(uuid.uuid4())
 
         async def txn(s: Session) -> WriteOutcome:
@@ -306,7 +318,9 @@ class ResourceService:
                     )
                 if matches:
                     return WriteOutcome(matches[0], created=False)
-            write = self.new_version(resource_type, new_id, resource, None, "POST")
+            write = await self.offload.call(
+                self.new_version, resource_type, new_id, resource, None, "POST"
+            )
             await self.storage.write([write], s)
             await self.guard_after(s, policy, write)
             return WriteOutcome(write.stored(), created=True)
@@ -337,7 +351,9 @@ class ResourceService:
             )
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
-        write = self.new_version(resource_type, resource_id, resource, current, method)
+        write = await self.offload.call(
+            self.new_version, resource_type, resource_id, resource, current, method
+        )
         await self.storage.write([write], s)
         await self.guard_after(s, policy, write)
         return WriteOutcome(write.stored(), created=current is None or current.deleted)
@@ -351,7 +367,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         check_id(resource_id)
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
         if body_id is None:
             raise bad_request(
@@ -377,7 +393,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         """http.html#cond-update: no match creates, one match updates, several: 412."""
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
 
         async def txn(s: Session) -> WriteOutcome:
@@ -420,19 +436,22 @@ class ResourceService:
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
+        resource = await self.offload.call(self.patched, resource_type, patch, current.raw)
+        if resource.get("id") != resource_id:
+            raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
+        return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
+
+    def patched(self, resource_type: str, patch: jsonpatch.JsonPatch, raw: bytes) -> dict[str, Any]:
+        """The stored version ``raw`` with ``patch`` applied, validated."""
         try:
-            limits = self.settings.input_limits()
-            patched = apply_patch(patch, load_stored(current.raw), limits)
+            patched = apply_patch(patch, load_stored(raw), self.settings.input_limits())
         except jsonpatch.JsonPatchTestFailed as exc:
             raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             raise FhirError.of(
                 422, "processing", f"The JSON Patch cannot be applied: {exc}"
             ) from None
-        resource = self.checked(resource_type, patched, "patched resource")
-        if resource.get("id") != resource_id:
-            raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
-        return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
+        return self.checked(resource_type, patched, "patched resource")
 
     async def patch(
         self,

@@ -197,7 +197,8 @@ class ValidateService:
             assert resource_id is not None
             return await self._delete(resource_type, resource_id, if_match)
         settings = self.resources.settings
-        issues = content_issues(
+        issues = await self.resources.offload.call(
+            content_issues,
             resource_type,
             req.resource,
             req.mode,
