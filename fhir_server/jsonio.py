@@ -60,28 +60,41 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _decoder(limits: InputLimits) -> json.JSONDecoder:
-    """A decoder for one body that converts only decimals within ``limits``: their text
-    is checked first, since ``Decimal()`` or a later ``int()`` of a huge number is where
-    the time would go (measured: no slower than converting unchecked). After
+class _Decoder:
+    """A decoder for one body that converts only numbers within ``limits``: their text
+    is checked first, since ``int()``/``Decimal()`` of a huge number (or pydantic's
+    ``int()`` of a huge Decimal later) is where the time would go. After
     ``max_decimals`` decimals the rest are not converted either (each conversion is a
-    Python call, ~1.5 us: 2 MB of decimals took seconds), and check_limits reports the
-    first of them. Integers need no hook: Python refuses to convert more than 4300
-    digits (sys.int_info), and check_limits holds them to max_number_digits."""
-    left = limits.max_decimals
+    Python call, ~1.5 us: 2 MB of decimals took seconds). What is not converted is kept
+    as an ``OversizedNumber``, and ``flagged`` tells check_limits to look for it.
 
-    def parse_float(text: str) -> JsonDecimal | OversizedNumber:
-        nonlocal left
-        left -= 1
-        if left < 0:
-            return TOO_MANY_DECIMALS
-        return JsonDecimal(text) if number_within(text, limits) else OversizedNumber(text)
+    The integer hook costs ~0.4 us per integer (few in FHIR), and it also means that a
+    long array of integers no longer holds the GIL from its start to its end in the C
+    scanner (a million of them: ~100 ms in one piece)."""
 
-    return json.JSONDecoder(
-        parse_float=parse_float,
-        parse_constant=_reject_constant,
-        object_pairs_hook=_object_without_duplicates,
-    )
+    def __init__(self, limits: InputLimits) -> None:
+        self.limits = limits
+        self.left = limits.max_decimals
+        self.flagged = False
+        self.decoder = json.JSONDecoder(
+            parse_float=self.parse_float,
+            parse_int=self.parse_int,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_object_without_duplicates,
+        )
+
+    def parse_float(self, text: str) -> JsonDecimal | OversizedNumber:
+        self.left -= 1
+        if self.left >= 0 and number_within(text, self.limits):
+            return JsonDecimal(text)
+        self.flagged = True
+        return TOO_MANY_DECIMALS if self.left < 0 else OversizedNumber(text)
+
+    def parse_int(self, text: str) -> int | OversizedNumber:
+        if len(text) - (text[0] == "-") <= self.limits.max_number_digits:
+            return int(text)
+        self.flagged = True
+        return OversizedNumber(text)
 
 
 def parse_json(
@@ -94,7 +107,8 @@ def parse_json(
     except UnicodeDecodeError as exc:
         raise bad_request(f"The {what} is not valid UTF-8 (byte {exc.start})") from None
     try:
-        value = _decoder(limits).decode(text)
+        decoder = _Decoder(limits)
+        value = decoder.decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -105,10 +119,12 @@ def parse_json(
         raise bad_request(message, "$this", code="too-costly") from None
     except DuplicateKeyError as exc:
         raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
-    except ValueError as exc:  # NaN/Infinity, or an integer of more than 4300 digits
-        code = "too-costly" if "digits" in str(exc) else "structure"
-        raise bad_request(f"The {what} is not valid JSON: {exc}", code=code) from None
-    check_limits(value, limits, what)
+    except ValueError as exc:  # NaN, Infinity
+        raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+    scalars = decoder.flagged or len(text) > limits.max_string_chars
+    containers = text.count("[") + text.count("{")
+    if scalars or containers > limits.max_depth or len(text) > 2 * limits.max_array_length:
+        check_limits(value, limits, what, scalars)
     return value
 
 

@@ -1,21 +1,21 @@
-"""CPU-bound request work off the event loop, in pools sized to the cores.
+"""CPU-bound request work off the event loop, in a pool sized to the cores.
 
 The event loop answers every connection; whatever runs on it runs instead of them (a
 validator on the loop held every request, ``/metadata`` included, for as long as one
-body took). Two pools, chosen by measurement (docs/benchmarks.md, "Adversarial input"):
+body took). Parsing large bodies, validation, JSON Patch, transaction link rewriting and
+search-index extraction run in a pool of daemon threads instead. They are Python (the
+JSON reader calls a Python hook for every object and number), which gives up the GIL
+every ``sys.getswitchinterval()`` (set to 1 ms here), so the loop keeps answering.
 
-- Parsing large bodies goes to a process pool. The standard library's JSON scanner is C
-  that holds the GIL from start to end wherever it calls no Python hook (an array of a
-  million integers: ~100 ms in one piece), so in a thread it stalls the loop as much as
-  on it. A child process parses and checks the limits; an over-limit body comes back as
-  a small error, a good one as a pickle, which loads at about a third of the parse cost.
-- Validation, JSON Patch and search-index extraction go to a thread pool. They are
-  Python, which gives up the GIL every ``sys.getswitchinterval()``, so the loop keeps
-  answering; in a process they would cost pickling the resource both ways on every
-  write (measured: more than the 5% of ingest this may cost).
+Chosen by measurement (docs/benchmarks.md, "Adversarial input"): a process pool for
+parsing (``FHIR_PARSE_IN_PROCESSES=true``, kept as an option) answered the 2 MB bodies
+no faster and kept ``/metadata`` no faster meanwhile, and it cost ~25% more server CPU
+on ingest: every body is pickled back from the child, and the children start.
+Bounding the work (input_limits.py, the issue limit) is what makes any one request
+cheap; this pool is what keeps it from delaying the others.
 
 Bodies below ``PARSE_INLINE_BYTES`` are parsed on the loop: under a millisecond, less
-than the round trip to a child.
+than the hand-over to a thread.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def _warm() -> None:
 
 
 class Offload:
-    """Where a request's CPU work runs: ``call`` (thread pool) and ``parse`` (process
-    pool for large bodies). ``Offload.inline()`` runs everything in place (scripts,
-    tests of the services without a server)."""
+    """Where a request's CPU work runs: ``call`` (thread pool) and ``parse`` (large
+    bodies: thread pool, or a process pool if configured). ``Offload.inline()`` runs
+    everything in place (scripts, tests of the services without a server)."""
 
     def __init__(self, threads: Executor | None, size: int = 0) -> None:
         self.threads = threads
@@ -111,7 +111,7 @@ class Offload:
         return cls(None)
 
     @classmethod
-    def start(cls, size: int, processes: bool = True) -> Offload:
+    def start(cls, size: int, processes: bool = False) -> Offload:
         """Pools of ``size``; the children start with the first large body (an app
         that never sees one, such as most tests', starts none). ``processes`` False:
         large bodies are parsed in the thread pool too."""
