@@ -22,6 +22,7 @@ from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
 from fhir_server.health import client_options
 from fhir_server.health import router as health_router
+from fhir_server.offload import Offload, pool_size
 from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
@@ -54,14 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
-        app.state.services = Services(
-            settings, ResourceService(storage, settings, search), HistoryService(storage), search
-        )
+        size = settings.cpu_pool_size or pool_size(settings.workers)
+        offload = Offload.start(size, settings.parse_in_processes)
+        resources = ResourceService(storage, settings, search, offload)
+        app.state.services = Services(settings, resources, HistoryService(storage), search)
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         try:
             yield
         finally:
+            offload.close()
             close_auth(app)
             await client.close()
 
