@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a request's headers, from connecting or "
         "from the request's first byte; then 408 and the connection is closed (slow loris).",
     )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a client has to send a request's whole body, from the end of "
+        "its headers; then 408 and the connection is closed (slow body). Raise it for large "
+        "uploads over slow links.",
+    )
     keep_alive_timeout_seconds: int = Field(
         5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open."
     )
