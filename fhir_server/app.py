@@ -13,9 +13,11 @@ from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
+from fhir_server.api.nul import RefuseNul
 from fhir_server.api.openapi import router as openapi_router
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
+from fhir_server.api.security_headers import SecurityHeaders
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
@@ -67,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(HeadAsGet)
-    install_cors(app, settings.cors_origins)  # outermost: answers preflights before auth
+    app.add_middleware(RefuseNul)
+    # CORS answers preflights before auth; only the FHIR API and the token endpoint.
+    install_cors(app, settings.cors_origins, (BASE_PATH, "/auth/token"))
+    app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
     install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
     app.include_router(openapi_router, prefix=BASE_PATH)  # before router: not a type
     app.include_router(bundles_router, prefix=BASE_PATH)

@@ -80,15 +80,19 @@ class Settings(BaseSettings):
         7 * 86_400, ge=3600, description="Seconds a token signing key signs before rotation."
     )
     auth_lockout_attempts: int = Field(
-        5, ge=1, description="Failed logins within auth_lockout_seconds that lock an account."
+        5,
+        ge=1,
+        description="Failed logins for one username from one client IP before each further "
+        "attempt from that IP must wait (1 s, doubling per failure; other IPs unaffected).",
     )
     auth_lockout_seconds: int = Field(
-        900, ge=1, description="Window (and lock time) of the failed-login lockout, seconds."
+        900, ge=1, description="Longest wait between failed logins (the doubling stops here)."
     )
     cors_origins: str = Field(
         "*",
-        description="Origins allowed to call the API from a browser (CORS): '*' or a "
-        "comma-separated list such as https://app.example.org,http://localhost:3000.",
+        description="Origins allowed to call the FHIR API and the token endpoint from a "
+        "browser (CORS): '*' or a comma-separated list such as "
+        "https://app.example.org,http://localhost:3000. Login pages never allow CORS.",
     )
     celery_broker_url: str | None = Field(
         None,

@@ -18,6 +18,13 @@ _DATETIME = re.compile(
 )
 
 
+# The instants the server represents: Python's datetime range, at the millisecond
+# precision of MongoDB (BSON dates). A value naming an instant outside it is refused; the
+# end of a value's precision range is clamped to it ("9999" ends at LATEST).
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+
+
 def now() -> datetime:
     """The current instant at MongoDB's precision (milliseconds), in UTC."""
     t = datetime.now(UTC)
@@ -43,7 +50,26 @@ def http_date(t: datetime) -> str:
 
 
 def parse_range(value: str) -> tuple[datetime, datetime]:
-    """The [low, high) range of a FHIR date, dateTime or instant; ValueError if malformed."""
+    """The [low, high) range of a FHIR date, dateTime or instant; ValueError if malformed
+    or if the instant it names lies outside [EARLIEST, LATEST] (in UTC, so
+    "9999-12-31T23:59:59-14:00" is out: it is 10000-01-01T13:59:59Z)."""
+    try:
+        low, high = _range(value)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the supported range (years 1 to 9999)") from None
+    if low < EARLIEST or low > LATEST:
+        raise ValueError(f"{value!r} is outside the supported range (years 1 to 9999)")
+    return low, min(high, LATEST)
+
+
+def widened(low: datetime, high: datetime, margin: timedelta) -> tuple[datetime, datetime]:
+    """[low - margin, high + margin), clamped to [EARLIEST, LATEST] (the "ap" prefix)."""
+    low = low - margin if low - EARLIEST > margin else EARLIEST
+    high = high + margin if LATEST - high > margin else LATEST
+    return low, high
+
+
+def _range(value: str) -> tuple[datetime, datetime]:
     m = _DATETIME.fullmatch(value.strip())
     if not m:
         raise ValueError(f"{value!r} is not a FHIR date/dateTime")
@@ -62,17 +88,20 @@ def parse_range(value: str) -> tuple[datetime, datetime]:
         hh, mm = g["tz"][1:].split(":")
         tz = timezone(sign * timedelta(hours=int(hh), minutes=int(mm)))
     low = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
-    if g["month"] is None:
-        high = low.replace(year=year + 1)
-    elif g["day"] is None:
-        high = (low.replace(day=28) + timedelta(days=4)).replace(day=1)
-    elif g["hour"] is None:
-        high = low + timedelta(days=1)
-    elif g["second"] is None:
-        high = low + timedelta(minutes=1)
-    elif not fraction:
-        high = low + timedelta(seconds=1)
-    else:
-        digits = len(fraction) - 1
-        high = low + timedelta(microseconds=10 ** max(0, 6 - digits))
+    try:
+        if g["month"] is None:
+            high = low.replace(year=year + 1)
+        elif g["day"] is None:
+            high = (low.replace(day=28) + timedelta(days=4)).replace(day=1)
+        elif g["hour"] is None:
+            high = low + timedelta(days=1)
+        elif g["second"] is None:
+            high = low + timedelta(minutes=1)
+        elif not fraction:
+            high = low + timedelta(seconds=1)
+        else:
+            digits = len(fraction) - 1
+            high = low + timedelta(microseconds=10 ** max(0, 6 - digits))
+    except (OverflowError, ValueError):  # the range runs past year 9999: it ends there
+        high = LATEST
     return low, high

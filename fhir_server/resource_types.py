@@ -37,5 +37,12 @@ def is_resource_type(name: str) -> bool:
     return name in resource_types()
 
 
+# RFC 3986 dot segments: the R4 id regex admits them, but a URL holding one is
+# rewritten by clients and proxies ("Patient/.." is the base), so such a resource could
+# never be addressed again.
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
 def is_valid_id(value: str) -> bool:
-    return ID_PATTERN.fullmatch(value) is not None
+    """The R4 id regex (datatypes.html#id), without the dot segments "." and ".."."""
+    return ID_PATTERN.fullmatch(value) is not None and value not in DOT_SEGMENTS

@@ -19,8 +19,7 @@ TEXT: dict[str, dict[str, str]] = {
         "sign_in": "Sign in",
         "switch": "Español",
         "err_invalid": "The username or password is not correct.",
-        "err_locked": "Too many failed attempts: this account is locked for a while. "
-        "Try again later.",
+        "err_locked": "Too many failed attempts from this device. Wait a moment and try again.",
         "err_totp_required": "Enter the one-time code from your authenticator app.",
         "err_totp_invalid": "The one-time code is not correct.",
         "err_must_reset": "You must choose a new password (at least 8 characters, different "
@@ -78,8 +77,8 @@ TEXT: dict[str, dict[str, str]] = {
         "sign_in": "Entrar",
         "switch": "English",
         "err_invalid": "El usuario o la contraseña no son correctos.",
-        "err_locked": "Demasiados intentos fallidos: la cuenta está bloqueada un tiempo. "
-        "Inténtelo más tarde.",
+        "err_locked": "Demasiados intentos fallidos desde este dispositivo. Espere un "
+        "momento e inténtelo de nuevo.",
         "err_totp_required": "Introduzca el código de un solo uso de su aplicación.",
         "err_totp_invalid": "El código de un solo uso no es correcto.",
         "err_must_reset": "Debe elegir una contraseña nueva (al menos 8 caracteres, distinta "

@@ -69,6 +69,8 @@ class _Ctx:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         self.page = Page(self.lang, path, self.state.sessions.csrf_token(self.session))
         self.secure = request.url.scheme == "https"
+        # uvicorn (proxy_headers) puts a trusted proxy's X-Forwarded-For here.
+        self.client_ip = request.client.host if request.client else "unknown"
         self.query = request.query_params
 
     @property
@@ -440,15 +442,14 @@ async def login(request: Request) -> Response:
         if not ctx.csrf_ok():
             page = login_page(ctx.page, action, username=username, error="csrf")
             return ctx.html(page, 403)
-        settings = ctx.state.settings
         try:
             user = authenticate(
                 ctx.db,
                 username,
                 ctx.form_data.get("password", ""),
                 ctx.form_data.get("totp") or None,
-                max_failures=settings.auth_lockout_attempts,
-                window=settings.auth_lockout_seconds,
+                throttle=ctx.state.throttle,
+                client_ip=ctx.client_ip,
                 new_password=ctx.form_data.get("new_password") or None,
             )
         except LoginFailed as failure:
@@ -461,7 +462,10 @@ async def login(request: Request) -> Response:
                 show_totp=reason in ("totp_required", "totp_invalid"),
                 show_new_password=reason == "must_reset",
             )
-            return ctx.html(page, _LOGIN_STATUS[reason])
+            response = ctx.html(page, _LOGIN_STATUS[reason])
+            if failure.retry_after is not None:
+                response.headers["Retry-After"] = str(failure.retry_after)
+            return response
         old = ctx.state.sessions.login(ctx.session, user.username)
         ctx.db[PENDING].update_many({"sid": old}, {"$set": {"sid": ctx.session.sid}})
         return RedirectResponse(target, 303)

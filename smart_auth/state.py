@@ -1,5 +1,6 @@
 """What the authorization server keeps for the life of the app: a synchronous MongoDB
-client on the FHIR database, the authlib server, and the session signer."""
+client on the FHIR database, the authlib server, the session signer and the login
+throttle."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fhir_server.config import Settings
 from smart_auth.server import SmartServer
 from smart_auth.session import Sessions
 from smart_auth.store import ensure_auth_indexes, session_secret
+from smart_auth.throttle import LoginThrottle, ThrottlePolicy
 
 
 class AuthState:
@@ -21,6 +23,10 @@ class AuthState:
         self.client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url, tz_aware=True)
         self.db: Database[dict[str, Any]] = self.client[settings.database]
         ensure_auth_indexes(self.db)
+        self.throttle = LoginThrottle(
+            self.db,
+            ThrottlePolicy(settings.auth_lockout_attempts, float(settings.auth_lockout_seconds)),
+        )
         self.server = SmartServer(self.db, settings)
         self.server.keyring.signing_key()  # the JWKS is never empty, even before a token
         self.sessions = Sessions(session_secret(self.db))

@@ -16,6 +16,7 @@ from smart_auth.tokens import ensure_token_indexes
 CLIENTS = "auth_clients"
 USERS = "auth_users"
 LOGIN_ATTEMPTS = "auth_login_attempts"
+LOGIN_THROTTLE = "auth_login_throttle"
 CODES = "auth_codes"
 LAUNCHES = "auth_launches"
 PENDING = "auth_pending"
@@ -31,6 +32,7 @@ def ensure_auth_indexes(db: Database[Any]) -> None:
     db[USERS].create_index("username", unique=True)
     db[LOGIN_ATTEMPTS].create_index("at", expireAfterSeconds=24 * 3600)
     db[LOGIN_ATTEMPTS].create_index([("username", 1), ("at", -1)])
+    db[LOGIN_THROTTLE].create_index("expires", expireAfterSeconds=0)
     for name in (CODES, LAUNCHES, PENDING, REFRESH, JTIS):
         db[name].create_index("expires", expireAfterSeconds=0)
     db[REFRESH].create_index("family")

@@ -1,13 +1,14 @@
 """People who log in at the authorization server: argon2 password hashes, a role that
-decides which scopes they may grant, an optional TOTP second factor, and a lockout after
-repeated failed logins (every attempt is recorded in ``auth_login_attempts``)."""
+decides which scopes they may grant, an optional TOTP second factor, and a throttle on
+repeated failed logins per username and client IP (smart_auth/throttle.py; every attempt
+is recorded in ``auth_login_attempts``)."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyotp
@@ -17,6 +18,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from smart_auth.store import LOGIN_ATTEMPTS, USERS
+from smart_auth.throttle import LoginThrottle, Throttled
 
 Role = Literal["admin", "practitioner", "patient", "operator"]
 ROLES: tuple[str, ...] = ("admin", "practitioner", "patient", "operator")
@@ -31,11 +33,13 @@ LoginFailure = Literal["invalid", "locked", "totp_required", "totp_invalid", "mu
 
 
 class LoginFailed(Exception):
-    """Why a login was refused; ``reason`` picks the message shown on the login page."""
+    """Why a login was refused; ``reason`` picks the message shown on the login page.
+    ``retry_after``: seconds until this username may be tried again from this address."""
 
-    def __init__(self, reason: LoginFailure) -> None:
+    def __init__(self, reason: LoginFailure, retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.reason: LoginFailure = reason
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,6 @@ def get_user(db: Database[Any], username: str) -> User | None:
     return User.from_doc(doc) if doc else None
 
 
-def _recent_failures(db: Database[Any], username: str, window: int) -> int:
-    since = datetime.now(UTC) - timedelta(seconds=window)
-    return db[LOGIN_ATTEMPTS].count_documents(
-        {"username": username, "ok": False, "at": {"$gte": since}}
-    )
-
-
 def _use_totp(db: Database[Any], doc: dict[str, Any], code: str) -> bool:
     """Whether ``code`` is the user's TOTP for the current 30 s step or a neighbour, and
     was not used before: each step's code logs in once (RFC 6238 section 5.2)."""
@@ -142,16 +139,18 @@ def authenticate(
     password: str,
     totp_code: str | None,
     *,
-    max_failures: int = 5,
-    window: int = 900,
+    throttle: LoginThrottle,
+    client_ip: str,
     new_password: str | None = None,
 ) -> User:
-    """The user these credentials identify, or LoginFailed. After ``max_failures`` failed
-    attempts within ``window`` seconds the account refuses every login (even a correct
-    one) until the window has passed. Unknown usernames are recorded too, and answered
-    like a wrong password."""
-    if _recent_failures(db, username, window) >= max_failures:
-        raise LoginFailed("locked")
+    """The user these credentials identify, or LoginFailed. While ``throttle`` makes this
+    username wait at this client address, every attempt is refused ("locked") without
+    checking the password; other addresses are not affected. Unknown usernames are
+    throttled and recorded too, and answered like a wrong password."""
+    try:
+        throttle.claim(username, client_ip)
+    except Throttled as wait:
+        raise LoginFailed("locked", wait.retry_after) from None
     doc = db[USERS].find_one({"_id": username})
     ok = False
     if doc is not None:
@@ -169,8 +168,17 @@ def authenticate(
             failure = "totp_invalid"
     if failure != "totp_required":  # asking for the second factor is not a failure
         db[LOGIN_ATTEMPTS].insert_one(
-            {"username": username, "ok": failure is None, "at": datetime.now(UTC)}
+            {
+                "username": username,
+                "ip": client_ip,
+                "ok": failure is None,
+                "at": datetime.now(UTC),
+            }
         )
+        if failure is None:
+            throttle.succeeded(username, client_ip)
+        else:
+            throttle.failed(username, client_ip)
     if failure is not None:
         raise LoginFailed(failure)
     assert doc is not None

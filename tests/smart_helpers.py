@@ -46,6 +46,7 @@ class TokenMint:
         lifetime: int = 300,
         audience: str | None = None,
         client_id: str = "test-app",
+        subject: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         return issue_access_token(
             self.keyring,
@@ -54,7 +55,7 @@ class TokenMint:
             client_id=client_id,
             scope=scope,
             lifetime=lifetime,
-            subject="user-1" if fhir_user else None,
+            subject=subject or ("user-1" if fhir_user else None),
             patient=patient,
             fhir_user=fhir_user,
         )

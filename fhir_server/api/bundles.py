@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +27,7 @@ from fhir_server.authz.context import request_policy
 from fhir_server.datetimes import format_instant
 from fhir_server.jsonio import dumps, load_stored, parse_json
 from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
+from fhir_server.resource_types import DOT_SEGMENTS
 from fhir_server.service.transaction import (
     Entry,
     TransactionService,
@@ -35,6 +37,7 @@ from fhir_server.service.transaction import (
 )
 
 router = APIRouter()
+log = logging.getLogger("fhir_server")
 _FORWARDED = ("authorization", "prefer", "accept")
 
 
@@ -122,15 +125,19 @@ async def _batch(request: Request, bundle: dict[str, Any], out: neg.Output) -> R
                 method, url, content, headers = _batch_request(raw, base_url(request))
                 entries.append(await _dispatch(client, request, method, url, content, headers))
             except FhirError as exc:
-                entry = Entry(index=i, full_url=None, method="", type="")
-                issues = entry_error(entry, exc).issues
-                response = {
-                    "status": _status_line(exc.status),
-                    "outcome": operation_outcome(issues),
-                }
-                entries.append({"response": response})
+                entries.append(_failed_entry(i, exc))
+            except Exception:  # one entry's fault must not fail the others
+                log.exception("batch entry %d failed", i)
+                message = "Internal server error; the entry was not completed"
+                entries.append(_failed_entry(i, FhirError.of(500, "exception", message)))
     body = {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
     return json_response(body, out)
+
+
+def _failed_entry(index: int, exc: FhirError) -> dict[str, Any]:
+    entry = Entry(index=index, full_url=None, method="", type="")
+    issues = entry_error(entry, exc).issues
+    return {"response": {"status": _status_line(exc.status), "outcome": operation_outcome(issues)}}
 
 
 def _batch_request(raw: Any, base: str) -> tuple[str, str, bytes | None, dict[str, str]]:
@@ -143,6 +150,10 @@ def _batch_request(raw: Any, base: str) -> tuple[str, str, bytes | None, dict[st
     if not isinstance(url, str) or not url:
         raise bad_request("request.url is required", "request.url")
     path, query = split_url(url, base)
+    if any(segment in DOT_SEGMENTS for segment in path.split("/")):
+        # dispatched as a URL, "Patient/.." would become the base: refuse, as a
+        # transaction does, rather than perform another request than the entry names
+        raise bad_request(f"Invalid id in request.url {url!r}", "request.url")
     relative = path + (f"?{query}" if query else "")
     headers: dict[str, str] = {}
     for field, header in (
@@ -181,7 +192,10 @@ def _binary_patch(resource: Any) -> bytes:
 
 
 def _internal_client(request: Request) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=request.app)
+    # An entry's own failure stays in its response entry (http.html#transaction: batch
+    # entries are independent), even an unforeseen one the application answers with
+    # 500: the transport must not re-raise it into the whole batch.
+    transport = httpx.ASGITransport(app=request.app, raise_app_exceptions=False)
     root = str(request.base_url).rstrip("/")
     return httpx.AsyncClient(transport=transport, base_url=root, timeout=None)
 

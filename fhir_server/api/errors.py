@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from fhir_server.api.security_headers import HEADERS as SECURITY_HEADERS
 from fhir_server.jsonio import dumps
 from fhir_server.outcome import FhirError, Issue, operation_outcome
 
@@ -49,7 +50,8 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     issue = Issue("exception", "Internal server error; the request was not completed")
-    return outcome_response(500, [issue], {})
+    # Answered outside every middleware (Starlette's ServerErrorMiddleware): add them here.
+    return outcome_response(500, [issue], dict(SECURITY_HEADERS))
 
 
 def install(app: FastAPI) -> None:

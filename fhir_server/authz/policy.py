@@ -13,13 +13,18 @@ Rules (SMART App Launch 2.2, "Scopes for requesting clinical data"):
   scope's types and interactions (there is no practitioner compartment); a user whose
   ``fhirUser`` is ``Patient/<id>`` is treated as in patient context for that patient.
 - ``patient/`` scopes: only the token's ``patient`` (a token without one gets nothing).
-  Types of the Patient compartment (and Patient itself): only resources whose stored
-  ``comp`` holds ``Patient/<id>``. Other types (Practitioner, Organization, Location,
-  Medication ...) are shared reference data: readable and searchable when a scope covers
+  Types of the Patient compartment (and Patient itself): reads see resources whose
+  stored ``comp`` holds ``Patient/<id>``; writes touch only resources whose ``comp`` is
+  that patient alone (see compartment_filter). Other types (Practitioner, Organization,
+  Location, Medication ...) are shared reference data: readable and searchable when a scope covers
   them, never writable.
 - Granular scopes (``patient/Observation.rs?category=laboratory``): the resource must
   also match the scope's search parameters, compiled with the search compiler. Several
-  scopes for one type are ORed; one without parameters lifts the restriction.
+  scopes for one type are ORed; one without parameters lifts the restriction. A scope
+  whose parameters chain (``subject:Patient.name=...``) or reverse-chain (``_has:...``)
+  grants nothing: a client may ask for any narrower scope, and such a parameter would
+  be compiled outside every policy, so which of its own resources the token then sees
+  would answer questions about resources it may not search.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from fhir_server.outcome import FhirError
 from fhir_server.resource_types import resource_types
 from fhir_server.search.compile import Compiler
 from fhir_server.search.extract import index_resource
+from fhir_server.search.plan import Chain, ReverseChain
 from fhir_server.service.context import request_base_url
 from fhir_server.storage import StoredVersion
 from smart_auth.scopes import ResourceScope
@@ -70,6 +76,23 @@ def all_of(*filters: Filter) -> Filter:
     if not kept:
         return {}
     return kept[0] if len(kept) == 1 else {"$and": kept}
+
+
+def compartment_filter(patient: str, interaction: str) -> Filter:
+    """The resources a grant confined to ``patient`` covers, by their stored ``comp``
+    (the ``Patient/<id>`` values of the type's Patient compartment parameters,
+    compartmentdefinition-patient.html; a Patient's own id counts as one).
+
+    Reading needs the patient among them: the resource is in that patient's record.
+    Writing (c, u, d) needs the patient to be the only one, so every compartment
+    reference of what is written (and, for updates and deletes, of what it replaces) is
+    the patient in context: a Condition whose ``asserter`` is the patient cannot name
+    another patient as its ``subject`` and land in that patient's record. ``comp`` is
+    stored deduplicated, so the exact array match says "this patient and no other"."""
+    member = f"Patient/{patient}"
+    if interaction in READ_ONLY:
+        return {"comp": member}
+    return {"comp": [member]}
 
 
 @dataclass
@@ -166,16 +189,18 @@ class Policy:
         if patient is None:
             return None
         context: Filter = {}
-        if patient is not False:
+        if isinstance(patient, str):
             registry = self.search.registry
             if resource_type == "Patient" or registry.patient_compartment(resource_type):
-                context = {"comp": f"Patient/{patient}"}
+                context = compartment_filter(patient, interaction)
             elif interaction not in READ_ONLY:
                 return None  # shared reference data is never written in patient context
         if not scope.params:
             return context
         try:
             plan = self.search.parser().parse([resource_type], list(scope.params))
+            if any(isinstance(c, Chain | ReverseChain) for c in plan.conditions):
+                return None  # see the module docstring: granular scopes do not chain
             params = await Compiler(self.search).filter(resource_type, plan.conditions)
         except FhirError:
             return None  # a scope whose parameters do not apply to this type grants nothing

@@ -28,6 +28,8 @@ from starlette.responses import Response, StreamingResponse
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import optional_body
 from fhir_server.api.routes import Services, base_url, bind_base_url, services
+from fhir_server.authz.context import request_policy
+from fhir_server.authz.policy import Policy
 from fhir_server.bulk import jobs
 from fhir_server.bulk.access import (
     Grant,
@@ -48,7 +50,6 @@ from fhir_server.datetimes import format_instant, http_date, now
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, Issue, bad_request, info_outcome, operation_outcome
 from fhir_server.resource_types import resource_types
-from fhir_server.search.compile import Compiler
 from fhir_server.service.everything import compartment_types
 from fhir_server.service.search import RESULT_ONLY
 
@@ -119,8 +120,9 @@ async def _kickoff(
     existing = set(await db.list_collection_names())
     grant, patients = await _scope(request, level, req, lenient)
     base = base_url(request)
+    policy = request_policy(request)
     compiled = {
-        t: [await _compile(svc, t, q, base) for q in queries]
+        t: [await _compile(svc, policy, t, q, base) for q in queries]
         for t, queries in req.type_filters.items()
     }
     tx = now()
@@ -245,15 +247,21 @@ def _patient_clause(resource_type: str, patients: tuple[str, ...] | None) -> Fil
     return {"comp": {"$in": [f"Patient/{p}" for p in patients]}}
 
 
-async def _compile(svc: Services, resource_type: str, query: str, base: str) -> Filter:
-    """One ``_typeFilter`` query through the search engine's parser and compiler."""
+async def _compile(
+    svc: Services, policy: Policy, resource_type: str, query: str, base: str
+) -> Filter:
+    """One ``_typeFilter`` query, compiled by the search service under the token's
+    policy exactly as a search with these criteria would be: a chain into a type the
+    token may not search is a 403, a ``_has`` sees only the records the token may
+    search (bulk data CapabilityStatement: "The FHIR server SHALL limit the data
+    returned to only those FHIR resources for which the client is authorized"; an
+    unrestricted filter would let the row count answer questions about the rest)."""
     pairs = parse_qsl(query, keep_blank_values=True)
     for name, _ in pairs:
         if name in RESULT_ONLY or name in ("_type", "_cursor", "_format", "_pretty"):
             raise bad_request(f"_typeFilter: {name} is not a search criterion", "_typeFilter")
     try:
-        plan = svc.search.parser(base).parse([resource_type], pairs)
-        return await Compiler(svc.search).filter(resource_type, plan.conditions)
+        return await svc.search.criteria_filter(resource_type, pairs, policy, "s", base)
     except FhirError as exc:
         issues = [
             Issue(i.code, f"_typeFilter {resource_type}?{query}: {i.diagnostics}", i.severity,

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from bson.decimal128 import Decimal128
 
+from fhir_server.decimals import bounded
 from fhir_server.outcome import FhirError
 from fhir_server.search.plan import (
     Chain,
@@ -25,7 +26,7 @@ from fhir_server.search.plan import (
     TokenValue,
     Value,
 )
-from fhir_server.search.values import SEP, normalize_text, token_keys
+from fhir_server.search.values import SEP, decimal128, normalize_text, token_keys
 
 Filter = dict[str, Any]
 MAX_CHAIN_MATCHES = 10_000
@@ -74,7 +75,7 @@ def _equalities_or(field: str, matches: Sequence[Any]) -> Filter:
 
 
 def _as_bson(value: datetime | Decimal) -> datetime | Decimal128:
-    return Decimal128(value) if isinstance(value, Decimal) else value
+    return decimal128(value) if isinstance(value, Decimal) else value
 
 
 def range_match(value: RangeValue, kind: str) -> Filter:
@@ -96,7 +97,7 @@ def range_match(value: RangeValue, kind: str) -> Filter:
         eb: Filter = {"hi": {"$lte": sl}}
     else:
         assert isinstance(value.low, Decimal) and isinstance(value.high, Decimal)
-        exact = Decimal128((value.low + value.high) / 2)
+        exact = decimal128(bounded((value.low + value.high) / 2))
         exact_gt, exact_lt = {"hi": {"$gt": exact}}, {"lo": {"$lt": exact}}
         ge, le = {"hi": {"$gte": exact}}, {"lo": {"$lte": exact}}
         sa, eb = {"lo": {"$gt": exact}}, {"hi": {"$lt": exact}}

@@ -244,8 +244,11 @@ def _to_decimal128(value: Decimal | int) -> Decimal128:
 def _add_numbers(acc: Acc, lo: Decimal | int, hi: Decimal | int, units: Json | None) -> None:
     """A {lo, hi} range (Decimal128) with the units of a quantity; sorts on the Decimals
     (and keeps their Decimal128 forms for the sort keys)."""
-    d_lo = _to_decimal128(lo)
-    d_hi = d_lo if hi is lo else _to_decimal128(hi)
+    try:
+        d_lo = _to_decimal128(lo)
+        d_hi = d_lo if hi is lo else _to_decimal128(hi)
+    except ArithmeticError:  # beyond Decimal128 (validation refuses it): not indexed
+        return
     item: dict[str, Any] = {"lo": d_lo, "hi": d_hi}
     if units:
         for key, name in (("s", "system"), ("c", "code"), ("u", "unit")):

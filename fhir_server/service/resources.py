@@ -52,7 +52,9 @@ def gone(stored: StoredVersion) -> FhirError:
 def check_id(resource_id: str) -> None:
     if not is_valid_id(resource_id):
         raise bad_request(
-            f"{resource_id!r} is not a valid resource id (1-64 of A-Z a-z 0-9 - .)", "id"
+            f"{resource_id!r} is not a valid resource id "
+            "(1-64 of A-Z a-z 0-9 - ., and not . or ..)",
+            "id",
         )
 
 

@@ -16,6 +16,7 @@ from fhir_server.outcome import FhirError, bad_request
 from fhir_server.search.compile import (
     Compiler,
     Filter,
+    Resolver,
     _all,
     field_value,
     keyset_filter,
@@ -342,7 +343,10 @@ class SearchService:
     ) -> list[tuple[str, dict[str, Any]]]:
         """MongoDB's winning plan for every query the plan runs (chained sub-queries
         first, then the main query per type): how to check a search uses indexes."""
-        recording = _RecordingResolver(self)
+        inner: Resolver = self
+        if policy is not None and not policy.unrestricted:
+            inner = _PolicyResolver(self, policy)  # the sub-queries ``filter`` would run
+        recording = _RecordingResolver(inner)
         compiler = Compiler(recording)
         queries = []
         for t in plan.types:
@@ -435,10 +439,26 @@ class SearchService:
             if name.startswith("_") and name in RESULT_ONLY:
                 raise bad_request(f"{name} is not a criterion (in {where})", where)
         try:
-            plan = self.parser().parse([resource_type], pairs)
+            return await self.criteria_filter(resource_type, pairs, policy, interaction)
         except FhirError as exc:  # point at the request part holding the criteria
             issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
             raise FhirError(exc.status, issues) from None
+
+    async def criteria_filter(
+        self,
+        resource_type: str,
+        pairs: Sequence[tuple[str, str]],
+        policy: Policy | None,
+        interaction: str = "s",
+        base_url: str = "",
+    ) -> Filter:
+        """The filter of search criteria embedded in another request: conditional
+        headers and URLs, conditional references, ``_typeFilter`` of ``$export``. They
+        are parsed and compiled by ``filter``, the one compilation the search
+        interaction uses too, so a criterion a search would refuse or empty under the
+        token's policy (a chain into a type it may not search, a ``_has`` over other
+        patients' records) is refused or emptied here in exactly the same way."""
+        plan = self.parser(base_url).parse([resource_type], list(pairs))
         return await self.filter(resource_type, plan, policy, interaction)
 
 
@@ -486,7 +506,7 @@ class _PolicyResolver:
 class _RecordingResolver:
     """Runs chained sub-queries like the service does, and remembers them."""
 
-    def __init__(self, inner: SearchService) -> None:
+    def __init__(self, inner: Resolver) -> None:
         self.inner = inner
         self.queries: list[tuple[str, Filter, list[tuple[str, int]]]] = []
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from fhir_server.decimals import RANGE_TEXT, in_range
+
 # (issue-type code, diagnostics) for a bad value, None for a good one.
 PrimitiveCheck = Callable[[Any], tuple[str, str] | None]
 
@@ -89,14 +91,19 @@ def integer_check(type_name: str) -> PrimitiveCheck:
 def check_decimal(value: Any) -> tuple[str, str] | None:
     kind = type(value)
     if kind is int:
-        return None
+        return None if in_range(value) else ("value", f"A decimal is out of range: {RANGE_TEXT}")
     if isinstance(value, Decimal):  # jsonio's JsonDecimal is a subclass
         finite = value.is_finite()
     elif kind is float:
         finite = math.isfinite(value)
     else:
         return "structure", f"A decimal must be a JSON number, not {json_kind(value)}"
-    return None if finite else ("value", f"A decimal must be a finite number, not {value}")
+    if not finite:
+        return "value", f"A decimal must be a finite number, not {value}"
+    if isinstance(value, Decimal) and not in_range(value):
+        # 1e999999999 is a valid JSON number, but could be neither stored nor indexed
+        return "value", f"A decimal is out of range: {RANGE_TEXT}"
+    return None
 
 
 def string_check(type_name: str, regex: str) -> PrimitiveCheck:
@@ -115,6 +122,8 @@ def string_check(type_name: str, regex: str) -> PrimitiveCheck:
             return "structure", f"{article(type_name)} must be a JSON string, not {kind}"
         if not value or value.isspace():
             return "value", f"{article(type_name)} must not be empty or only whitespace"
+        if "\x00" in value:  # XML cannot carry it, nor MongoDB a regex on it (api/nul.py)
+            return "value", f"{article(type_name)} must not contain a NUL character (U+0000)"
         if pattern is not None and pattern.fullmatch(value) is None:
             return "value", f"{shown(value)} {invalid}"
         if dated and not on_calendar(value):
