@@ -9,6 +9,7 @@ through orjson, writing Decimals back verbatim as JSON fragments.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -56,14 +57,44 @@ _decoder = json.JSONDecoder(
 )
 
 
+# A \uD800-\uDFFF escape: JSON lets one stand alone, Unicode (and so UTF-8 output) does not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, else None. The
+    decoder joins a valid high+low pair into one character, so any left is unpaired."""
+    if isinstance(value, str):
+        return path or "$" if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if _SURROGATE.search(key):
+                return where
+            found = _unpaired_surrogate(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def parse_json(body: bytes | str, what: str = "request body") -> Any:
-    """Parse client JSON; malformed input raises a 400 FhirError with a position."""
+    """Parse client JSON; malformed input raises a 400 FhirError with a position.
+
+    Strings with an unpaired surrogate escape (``"\\ud800"``) are refused: RFC 8259
+    section 8.2 leaves them unpredictable, they are no Unicode text FHIR can hold
+    (datatypes.html#string), and they cannot be written back as UTF-8."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
         raise bad_request(f"The {what} is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return _decoder.decode(text)
+        value = _decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -71,6 +102,15 @@ def parse_json(body: bytes | str, what: str = "request body") -> Any:
         ) from None
     except (DuplicateKeyError, ValueError, RecursionError) as exc:
         raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+    if _SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text):
+        where = _unpaired_surrogate(value)
+        if where is not None:
+            raise bad_request(
+                f"The {what} has a string with an unpaired UTF-16 surrogate at {where}",
+                where,
+                code="structure",
+            )
+    return value
 
 
 def load_stored(raw: bytes) -> Any:
