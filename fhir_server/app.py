@@ -21,6 +21,8 @@ from fhir_server.api.security_headers import SecurityHeaders
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
+from fhir_server.health import client_options
+from fhir_server.health import router as health_router
 from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
@@ -42,8 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, tz_aware=True)
-        storage = Storage(client, settings.database)
+        client: AsyncMongoClient = AsyncMongoClient(
+            settings.mongo_url, tz_aware=True, **client_options(settings)
+        )
+        app.state.mongo = client  # /health/ready pings it
+        storage = Storage(
+            client,
+            settings.database,
+            transaction_timeout=settings.mongo_transaction_timeout_seconds,
+        )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
         app.state.services = Services(
@@ -74,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_cors(app, settings.cors_origins, (BASE_PATH, "/auth/token"))
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
     install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
+    app.include_router(health_router)  # /health/live, /health/ready (no token)
     app.include_router(openapi_router, prefix=BASE_PATH)  # before router: not a type
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths

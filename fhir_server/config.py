@@ -29,6 +29,30 @@ class Settings(BaseSettings):
         "Unset: start an embedded mongod in --data-dir.",
     )
     database: str = Field("fhir", description="MongoDB database name.")
+    mongo_select_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds a request waits for a reachable MongoDB before it is answered "
+        "503 with Retry-After (serverSelectionTimeoutMS).",
+    )
+    mongo_transaction_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Longest a write transaction may take, its retries included (PyMongo's "
+        "own limit is 120 s); then 503 with Retry-After.",
+    )
+    supervisor_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="Wait before restarting a dead embedded mongod or export worker; it "
+        "doubles while restarts keep failing.",
+    )
+    supervisor_backoff_max_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait between restarts of a dead child."
+    )
     data_dir: Path = Field(Path(".fhir-data"), description="Data directory of the embedded mongod.")
     mongod_bin: str | None = Field(
         None, description="Path of the mongod binary for the embedded default."
@@ -41,6 +65,22 @@ class Settings(BaseSettings):
         "single",
         description="Conditional delete matching several resources: 'single' answers 412, "
         "'multiple' deletes them all.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's headers, from connecting or "
+        "from the request's first byte; then 408 and the connection is closed (slow loris).",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    limit_concurrency: int = Field(
+        1000,
+        ge=0,
+        description="Most open connections (or requests in flight) per worker process; "
+        "beyond it requests get 503 with Retry-After. 0: no limit.",
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."

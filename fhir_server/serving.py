@@ -21,7 +21,10 @@ from typing import Any
 
 import uvicorn
 
+from fhir_server.config import Settings
+
 APP = "fhir_server.app:create_app_from_env"
+HTTP_PROTOCOL = "fhir_server.http_timeouts:HeaderTimeoutProtocol"
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 _STARTUP_SECONDS = 10.0  # a worker that dies sooner failed to start: do not respawn it
 
@@ -39,12 +42,19 @@ def listening_socket(host: str, port: int, shared: bool = True) -> socket.socket
 
 
 def _options(host: str, port: int, log_level: str) -> dict[str, Any]:
+    """uvicorn's options; the connection limits come from the FHIR_* environment (as
+    the app's Settings do in every worker)."""
+    settings = Settings()
     return {
         "factory": True,
         "host": host,
         "port": port,
         "log_level": log_level,
         "proxy_headers": True,
+        # Header-read deadline and OperationOutcome 503s (fhir_server/http_timeouts.py).
+        "http": HTTP_PROTOCOL,
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "limit_concurrency": settings.limit_concurrency or None,
     }
 
 

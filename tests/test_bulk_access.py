@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_server.bulk.access import authorize_kickoff, check_owner
+from fhir_server.bulk.access import authorize_kickoff, owner_of, owns
 from fhir_server.outcome import FhirError
 from smart_auth.scopes import ScopeSet
 from smart_auth.tokens import AccessToken
@@ -13,10 +13,12 @@ from smart_auth.tokens import AccessToken
 TYPES = ("Patient", "Observation", "Condition", "Organization")
 
 
-def token(scopes: str, patient: str | None = None, client_id: str = "c") -> AccessToken:
+def token(
+    scopes: str, patient: str | None = None, client_id: str = "c", subject: str = "u"
+) -> AccessToken:
     return AccessToken(
         client_id=client_id,
-        subject=None,
+        subject=subject,
         scopes=ScopeSet.parse(scopes),
         patient=patient,
         encounter=None,
@@ -65,9 +67,14 @@ def test_patient_bound_tokens() -> None:
     assert status_of(authorize_kickoff, no_patient, "patient", None, TYPES, None) == 403
 
 
-def test_jobs_belong_to_their_client() -> None:
-    check_owner(None, None)
-    check_owner(token("system/*.rs"), None)
-    check_owner(token("system/*.rs", client_id="a"), "a")
-    assert status_of(check_owner, token("system/*.rs", client_id="b"), "a") == 404
-    assert status_of(check_owner, None, "a") == 404
+def test_jobs_belong_to_their_client_user_and_patient() -> None:
+    open_job = {"client_id": None, "owner": None}
+    assert owns(None, open_job) and owns(token("system/*.rs"), open_job)
+    alice = token("patient/*.rs", patient="p1", client_id="a")
+    job = {"client_id": "a", "owner": owner_of(alice)}
+    assert owns(token("patient/*.rs", patient="p1", client_id="a"), job)
+    assert not owns(token("patient/*.rs", patient="p1", client_id="b"), job)
+    assert not owns(token("patient/*.rs", patient="p2", client_id="a"), job)
+    assert not owns(token("patient/*.rs", patient="p1", client_id="a", subject="u2"), job)
+    assert not owns(None, job)
+    assert not owns(alice, {"client_id": "a"})  # stored before owners: nobody's

@@ -130,3 +130,79 @@ def test_type_filter_has_sees_only_the_tokens_patient(
     mine = "Observation?performer:Practitioner._has:Observation:performer:category=laboratory"
     url = f"/fhir/Patient/$export?_type=Observation&_typeFilter={mine}"
     assert exported_count(client, url, own) == search_count(client, f"/fhir/{mine}", own) == 1
+
+
+# --- finding 4: export jobs belong to client + user + patient context --------------------------
+
+
+def test_another_user_of_the_same_app_cannot_see_fetch_or_cancel_an_export(
+    secured: tuple[TestClient, TokenMint],
+) -> None:
+    """Two patients use the same public app: one client id, two users. Patient ``pb``'s
+    user holds ``pa``'s status URL (it leaks into a log, a shared screen...). Status,
+    manifest download and cancel must answer exactly as for a job that does not exist.
+    So must the same user in another patient's context."""
+    client, mint = secured
+    app = {"client_id": "public-app", "scope": "patient/*.rs"}
+    pa = mint.headers(**app, patient="pa", subject="user-pa", fhir_user="Patient/pa")
+    pb = mint.headers(**app, patient="pb", subject="user-pb", fhir_user="Patient/pb")
+    pa_elsewhere = mint.headers(**app, patient="pb", subject="user-pa", fhir_user="Patient/pa")
+    status_url = kick_off(client, "/fhir/Patient/$export", headers=pa)
+    manifest = wait(client, status_url, headers=pa)
+    assert manifest.status_code == 200
+    file_url = manifest.json()["output"][0]["url"]
+    job = status_url.rsplit("/", 1)[1]
+    nobody = "0" * len(job)
+    missing_status = status_url.replace(job, nobody)
+    missing_file = file_url.replace(job, nobody)
+
+    def seen(r: Any) -> tuple[int, Any]:
+        body = r.json()
+        return r.status_code, [
+            (i["code"], i["diagnostics"].replace(job, "?").replace(nobody, "?"))
+            for i in body["issue"]
+        ]
+
+    for other in (pb, pa_elsewhere):
+        missing = seen(client.get(missing_status, headers=other))
+        assert missing[0] == 404
+        assert seen(client.get(status_url, headers=other)) == missing
+        assert seen(client.get(file_url, headers=other)) == seen(
+            client.get(missing_file, headers=other)
+        )
+        assert seen(client.delete(status_url, headers=other)) == missing
+    # the owner, with a fresh token of the same client, user and patient, still may
+    again = mint.headers(**app, patient="pa", subject="user-pa", fhir_user="Patient/pa")
+    assert client.get(file_url, headers=again).status_code == 200
+    assert client.delete(status_url, headers=again).status_code == 202
+
+
+# --- finding 8: Group/[id]/$export is no existence oracle -----------------------------------
+
+
+def test_group_export_does_not_tell_a_token_without_group_access_whether_it_exists(
+    secured: tuple[TestClient, TokenMint],
+) -> None:
+    """A token that may not read a group is answered the same for an existing and a
+    missing one: 403 when no scope covers Group at all (as a read of Group/[id] is),
+    404 when its scopes cover Group but not this group. Its members' data is never
+    exported through a group the token may not read."""
+    client, mint = secured
+    group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+    group["member"] = [{"entity": {"reference": "Patient/pa"}}]
+    admin = mint.headers("system/*.cruds")
+    assert client.put("/fhir/Group/g", json=group, headers=admin).status_code == 201
+
+    def answer(url: str, headers: dict[str, str]) -> tuple[int, str]:
+        r = client.get(url, headers={**ASYNC, **headers})
+        return r.status_code, r.json()["issue"][0]["code"]
+
+    for scope, expected in (
+        ("system/Patient.rs system/Observation.rs", (403, "forbidden")),
+        ("system/Group.rs?type=animal system/Patient.rs system/Observation.rs", (404, "not-found")),
+    ):
+        token = mint.headers(scope)
+        existing = answer("/fhir/Group/g/$export", token)
+        assert existing == answer("/fhir/Group/nope/$export", token) == expected
+    allowed = mint.headers("system/Group.rs system/Patient.rs")
+    assert client.get("/fhir/Group/g/$export", headers={**ASYNC, **allowed}).status_code == 202

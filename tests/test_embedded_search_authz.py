@@ -143,3 +143,20 @@ def test_a_granular_scope_cannot_chain_outside_the_token(
         token = mint.headers(scope, patient="pa")
         answers[code] = answer(client.get("/fhir/Observation", headers=token))
     assert answers[HIV] == answers[OTHER] == "403 forbidden"
+
+
+def test_conditional_criteria_read_this_servers_absolute_references_as_search_does(
+    world: tuple[TestClient, TokenMint],
+) -> None:
+    """search.html#reference: a reference parameter may be an absolute URL; one on this
+    server's base names the same resource as ``Type/id``. The search API finds pa's
+    vital-signs result that way, so If-None-Exist with the same criteria must find it
+    too (and not create a duplicate)."""
+    client, mint = world
+    token = mint.headers(ADMIN)
+    criteria = "subject=http://testserver/fhir/Patient/pa&category=vital-signs"
+    assert answer(client.get(f"/fhir/Observation?{criteria}", headers=token)) == "200 1 entries"
+    new = observation("dup", "pa", "vital-signs")
+    del new["id"]
+    r = client.post("/fhir/Observation", json=new, headers={**token, "If-None-Exist": criteria})
+    assert r.status_code == 200 and r.json()["id"] == "oa-vital"

@@ -86,7 +86,8 @@ async def _transaction(request: Request, bundle: dict[str, Any], out: neg.Output
         if e.index in reads:
             entries.append(reads[e.index])
         else:
-            entries.append(_write_entry(e, base, prefer_return))
+            shown = e.stored is None or await policy.sees(e.stored)
+            entries.append(_write_entry(e, base, prefer_return if shown else "minimal"))
     body = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
     return json_response(body, out)
 

@@ -13,7 +13,10 @@ Rules (bulkdata authorization: "system/" scopes for backend services):
   everything it is entitled to, and the manifest lists what it got.
 - A token with only ``patient/`` scopes may run a Patient- or Group-level export limited
   to its launch patient (``patient`` context); a system-level export is 403.
-- Status, download and cancel need a token of the client that started the job.
+- A job belongs to who started it: the client, the user (the token's ``sub``) and the
+  patient context together. Status, download and cancel by any other token answer 404,
+  exactly as for a job that does not exist: two users of one public app (two patients'
+  phones) are one client, and neither may see, fetch or cancel the other's export.
 - Within each type, the rows are narrowed by the server's policy (fhir_server/authz:
   granular scopes such as ``system/Observation.rs?category=laboratory``, a patient
   context), the same restriction a search by this token would get.
@@ -41,6 +44,7 @@ class AccessLike(Protocol):
     """The fields of smart_auth.tokens.AccessToken this module reads."""
 
     client_id: str
+    subject: str | None
     scopes: Any
     patient: str | None
 
@@ -115,11 +119,21 @@ async def row_filter(request: Request, resource_type: str) -> dict[str, Any]:
     return {"$and": clauses} if clauses else {}
 
 
-def check_owner(access: AccessLike | None, job_client_id: str | None) -> None:
-    """Status, files and cancel belong to the client that started the job. A job started
-    with authorization off (no owner) is open; one with an owner needs that client."""
-    if job_client_id is None:
-        return
-    if access is None or access.client_id != job_client_id:
-        # 404 rather than 403: another client must not learn that the job exists.
-        raise FhirError.of(404, "not-found", "No such export job for this client")
+Owner = dict[str, str | None]
+
+
+def owner_of(access: AccessLike | None) -> Owner | None:
+    """Who a kick-off's job belongs to (None: authorization is off, nobody)."""
+    if access is None:
+        return None
+    return {"client": access.client_id, "user": access.subject, "patient": access.patient}
+
+
+def owns(access: AccessLike | None, job: dict[str, Any]) -> bool:
+    """May this token see the job? A job started with authorization off (no owner) is
+    open; one with an owner only to the same client, user and patient context. A job
+    with a client but no owner (stored before owners were) is nobody's: it expires."""
+    owner = job.get("owner")
+    if owner is None:
+        return job.get("client_id") is None
+    return owner == owner_of(access)

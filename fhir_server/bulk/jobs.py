@@ -1,6 +1,7 @@
 """Export jobs in MongoDB, shared by API nodes and workers.
 
-``bulk_jobs``:  {_id, status: running|complete|failed, client_id, request (kick-off URL),
+``bulk_jobs``:  {_id, status: running|complete|failed, client_id, owner ({client, user,
+                 patient}: access.owner_of), request (kick-off URL),
                  tx (transactionTime), created, completed, expires, error,
                  error_files: [{id, count}], expiry_seconds}
 ``bulk_units``: {_id: "<job>:<n>", job, n, type, filter (BSON bytes), lo, hi (an _id
@@ -93,6 +94,7 @@ async def create_job(
     *,
     job_id: str,
     client_id: str | None,
+    owner: dict[str, str | None] | None,
     request_url: str,
     tx: datetime,
     units: Sequence[UnitPlan],
@@ -137,6 +139,7 @@ async def create_job(
             "_id": job_id,
             "status": "complete" if done else "running",
             "client_id": client_id,
+            "owner": owner,
             "request": request_url,
             "tx": tx,
             "created": t,

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import optional_body
-from fhir_server.api.routes import Services, base_url, bind_base_url, services
+from fhir_server.api.routes import Services, base_url, bind_base_url, require_visible, services
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.bulk import jobs
@@ -35,7 +35,8 @@ from fhir_server.bulk.access import (
     Grant,
     access_of,
     authorize_kickoff,
-    check_owner,
+    owner_of,
+    owns,
     row_filter,
 )
 from fhir_server.bulk.request import (
@@ -141,6 +142,7 @@ async def _kickoff(
         db,
         job_id=job_id,
         client_id=grant.client_id,
+        owner=owner_of(access_of(request)),
         request_url=_request_url(request, path),
         tx=tx,
         units=units,
@@ -180,6 +182,9 @@ async def _scope(
         req.types = tuple(t for t in req.types if t in candidates)
     patients = req.patients
     if level == "group":
+        # Before the lookup: a token that may not read this group gets the same answer
+        # whether it exists or not (403 without Group scope, 404 outside it).
+        await require_visible(request, "Group", req.group_id or "")
         members = await _group_members(svc, req.group_id or "")
         patients = tuple(p for p in members if patients is None or p in patients)
     grant = authorize_kickoff(access_of(request), level, req.types, candidates, patients)
@@ -319,9 +324,9 @@ async def export_other_methods(request: Request) -> Response:
 async def _job(request: Request, job_id: str) -> dict[str, Any]:
     db = await _prepare(request)
     job = await db[jobs.JOBS].find_one({"_id": job_id})
-    if job is None:
+    if job is None or not owns(access_of(request), job):
+        # One answer for both: another user must not learn that the job exists.
         raise FhirError.of(404, "not-found", f"No export job {job_id!r} (expired or deleted?)")
-    check_owner(access_of(request), job["client_id"])
     return job
 
 

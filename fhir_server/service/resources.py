@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonpatch
@@ -15,6 +15,7 @@ import jsonpointer
 
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
+from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
@@ -168,6 +169,44 @@ class ResourceService:
             raise FhirError(400, errors)
         return body
 
+    def patched(
+        self, current: StoredVersion, patch: jsonpatch.JsonPatch, readable: bool
+    ) -> dict[str, Any]:
+        """The current version with ``patch`` applied, as a valid resource (422 or 400
+        otherwise). To a token that may not read the resource the patch is blind: a
+        ``test`` operation, which is a read, is refused (403), and a failure does not
+        say why (jsonpatch's messages and the validator's quote the content)."""
+        assert current.raw is not None
+        if not readable:
+            for i, op in enumerate(patch.patch):
+                if op.get("op") == "test":
+                    raise FhirError.of(
+                        403,
+                        "forbidden",
+                        f"A JSON Patch 'test' operation reads the resource; the access token "
+                        f"does not permit read on {current.type}/{current.id}",
+                        f"[{i}]",
+                    )
+        hidden = "details withheld: they would show the resource, which the token may not read"
+        try:
+            patched = patch.apply(load_stored(current.raw))
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            why = str(exc) if readable else hidden
+            raise FhirError.of(
+                422, "processing", f"The JSON Patch cannot be applied: {why}"
+            ) from None
+        try:
+            return self.checked(current.type, patched, "patched resource")
+        except FhirError as exc:
+            if readable:
+                raise
+            message = f"The patched resource is not valid ({hidden})"
+            raise FhirError(
+                exc.status, [replace(i, diagnostics=message) for i in exc.issues]
+            ) from None
+
     def new_version(
         self,
         resource_type: str,
@@ -227,13 +266,36 @@ class ResourceService:
     # --- authorization (SMART scopes, see fhir_server/authz/policy.py) ----------------
 
     @staticmethod
-    async def guard_before(
+    async def within_reach(
         s: Session, policy: Policy | None, current: StoredVersion | None, interaction: str
+    ) -> StoredVersion | None:
+        """The version a write replaces as the token may know it (Policy.within_reach):
+        None makes the write go on exactly as for a missing resource."""
+        if policy is None:
+            return current
+        return await policy.within_reach(current, interaction, s)
+
+    async def check_update_as_create(
+        self, policy: Policy | None, resource_type: str, resource_id: str, chosen: bool
     ) -> None:
-        """The version a write replaces must be within what the token may change."""
-        if policy is None or policy.unrestricted or current is None or current.deleted:
-            return
-        await policy.require_contains(current.type, current.id, interaction, s)
+        """May a PUT create ``resource_type/resource_id`` (no current version within
+        reach)? Not when the server does not allow update-as-create; nor, for an id the
+        client ``chosen``, when the token's access to the type is limited to part of its
+        resources: ids are one space for all records, so the answer would tell whether
+        another record uses the id (its PUT answers as for a missing one, this 405)."""
+        limited = chosen and policy is not None and await policy.confines(resource_type, "u")
+        if not self.settings.allow_update_create or limited:
+            raise FhirError.of(
+                405,
+                "not-supported",
+                f"{resource_type}/{resource_id} does not exist and update-as-create is "
+                + (
+                    "not available to an access token limited to part of the "
+                    f"{resource_type} resources"
+                    if limited
+                    else "not allowed on this server (FHIR_ALLOW_UPDATE_CREATE=false)"
+                ),
+            )
 
     @staticmethod
     async def guard_after(s: Session, policy: Policy | None, write: VersionWrite) -> None:
@@ -266,9 +328,10 @@ class ResourceService:
 
     async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
         check_id(resource_id)
-        if not version.isdigit() or int(version) < 1:
+        number = whole_number(version)
+        if number is None or number < 1:
             raise bad_request(f"{version!r} is not a version id (a positive integer)", "vid")
-        stored = await self.storage.read_version(resource_type, resource_id, int(version))
+        stored = await self.storage.read_version(resource_type, resource_id, number)
         if stored is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version}")
         if stored.deleted:
@@ -321,17 +384,14 @@ class ResourceService:
         if_match: int | None,
         method: str = "PUT",
         policy: Policy | None = None,
+        chosen: bool = True,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "u")
+        """``chosen``: the id is the client's (not one the server just assigned)."""
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "u")
         check_version_match(current, if_match)
-        if current is None and not self.settings.allow_update_create:
-            raise FhirError.of(
-                405,
-                "not-supported",
-                f"{resource_type}/{resource_id} does not exist and this server does not "
-                "allow update-as-create (FHIR_ALLOW_UPDATE_CREATE=false)",
-            )
+        if current is None:
+            await self.check_update_as_create(policy, resource_type, resource_id, chosen)
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
         write = self.new_version(resource_type, resource_id, resource, current, method)
@@ -395,7 +455,10 @@ class ResourceService:
                 target = body_id  # update-as-create with the client's id
             else:
                 target = str(uuid.uuid4())
-            return await self._put(s, resource_type, target, resource, if_match, "PUT", policy)
+            chosen = target == body_id
+            return await self._put(
+                s, resource_type, target, resource, if_match, "PUT", policy, chosen
+            )
 
         return await self._transaction(resource_type, txn)
 
@@ -410,22 +473,16 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        # out of reach is as missing, before a "test" op can probe it
+        current = await self.within_reach(s, policy, stored, "u")
         if current is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
-        await self.guard_before(s, policy, current, "u")  # before a "test" op can probe it
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
-        try:
-            patched = patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(
-                422, "processing", f"The JSON Patch cannot be applied: {exc}"
-            ) from None
-        resource = self.checked(resource_type, patched, "patched resource")
+        readable = policy is None or await policy.sees(current, s)
+        resource = self.patched(current, patch, readable)
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
         return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
@@ -474,8 +531,8 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> StoredVersion | None:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "d")
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "d")
         check_version_match(current, if_match)
         if current is None or current.deleted:
             return current  # nothing to do (http.html#delete: still a success)

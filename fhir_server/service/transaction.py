@@ -23,7 +23,8 @@ from urllib.parse import parse_qsl
 import jsonpatch
 import jsonpointer
 
-from fhir_server.jsonio import load_stored, parse_json
+from fhir_server.digits import whole_number
+from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
@@ -73,6 +74,8 @@ class Entry:
     write: VersionWrite | None = None
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
+    assigned_id: bool = False  # a conditional PUT without a match got a new server id
+    readable: bool = True  # the token may read the resource a PATCH applies to
 
     @property
     def where(self) -> str:
@@ -83,6 +86,8 @@ class Entry:
         self.id, self.resource = self.parsed_id, self.parsed_resource
         self.status, self.stored, self.write = "", None, None
         self.same_as = self.unresolved = None
+        self.assigned_id = False
+        self.readable = True
 
 
 @dataclass(slots=True)
@@ -281,6 +286,10 @@ class TransactionService:
         for e in entries:
             try:
                 self.policy.require(e.type, interaction(e))
+                if e.if_none_exist:
+                    self.policy.require_criteria(e.type, "request.ifNoneExist")
+                if e.query and e.method != "GET":
+                    self.policy.require_criteria(e.type, "request.url")
             except FhirError as exc:
                 raise entry_error(e, exc) from None
 
@@ -328,14 +337,26 @@ class TransactionService:
         self._check_distinct(entries, skip)
         active = [e for e in ordered if e.index not in skip]
         current = await self._current_versions(s, active)
-        for e in active:  # before a PATCH "test" op could probe a resource out of reach
-            if e.method != "POST":
-                try:
-                    await ResourceService.guard_before(
-                        s, self.policy, current.get((e.type, e.id or "")), interaction(e)
+        # A resource out of the token's reach is as missing (before a PATCH "test" op
+        # could probe it); a PUT that would then create checks that it may.
+        for e in active:
+            if e.method == "POST":
+                continue
+            key = (e.type, e.id or "")
+            try:
+                seen = await ResourceService.within_reach(
+                    s, self.policy, current.get(key), interaction(e)
+                )
+                if seen is None:
+                    current.pop(key, None)
+                elif e.method == "PATCH" and self.policy is not None:
+                    e.readable = await self.policy.sees(seen, s)
+                if e.method == "PUT" and seen is None:
+                    await self.resources.check_update_as_create(
+                        self.policy, e.type, key[1], not e.assigned_id
                     )
-                except FhirError as exc:
-                    raise entry_error(e, exc) from None
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
         for e in active:
             if e.method == "PATCH":
                 try:
@@ -427,7 +448,9 @@ class TransactionService:
                     raise bad_request("The resource id does not match the resource found")
                 e.id = matches[0].id
             elif e.method == "PUT":
-                e.id = (e.resource or {}).get("id") or str(uuid.uuid4())
+                e.id = (e.resource or {}).get("id")
+                if e.id is None:
+                    e.id, e.assigned_id = str(uuid.uuid4()), True
             elif e.method == "PATCH":
                 raise not_found("The conditional patch criteria match no resource")
             else:  # DELETE with no match: nothing to do (http.html#3.1.0.7.1)
@@ -617,13 +640,7 @@ class TransactionService:
             raise gone(current)
         check_version_match(current, e.if_match)
         assert e.patch is not None
-        try:
-            patched = e.patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch failed: {exc}") from None
-        e.resource = self.resources.checked(e.type, patched, "patched resource")
+        e.resource = self.resources.patched(current, e.patch, e.readable)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
 
@@ -649,8 +666,6 @@ class TransactionService:
             return write
         if e.method == "PUT":
             check_version_match(current, e.if_match)
-            if current is None and not svc.settings.allow_update_create:
-                raise FhirError.of(405, "not-supported", "update-as-create is disabled")
         assert e.resource is not None
         stored_raw = current.raw if current is not None else None
         if stored_raw is not None and same_content(stored_raw, e.resource):
@@ -717,12 +732,13 @@ def _parse_read(entry: Entry, parts: list[str]) -> None:
     operations) are only performed."""
     if len(parts) not in (2, 4) or parts[1].startswith(("$", "_")) or not parts[1]:
         return
-    if len(parts) == 4 and (parts[2] != "_history" or not parts[3].isdigit()):
+    version = whole_number(parts[3]) if len(parts) == 4 else None
+    if len(parts) == 4 and (parts[2] != "_history" or version is None):
         return
     if not is_valid_id(parts[1]):
         raise bad_request(f"Invalid id in request.url {entry.url!r}", "request.url")
     entry.read_id = parts[1]
-    entry.read_version = int(parts[3]) if len(parts) == 4 else None
+    entry.read_version = version
 
 
 def _if_match(value: Any) -> int | None:
@@ -732,8 +748,9 @@ def _if_match(value: Any) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    version = whole_number(text)
+    if version is None:
         raise bad_request(
             f'ifMatch must be a version ETag such as W/"3", got {value!r}', "request.ifMatch"
         )
-    return int(text)
+    return version

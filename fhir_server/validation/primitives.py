@@ -16,7 +16,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from fhir_server.decimals import RANGE_TEXT, in_range
+from fhir_server.decimals import JSON_INT_TEXT, RANGE_TEXT, in_range
 
 # (issue-type code, diagnostics) for a bad value, None for a good one.
 PrimitiveCheck = Callable[[Any], tuple[str, str] | None]
@@ -91,7 +91,7 @@ def integer_check(type_name: str) -> PrimitiveCheck:
 def check_decimal(value: Any) -> tuple[str, str] | None:
     kind = type(value)
     if kind is int:
-        return None if in_range(value) else ("value", f"A decimal is out of range: {RANGE_TEXT}")
+        return None if in_range(value) else ("value", f"Out of range: {JSON_INT_TEXT}")
     if isinstance(value, Decimal):  # jsonio's JsonDecimal is a subclass
         finite = value.is_finite()
     elif kind is float:
