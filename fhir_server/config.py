@@ -113,3 +113,8 @@ class Settings(BaseSettings):
         description="Seconds without progress after which a bulk export unit whose worker "
         "died is given to another worker.",
     )
+    terminology_load_core: bool = Field(
+        True,
+        description="Load the R4 core code systems, value sets and concept maps when "
+        "`serve` starts and they are not loaded yet (`fhir-server terminology load-core`).",
+    )
