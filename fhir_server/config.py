@@ -118,3 +118,8 @@ class Settings(BaseSettings):
         description="Load the R4 core code systems, value sets and concept maps when "
         "`serve` starts and they are not loaded yet (`fhir-server terminology load-core`).",
     )
+    terminology_max_expansion: int = Field(
+        10_000,
+        ge=1,
+        description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
+    )
