@@ -12,7 +12,8 @@ Collections (one document per item, ``k`` naming one loaded code system version)
 - ``terminology_concepts``: ``{k, c: code, d: display, a: inactive, ab: abstract
   (notSelectable), des: [{l: language, u: use Coding, v: value}], p: [{c: code,
   t: value type, v: value, s: value as text}], par: [parent codes], w: [search words]}``.
-  Unique on (k, c); (k, o) gives definition order; (k, w) serves $expand's text filter.
+  Unique on (k, c); (k, o) gives definition order; (k, w) serves $expand's text
+  filter; (k, par) the children.
 - ``terminology_closure``: the transitive closure of the hierarchy (parents from nested
   concepts and the ``parent``/``child``/``subsumedBy`` properties): ``{k, a: ancestor,
   d: descendant}`` for every proper ancestor. (k, a, d) answers is-a/descendent-of,
@@ -43,6 +44,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("k", ASCENDING), ("c", ASCENDING)], name="code", unique=True),
         IndexModel([("k", ASCENDING), ("o", ASCENDING)], name="order"),
         IndexModel([("k", ASCENDING), ("w", ASCENDING)], name="words"),
+        IndexModel([("k", ASCENDING), ("par", ASCENDING)], name="parents"),
     ],
     CLOSURE: [
         IndexModel(

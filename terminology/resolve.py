@@ -54,6 +54,9 @@ class Resolver:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._parsed: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+        # (CodeSystem id, versionId) -> its loaded concepts: a stored version never
+        # changes, so this needs no invalidation (an update has a new versionId)
+        self._systems: OrderedDict[tuple[str, int], LoadedSystem] = OrderedDict()
 
     async def _candidates(
         self, rtype: str, url: str, version: str | None, restriction: Filter
@@ -128,11 +131,20 @@ class Resolver:
         return await self._system(stored.id, stored.version_id)
 
     async def _system(self, rid: str, version_id: int) -> LoadedSystem:
+        cached = self._systems.get((rid, version_id))
+        if cached is not None:
+            return cached
         db = self.storage.db
         entry = await db[concepts.SYSTEMS].find_one({"_id": rid})
         if entry is not None and (
             entry.get("gen") == f"{rid}/{version_id}" or entry.get("source") == "import"
         ):
-            return concepts.loaded(entry)
-        resource = await self._load("CodeSystem", rid, version_id)
-        return await concepts.build_from_resource(db, rid, version_id, resource)
+            found = concepts.loaded(entry)
+        else:
+            resource = await self._load("CodeSystem", rid, version_id)
+            found = await concepts.build_from_resource(db, rid, version_id, resource)
+        if entry is None or entry.get("source") != "import":  # an import may be re-run
+            self._systems[(rid, version_id)] = found
+            if len(self._systems) > _CACHE_SIZE:
+                self._systems.popitem(last=False)
+        return found
