@@ -275,19 +275,19 @@ async def write_concepts(db: Db, key: str, concepts: list[Concept]) -> bool:
         try:
             await db[CONCEPTS].insert_many(docs[i : i + _BATCH], ordered=False)
         except Exception as exc:  # another worker built the same generation meanwhile
-            if not _only_duplicates(exc):
+            if not only_duplicates(exc):
                 raise
     pairs = [{"k": key, "a": a, "d": d} for a, d in closure(concepts)]
     for i in range(0, len(pairs), _BATCH):
         try:
             await db[CLOSURE].insert_many(pairs[i : i + _BATCH], ordered=False)
         except Exception as exc:
-            if not _only_duplicates(exc):
+            if not only_duplicates(exc):
                 raise
     return bool(pairs)
 
 
-def _only_duplicates(exc: Exception) -> bool:
+def only_duplicates(exc: Exception) -> bool:
     details = getattr(exc, "details", None) or {}
     errors = details.get("writeErrors", [])
     return isinstance(exc, DuplicateKeyError) or (

@@ -1,0 +1,307 @@
+"""`fhir-server terminology import --format snomed`: an RF2 snapshot the test writes in
+the release format (tab-separated, header rows, the RF2 file names), imported, killed
+half-way and resumed, re-run, and then used over HTTP ($lookup with Spanish
+designations, $subsumes over the transitive closure, $expand with is-a)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from terminology_helpers import codes, get, parts, post, value_set, values
+
+from fhir_server.cli import main
+from fhir_server.config import Settings
+
+SCT = "http://snomed.info/sct"
+CORE = "900000000000207008"
+DATE = "20250131"
+CONCEPTS = {  # id: (active, parents, FSN, preferred synonym, Spanish synonym)
+    "138875005": ("1", [], "SNOMED CT Concept (SNOMED RT+CTV3)", "SNOMED CT Concept", None),
+    "404684003": (
+        "1",
+        ["138875005"],
+        "Clinical finding (finding)",
+        "Clinical finding",
+        "hallazgo clínico",
+    ),
+    "64572001": ("1", ["404684003"], "Disease (disorder)", "Disease", "enfermedad"),
+    "73211009": (
+        "1",
+        ["64572001"],
+        "Diabetes mellitus (disorder)",
+        "Diabetes mellitus",
+        "diabetes mellitus",
+    ),
+    "46635009": (
+        "1",
+        ["73211009"],
+        "Diabetes mellitus type 1 (disorder)",
+        "Type 1 diabetes mellitus",
+        "diabetes mellitus tipo 1",
+    ),
+    "44054006": (
+        "1",
+        ["73211009"],
+        "Diabetes mellitus type 2 (disorder)",
+        "Type 2 diabetes mellitus",
+        "diabetes mellitus tipo 2",
+    ),
+    "38341003": (
+        "1",
+        ["64572001"],
+        "Hypertensive disorder, systemic arterial (disorder)",
+        "Hypertensive disorder",
+        "hipertensión arterial",
+    ),
+    "190329007": (
+        "0",
+        [],
+        "Diabetes mellitus, adult onset, with no mention of complication (disorder)",
+        "Adult onset diabetes",
+        None,
+    ),
+}
+
+
+def write_rf2(root: Path) -> Path:
+    snap = root / "SnomedCT_Release" / "Snapshot" / "Terminology"
+    snap.mkdir(parents=True)
+    refsets = root / "SnomedCT_Release" / "Snapshot" / "Refset" / "Language"
+    refsets.mkdir(parents=True)
+
+    def tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+        lines = ["\t".join(header)] + ["\t".join(r) for r in rows]
+        path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+
+    tsv(
+        snap / f"sct2_Concept_Snapshot_INT_{DATE}.txt",
+        ["id", "effectiveTime", "active", "moduleId", "definitionStatusId"],
+        [[cid, DATE, a, CORE, "900000000000074008"] for cid, (a, *_) in CONCEPTS.items()],
+    )
+    header = [
+        "id",
+        "effectiveTime",
+        "active",
+        "moduleId",
+        "conceptId",
+        "languageCode",
+        "typeId",
+        "term",
+        "caseSignificanceId",
+    ]
+    en, es, lang_en, lang_es = [], [], [], []
+    for n, (cid, (_, _, fsn, pt, spanish)) in enumerate(CONCEPTS.items()):
+        en.append(
+            [
+                f"{n}1011",
+                DATE,
+                "1",
+                CORE,
+                cid,
+                "en",
+                "900000000000003001",
+                fsn,
+                "900000000000448009",
+            ]
+        )
+        en.append(
+            [f"{n}2011", DATE, "1", CORE, cid, "en", "900000000000013009", pt, "900000000000448009"]
+        )
+        en.append(
+            [
+                f"{n}3011",
+                DATE,
+                "0",
+                CORE,
+                cid,
+                "en",
+                "900000000000013009",
+                "retired term",
+                "900000000000448009",
+            ]
+        )
+        lang_en.append(
+            [f"u{n}", DATE, "1", CORE, "900000000000509007", f"{n}2011", "900000000000548007"]
+        )
+        if spanish:
+            es.append(
+                [
+                    f"{n}4011",
+                    DATE,
+                    "1",
+                    "450829007",
+                    cid,
+                    "es",
+                    "900000000000013009",
+                    spanish,
+                    "900000000000448009",
+                ]
+            )
+            lang_es.append(
+                [f"e{n}", DATE, "1", "450829007", "450828004", f"{n}4011", "900000000000548007"]
+            )
+    tsv(snap / f"sct2_Description_Snapshot-en_INT_{DATE}.txt", header, en)
+    tsv(snap / f"sct2_Description_SpanishExtensionSnapshot-es_INT_{DATE}.txt", header, es)
+    lang_header = [
+        "id",
+        "effectiveTime",
+        "active",
+        "moduleId",
+        "refsetId",
+        "referencedComponentId",
+        "acceptabilityId",
+    ]
+    tsv(refsets / f"der2_cRefset_LanguageSnapshot-en_INT_{DATE}.txt", lang_header, lang_en)
+    tsv(
+        refsets / f"der2_cRefset_LanguageSpanishExtensionSnapshot-es_INT_{DATE}.txt",
+        lang_header,
+        lang_es,
+    )
+    rel_header = [
+        "id",
+        "effectiveTime",
+        "active",
+        "moduleId",
+        "sourceId",
+        "destinationId",
+        "relationshipGroup",
+        "typeId",
+        "characteristicTypeId",
+        "modifierId",
+    ]
+    rels = []
+    for n, (cid, (_, parents, *_)) in enumerate(CONCEPTS.items()):
+        for p in parents:
+            rels.append(
+                [
+                    f"{n}5021",
+                    DATE,
+                    "1",
+                    CORE,
+                    cid,
+                    p,
+                    "0",
+                    "116680003",
+                    "900000000000011006",
+                    "900000000000451002",
+                ]
+            )
+    # an inactive is-a and a finding-site attribute: neither is hierarchy
+    rels.append(
+        [
+            "9995021",
+            DATE,
+            "0",
+            CORE,
+            "38341003",
+            "73211009",
+            "0",
+            "116680003",
+            "900000000000011006",
+            "900000000000451002",
+        ]
+    )
+    rels.append(
+        [
+            "9996021",
+            DATE,
+            "1",
+            CORE,
+            "73211009",
+            "113331007",
+            "1",
+            "363698007",
+            "900000000000011006",
+            "900000000000451002",
+        ]
+    )
+    tsv(snap / f"sct2_Relationship_Snapshot_INT_{DATE}.txt", rel_header, rels)
+    # stated relationships are not read: this one would make hypertension a diabetes
+    tsv(
+        snap / f"sct2_StatedRelationship_Snapshot_INT_{DATE}.txt",
+        rel_header,
+        [
+            [
+                "9997021",
+                DATE,
+                "1",
+                CORE,
+                "38341003",
+                "73211009",
+                "0",
+                "116680003",
+                "900000000000010007",
+                "900000000000451002",
+            ]
+        ],
+    )
+    return root
+
+
+def run_import(settings: Settings, path: Path, *extra: str) -> tuple[int, str]:
+    args = ["terminology", "import", "--format", "snomed", str(path), "--no-progress"]
+    args += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
+    result = CliRunner().invoke(main, [*args, "--batch-size", "100", *extra])
+    return result.exit_code, result.output
+
+
+def test_snomed_import_killed_resumed_rerun_and_used(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    release = write_rf2(tmp_path)
+    # killed after the first batch (the concepts; the closure is not written yet)
+    code, output = run_import(settings, release, "--stop-after-batches", "1")
+    assert code == 3 and "run the command again to resume" in output
+    code, output = run_import(settings, release)
+    assert code == 0, output
+    assert f"imported {SCT} version {SCT}/{CORE}/version/{DATE}: 8 concepts" in output
+    assert "resumed after 1 batches" in output
+    code, output = run_import(settings, release)
+    assert code == 0 and "already imported" in output
+
+    found = get(client, "CodeSystem", url=SCT).json()
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["content"] == "not-present"
+
+    lookup = get(client, "CodeSystem/$lookup", system=SCT, code="44054006").json()
+    assert values(lookup)["display"] == "Type 2 diabetes mellitus"  # preferred synonym
+    designations = {(d.get("language"), d["value"]) for d in parts(lookup, "designation")}
+    assert ("es", "diabetes mellitus tipo 2") in designations
+    assert ("en", "Diabetes mellitus type 2 (disorder)") in designations
+    assert ("en", "retired term") not in designations  # inactive description
+    spanish = get(client, "CodeSystem/$lookup", system=SCT, code="44054006", displayLanguage="es")
+    assert values(spanish.json())["display"] == "diabetes mellitus tipo 2"
+
+    def subsumes(a: str, b: str) -> str:
+        r = get(client, "CodeSystem/$subsumes", system=SCT, codeA=a, codeB=b)
+        return str(values(r.json())["outcome"])
+
+    assert subsumes("404684003", "44054006") == "subsumes"  # transitive
+    assert subsumes("73211009", "38341003") == "not-subsumed"  # inactive and stated is-a ignored
+
+    vs = value_set(
+        "http://example.org/vs/dm",
+        {"system": SCT, "filter": [{"property": "concept", "op": "is-a", "value": "73211009"}]},
+    )
+    expanded = post(
+        client,
+        "ValueSet/$expand",
+        {"name": "valueSet", "resource": vs},
+        {"name": "displayLanguage", "valueCode": "es"},
+    )
+    assert sorted(codes(expanded.json())) == ["44054006", "46635009", "73211009"]
+    assert {c["display"] for c in expanded.json()["expansion"]["contains"]} >= {
+        "diabetes mellitus tipo 1"
+    }
+
+    inactive = get(client, "CodeSystem/$validate-code", url=SCT, code="190329007").json()
+    assert values(inactive)["inactive"] is True
+
+
+def test_import_of_a_folder_without_rf2_is_a_usage_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code, output = run_import(settings, tmp_path)
+    assert code == 2 and "sct2_Concept" in output
