@@ -62,7 +62,7 @@ async def run_load_core(url: str, database: str, force: bool = False) -> Any:
 @click.option("--mongo-url", default=None, help="MongoDB URL [env: FHIR_MONGO_URL].")
 @click.option("--database", default=None, help="MongoDB database [env: FHIR_DATABASE].")
 @click.option("--data-dir", default=None, help="Embedded mongod data dir [env: FHIR_DATA_DIR].")
-@click.option("--batch-size", type=click.IntRange(100, 100_000), default=5000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--stop-after-batches", type=int, default=None, hidden=True)  # tests: a kill
 def import_command(

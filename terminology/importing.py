@@ -1,10 +1,11 @@
 """Writing a big code system read from release files into the concept store:
 resumable, idempotent, with progress.
 
-The concepts (and then the closure rows) are written in numbered batches in a fixed
-order; after each batch ``terminology_imports`` records how many are done, so a killed
-import started again skips what is already written (and a batch half-written when it
-was killed is simply written again: the unique indexes turn the repeats into no-ops).
+The concepts (each with its ancestors: the transitive closure) are written in
+numbered batches in a fixed order; after each batch ``terminology_imports`` records how
+many are done, so a killed import started again skips what is already written (and a
+batch half-written when it was killed is written again: the unique index on (k, c)
+turns the repeats into no-ops).
 A finished import of the same release files is recognised and not redone. At the end
 the code system gets its CodeSystem resource (``content: not-present``: the concepts
 live in the store, not in the resource) and its entry in ``terminology_systems``.
@@ -13,7 +14,7 @@ live in the store, not in the resource) and its entry in ``terminology_systems``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from fhir_server.service.resources import with_meta
 from fhir_server.storage import Storage, VersionWrite
 from fhir_server.storage.store import Session
 from terminology import concepts
-from terminology.concepts import Concept, closure, ensure_indexes
+from terminology.concepts import Concept, ancestor_sets, ensure_indexes
 
 IMPORTS = "terminology_imports"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -62,7 +63,7 @@ class ImportReport:
         resumed = f", resumed after {self.resumed_from} batches" if self.resumed_from else ""
         return (
             f"imported {release.url} version {release.version}: {self.concepts} concepts, "
-            f"{self.closure} closure rows in {self.seconds:.1f} s{resumed}"
+            f"{self.closure} ancestor links in {self.seconds:.1f} s{resumed}"
         )
 
 
@@ -89,14 +90,14 @@ async def import_release(
         report.already = True
         return report
     report.resumed_from = int(state.get("done", 0))
-    docs = [c.document(key, i) for i, c in enumerate(release.concepts)]
-    pairs = [{"k": key, "a": a, "d": d} for a, d in closure(release.concepts)]
-    batches: list[tuple[str, list[dict[str, Any]]]] = [
-        (concepts.CONCEPTS, docs[i : i + batch_size]) for i in range(0, len(docs), batch_size)
-    ] + [(concepts.CLOSURE, pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
-    for n, (collection, batch) in enumerate(batches):
-        if n < report.resumed_from:
-            continue
+    found = release.concepts
+    ancestors = ancestor_sets(found)
+    pair_count = sum(len(a) for a in ancestors.values())
+    total = -(-len(found) // batch_size)
+    for n, (collection, batch) in enumerate(
+        _batches(key, found, ancestors, batch_size, report.resumed_from)
+    ):
+        n += report.resumed_from
         if stop_after is not None and n >= report.resumed_from + stop_after:
             raise ImportStopped(f"stopped after {stop_after} batches")
         try:
@@ -106,7 +107,7 @@ async def import_release(
                 raise
         await db[IMPORTS].update_one({"_id": key}, {"$set": {"done": n + 1}})
         if progress is not None:
-            progress("batches", n + 1, len(batches))
+            progress("batches", n + 1, total)
     rid = await _code_system_resource(storage, registry, release)
     previous = await db[concepts.SYSTEMS].find_one({"_id": rid})
     await db[concepts.SYSTEMS].replace_one(
@@ -120,15 +121,15 @@ async def import_release(
             "name": release.name,
             "source": "import",
             "content": "complete",
-            "count": len(docs),
-            "hierarchical": bool(pairs),
+            "count": len(found),
+            "hierarchical": pair_count > 0,
         },
         upsert=True,
     )
     if previous is not None and previous.get("k") not in (None, key):
         await concepts.drop_generation(db, previous["k"])
     await db[IMPORTS].update_one({"_id": key}, {"$set": {"complete": True}})
-    report.concepts, report.closure = len(docs), len(pairs)
+    report.concepts, report.closure = len(found), pair_count
     report.seconds = time.monotonic() - started
     return report
 
@@ -175,3 +176,23 @@ async def _code_system_resource(storage: Storage, registry: Registry, release: R
 
     await storage.transaction(txn, ("CodeSystem",))
     return rid
+
+
+def _batches(
+    key: str,
+    found: list[Concept],
+    ancestors: dict[str, frozenset[str]],
+    size: int,
+    skip: int,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The import's batches of concept documents in their fixed order, from batch
+    number ``skip`` on (each built when needed, never all at once)."""
+    for n, i in enumerate(range(0, len(found), size)):
+        if n >= skip:
+            yield (
+                concepts.CONCEPTS,
+                [
+                    c.document(key, i + j, ancestors.get(c.code, frozenset()))
+                    for j, c in enumerate(found[i : i + size])
+                ],
+            )

@@ -398,11 +398,11 @@ class ValueSetOperations:
             if op == "=":
                 return {"c": value}
             if op == "is-a":
-                return {"c": {"$in": [value, *await self.store.descendants(cs.key, value)]}}
+                return {"$or": [{"c": value}, {"anc": value}]}
             if op == "descendent-of":
-                return {"c": {"$in": await self.store.descendants(cs.key, value)}}
+                return {"anc": value}
             if op == "is-not-a":
-                return {"c": {"$nin": [value, *await self.store.descendants(cs.key, value)]}}
+                return {"c": {"$ne": value}, "anc": {"$ne": value}}
             if op == "generalizes":
                 return {"c": {"$in": [value, *await self.store.ancestors(cs.key, value)]}}
             if op == "in":

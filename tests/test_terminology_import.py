@@ -243,7 +243,7 @@ def write_rf2(root: Path) -> Path:
 def run_import(settings: Settings, path: Path, *extra: str) -> tuple[int, str]:
     args = ["terminology", "import", "--format", "snomed", str(path), "--no-progress"]
     args += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
-    result = CliRunner().invoke(main, [*args, "--batch-size", "100", *extra])
+    result = CliRunner().invoke(main, [*args, "--batch-size", "3", *extra])
     return result.exit_code, result.output
 
 
@@ -251,7 +251,7 @@ def test_snomed_import_killed_resumed_rerun_and_used(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
     release = write_rf2(tmp_path)
-    # killed after the first batch (the concepts; the closure is not written yet)
+    # killed after the first of three batches of concepts
     code, output = run_import(settings, release, "--stop-after-batches", "1")
     assert code == 3 and "run the command again to resume" in output
     code, output = run_import(settings, release)
