@@ -56,8 +56,9 @@ async def run_load_core(url: str, database: str, force: bool = False) -> Any:
     "fmt",
     type=click.Choice(["snomed", "loinc", "icd10"]),
     required=True,
-    help="Release format: snomed (RF2 snapshot folder).",
+    help="Release format: snomed (RF2 snapshot folder), loinc (folder with Loinc.csv).",
 )
+@click.option("--version", default=None, help="Release version (LOINC: else from the folder name).")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--mongo-url", default=None, help="MongoDB URL [env: FHIR_MONGO_URL].")
 @click.option("--database", default=None, help="MongoDB database [env: FHIR_DATABASE].")
@@ -68,6 +69,7 @@ async def run_load_core(url: str, database: str, force: bool = False) -> Any:
 def import_command(
     fmt: str,
     path: Path,
+    version: str | None,
     batch_size: int,
     progress: bool,
     stop_after_batches: int | None,
@@ -80,15 +82,18 @@ def import_command(
     the code system gets a CodeSystem resource (content not-present).
     """
     from fhir_server.cli import mongo_url
+    from terminology import loinc, snomed
     from terminology.importing import ImportStopped
-    from terminology.snomed import ReleaseError, read_release
 
-    if fmt != "snomed":
-        raise click.UsageError(f"--format {fmt} is not implemented yet (snomed is)")
     try:
-        release = read_release(path)
-    except (ReleaseError, KeyError, OSError) as exc:
-        click.echo(f"error: not a readable RF2 snapshot: {exc}", err=True)
+        if fmt == "snomed":
+            release = snomed.read_release(path)
+        elif fmt == "loinc":
+            release = loinc.read_release(path, version)
+        else:
+            raise click.UsageError(f"--format {fmt} is not implemented yet (snomed, loinc are)")
+    except (snomed.ReleaseError, loinc.ReleaseError, KeyError, OSError) as exc:
+        click.echo(f"error: not a readable {fmt} release: {exc}", err=True)
         sys.exit(2)
     click.echo(
         f"read {len(release.concepts)} concepts of {release.url} {release.version}", err=True

@@ -305,3 +305,156 @@ def test_import_of_a_folder_without_rf2_is_a_usage_error(
 ) -> None:
     code, output = run_import(settings, tmp_path)
     assert code == 2 and "sct2_Concept" in output
+
+
+# --- LOINC ---------------------------------------------------------------------------------
+
+LOINC = "http://loinc.org"
+LOINC_HEADER = [
+    "LOINC_NUM", "COMPONENT", "PROPERTY", "TIME_ASPCT", "SYSTEM", "SCALE_TYP", "METHOD_TYP",
+    "CLASS", "VersionLastChanged", "CHNG_TYPE", "DefinitionDescription", "STATUS",
+    "CONSUMER_NAME", "CLASSTYPE", "FORMULA", "EXMPL_ANSWERS", "SURVEY_QUEST_TEXT",
+    "SURVEY_QUEST_SRC", "UNITSREQUIRED", "RELATEDNAMES2", "SHORTNAME", "ORDER_OBS",
+    "HL7_FIELD_SUBFIELD_ID", "EXTERNAL_COPYRIGHT_NOTICE", "EXAMPLE_UNITS", "LONG_COMMON_NAME",
+    "EXAMPLE_UCUM_UNITS", "STATUS_REASON", "STATUS_TEXT", "CHANGE_REASON_PUBLIC",
+    "COMMON_TEST_RANK", "COMMON_ORDER_RANK", "HL7_ATTACHMENT_STRUCTURE",
+    "EXTERNAL_COPYRIGHT_LINK", "PanelType", "AskAtOrderEntry", "AssociatedObservations",
+    "VersionFirstReleased", "ValidHL7AttachmentRequest", "DisplayName",
+]  # fmt: skip
+LOINC_ROWS = [  # code, component, property, system, scale, status, short name, long name
+    (
+        "2339-0",
+        "Glucose",
+        "MCnc",
+        "Bld",
+        "Qn",
+        "ACTIVE",
+        "Glucose Bld-mCnc",
+        "Glucose [Mass/volume] in Blood",
+    ),
+    (
+        "2345-7",
+        "Glucose",
+        "MCnc",
+        "Ser/Plas",
+        "Qn",
+        "ACTIVE",
+        "Glucose SerPl-mCnc",
+        "Glucose [Mass/volume] in Serum or Plasma",
+    ),
+    (
+        "4548-4",
+        "Hemoglobin A1c/Hemoglobin.total",
+        "MFr",
+        "Bld",
+        "Qn",
+        "ACTIVE",
+        "Hgb A1c MFr Bld",
+        "Hemoglobin A1c/Hemoglobin.total in Blood",
+    ),
+    (
+        "1558-6",
+        "Glucose^post CFst",
+        "MCnc",
+        "Ser/Plas",
+        "Qn",
+        "DEPRECATED",
+        "Glucose p fast SerPl-mCnc",
+        "Fasting glucose [Mass/volume] in Serum or Plasma",
+    ),
+]
+
+
+def write_loinc(root: Path) -> Path:
+    import csv
+
+    folder = root / "Loinc_2.77"
+    (folder / "LoincTable").mkdir(parents=True)
+    with (folder / "LoincTable" / "Loinc.csv").open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, quoting=csv.QUOTE_ALL)
+        out.writerow(LOINC_HEADER)
+        for code, comp, prop, system, scale, status, short, long in LOINC_ROWS:
+            row = dict.fromkeys(LOINC_HEADER, "")
+            row.update(
+                LOINC_NUM=code, COMPONENT=comp, PROPERTY=prop, TIME_ASPCT="Pt", SYSTEM=system,
+                SCALE_TYP=scale, CLASS="CHEM", STATUS=status, CLASSTYPE="1", SHORTNAME=short,
+                LONG_COMMON_NAME=long, ORDER_OBS="Both",
+            )  # fmt: skip
+            out.writerow(row.values())
+    hierarchy = folder / "AccessoryFiles" / "ComponentHierarchyBySystem"
+    hierarchy.mkdir(parents=True)
+    with (hierarchy / "ComponentHierarchyBySystem.csv").open(
+        "w", newline="", encoding="utf-8"
+    ) as f:
+        out = csv.writer(f, quoting=csv.QUOTE_ALL)
+        out.writerow(["PATH_TO_ROOT", "SEQUENCE", "IMMEDIATE_PARENT", "CODE", "CODE_TEXT"])
+        out.writerow(["", "1", "", "LP432695-7", "{component}"])
+        out.writerow(["LP432695-7", "1", "LP432695-7", "LP29693-6", "Chemistry"])
+        out.writerow(["LP432695-7.LP29693-6", "1", "LP29693-6", "LP14635-4", "Glucose"])
+        for code in ("2339-0", "2345-7"):
+            out.writerow(["LP432695-7.LP29693-6.LP14635-4", "1", "LP14635-4", code, "Glucose"])
+        out.writerow(["LP432695-7.LP29693-6", "2", "LP29693-6", "4548-4", "HbA1c"])
+    variants = folder / "AccessoryFiles" / "LinguisticVariants"
+    variants.mkdir(parents=True)
+    with (variants / "esMX12LinguisticVariant.csv").open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, quoting=csv.QUOTE_ALL)
+        out.writerow(
+            [
+                "LOINC_NUM",
+                "COMPONENT",
+                "PROPERTY",
+                "TIME_ASPCT",
+                "SYSTEM",
+                "SCALE_TYP",
+                "METHOD_TYP",
+                "CLASS",
+                "SHORTNAME",
+                "LONG_COMMON_NAME",
+            ]
+        )
+        out.writerow(
+            [
+                "2339-0",
+                "Glucosa",
+                "MCnc",
+                "Pt",
+                "Sangre",
+                "Qn",
+                "",
+                "QUIM",
+                "",
+                "Glucosa [Masa/volumen] en Sangre",
+            ]
+        )
+    return folder
+
+
+def test_loinc_import_with_hierarchy_and_spanish_variant(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    folder = write_loinc(tmp_path)
+    args = ["terminology", "import", "--format", "loinc", str(folder), "--no-progress"]
+    args += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert f"imported {LOINC} version 2.77: 7 concepts" in first.output  # 4 terms + 3 parts
+    assert "already imported" in CliRunner().invoke(main, args).output
+
+    lookup = get(client, "CodeSystem/$lookup", system=LOINC, code="2339-0").json()
+    assert values(lookup)["display"] == "Glucose [Mass/volume] in Blood"
+    props = {(p["code"], p["value"]) for p in parts(lookup, "property")}
+    assert {("COMPONENT", "Glucose"), ("SYSTEM", "Bld"), ("SCALE_TYP", "Qn")} <= props
+    assert ("parent", "LP14635-4") in props
+    spanish = get(client, "CodeSystem/$lookup", system=LOINC, code="2339-0", displayLanguage="es")
+    assert values(spanish.json())["display"] == "Glucosa [Masa/volumen] en Sangre"
+    subsumes = get(client, "CodeSystem/$subsumes", system=LOINC, codeA="LP29693-6", codeB="2345-7")
+    assert values(subsumes.json())["outcome"] == "subsumes"
+    deprecated = get(client, "CodeSystem/$validate-code", url=LOINC, code="1558-6").json()
+    assert values(deprecated)["inactive"] is True
+    # the LOINC axes are filterable properties
+    vs = value_set(
+        "http://example.org/vs/glucose",
+        {"system": LOINC, "filter": [{"property": "COMPONENT", "op": "=", "value": "Glucose"}]},
+    )
+    expanded = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
+    assert codes(expanded.json()) == ["2339-0", "2345-7"]
