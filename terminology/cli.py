@@ -56,7 +56,8 @@ async def run_load_core(url: str, database: str, force: bool = False) -> Any:
     "fmt",
     type=click.Choice(["snomed", "loinc", "icd10"]),
     required=True,
-    help="Release format: snomed (RF2 snapshot folder), loinc (folder with Loinc.csv).",
+    help="Release format: snomed (RF2 snapshot folder), loinc (folder with Loinc.csv), "
+    "icd10 (ClaML XML or tabular CSV, ICD-10 or CIE-10).",
 )
 @click.option("--version", default=None, help="Release version (LOINC: else from the folder name).")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
@@ -82,7 +83,7 @@ def import_command(
     the code system gets a CodeSystem resource (content not-present).
     """
     from fhir_server.cli import mongo_url
-    from terminology import loinc, snomed
+    from terminology import icd10, loinc, snomed
     from terminology.importing import ImportStopped
 
     try:
@@ -91,8 +92,8 @@ def import_command(
         elif fmt == "loinc":
             release = loinc.read_release(path, version)
         else:
-            raise click.UsageError(f"--format {fmt} is not implemented yet (snomed, loinc are)")
-    except (snomed.ReleaseError, loinc.ReleaseError, KeyError, OSError) as exc:
+            release = icd10.read_release(path, version)
+    except (snomed.ReleaseError, loinc.ReleaseError, icd10.ReleaseError, KeyError, OSError) as exc:
         click.echo(f"error: not a readable {fmt} release: {exc}", err=True)
         sys.exit(2)
     click.echo(

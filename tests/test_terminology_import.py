@@ -458,3 +458,93 @@ def test_loinc_import_with_hierarchy_and_spanish_variant(
     )
     expanded = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
     assert codes(expanded.json()) == ["2339-0", "2345-7"]
+
+
+# --- ICD-10 / CIE-10 -----------------------------------------------------------------------
+
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+CLAML = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE ClaML SYSTEM "ClaML.dtd">
+<ClaML version="2.0.0">
+  <Meta name="lang" value="es"/>
+  <Identifier authority="OPS" uid="cie-10-es"/>
+  <Title name="CIE-10" version="2018" date="2018-01-01">Clasificación Internacional de Enfermedades</Title>
+  <ClassKinds><ClassKind name="chapter"/><ClassKind name="block"/><ClassKind name="category"/></ClassKinds>
+  <RubricKinds><RubricKind name="preferred" inclusive="true"/><RubricKind name="inclusion"/></RubricKinds>
+  <Class code="IV" kind="chapter">
+    <SubClass code="E10-E14"/>
+    <Rubric kind="preferred"><Label xml:lang="es">Enfermedades endocrinas, nutricionales y metabólicas</Label></Rubric>
+  </Class>
+  <Class code="E10-E14" kind="block">
+    <SuperClass code="IV"/><SubClass code="E11"/>
+    <Rubric kind="preferred"><Label xml:lang="es">Diabetes mellitus</Label></Rubric>
+  </Class>
+  <Class code="E11" kind="category">
+    <SuperClass code="E10-E14"/><SubClass code="E11.9"/>
+    <Rubric kind="preferred"><Label xml:lang="es">Diabetes mellitus <Reference>tipo 2</Reference></Label></Rubric>
+    <Rubric kind="inclusion"><Label xml:lang="es">Diabetes del adulto</Label></Rubric>
+  </Class>
+  <Class code="E11.9" kind="category">
+    <SuperClass code="E11"/>
+    <Rubric kind="preferred"><Label xml:lang="es">Diabetes mellitus tipo 2, sin mención de complicación</Label></Rubric>
+  </Class>
+</ClaML>
+"""  # noqa: E501
+
+
+def test_cie10_claml_import(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "cie10.xml").write_text(CLAML, encoding="utf-8")
+    args = ["terminology", "import", "--format", "icd10", str(tmp_path / "cie10.xml")]
+    args += [
+        "--no-progress",
+        "--mongo-url",
+        settings.mongo_url or "",
+        "--database",
+        settings.database,
+    ]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert f"imported {ICD10} version 2018: 4 concepts" in first.output
+    assert "already imported" in CliRunner().invoke(main, args).output
+    lookup = get(client, "CodeSystem/$lookup", system=ICD10, code="E11").json()
+    assert values(lookup)["display"] == "Diabetes mellitus tipo 2"  # mixed content joined
+    assert parts(lookup, "designation") == [{"language": "es", "value": "Diabetes mellitus tipo 2"}]
+    subsumes = get(client, "CodeSystem/$subsumes", system=ICD10, codeA="IV", codeB="E11.9")
+    assert values(subsumes.json())["outcome"] == "subsumes"
+    vs = value_set(
+        "http://example.org/vs/e11",
+        {
+            "system": ICD10,
+            "filter": [{"property": "concept", "op": "descendent-of", "value": "E10-E14"}],
+        },
+    )
+    expanded = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
+    assert codes(expanded.json()) == ["E11", "E11.9"]
+
+
+def test_icd10_tabular_csv_import(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    table = tmp_path / "icd10.csv"
+    table.write_text(
+        "code,description\nE11,Type 2 diabetes mellitus\n"
+        'E11.9,"Type 2 diabetes mellitus, without complications"\nI10,Essential hypertension\n',
+        encoding="utf-8",
+    )
+    args = ["terminology", "import", "--format", "icd10", str(table), "--version", "2019"]
+    args += [
+        "--no-progress",
+        "--mongo-url",
+        settings.mongo_url or "",
+        "--database",
+        settings.database,
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lookup = get(client, "CodeSystem/$lookup", system=ICD10, code="E11.9").json()
+    assert values(lookup)["display"] == "Type 2 diabetes mellitus, without complications"
+    assert ("parent", "E11") in {(p["code"], p["value"]) for p in parts(lookup, "property")}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.xml").write_text("<html/>", encoding="utf-8")
+    args[4] = str(bad)
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "not ClaML" in refused.output
