@@ -114,6 +114,15 @@ class CodeSystemOperations:
         cs = await self.system_for(c, rid, restriction, _system_where(inp, c, "system"))
         concept = await self.store.get(cs.key, c.code)
         if concept is None:
+            if cs.content == "not-present":
+                raise FhirError.of(
+                    404,
+                    "not-found",
+                    f"The concepts of {cs.url} are not on this server (its CodeSystem is "
+                    "content not-present): import its release with `fhir-server terminology "
+                    "import`",
+                    _system_where(inp, c, "system"),
+                )
             raise FhirError.of(
                 404, "not-found", f"Code {c.code!r} is not in {cs.url}", _code_where(c)
             )
@@ -180,7 +189,10 @@ class CodeSystemOperations:
             cs = await self.system_for(c, rid, restriction, _system_where(inp, c, "url"))
             concept = await self.store.get(cs.key, c.code)
             if concept is None:
-                messages.append(f"Unknown code {c.code!r} in {cs.url}")
+                known = (
+                    " (its concepts are not on this server)" if cs.content == "not-present" else ""
+                )
+                messages.append(f"Unknown code {c.code!r} in {cs.url}{known}")
                 continue
             return validation_result(concept, cs.url, c, language).json()
         return (

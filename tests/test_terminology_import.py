@@ -251,6 +251,13 @@ def test_snomed_import_killed_resumed_rerun_and_used(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
     release = write_rf2(tmp_path)
+    # the core content has a SNOMED CT CodeSystem stub (content not-present, no version)
+    core = ["terminology", "load-core", "--mongo-url", settings.mongo_url or ""]
+    assert CliRunner().invoke(main, [*core, "--database", settings.database]).exit_code == 0
+    stub = get(client, "CodeSystem/$lookup", system=SCT, code="44054006")
+    assert (
+        stub.status_code == 404 and "not on this server" in stub.json()["issue"][0]["diagnostics"]
+    )
     # killed after the first of three batches of concepts
     code, output = run_import(settings, release, "--stop-after-batches", "1")
     assert code == 3 and "run the command again to resume" in output
@@ -261,9 +268,9 @@ def test_snomed_import_killed_resumed_rerun_and_used(
     code, output = run_import(settings, release)
     assert code == 0 and "already imported" in output
 
-    found = get(client, "CodeSystem", url=SCT).json()
+    found = get(client, "CodeSystem", url=SCT, version=f"{SCT}/{CORE}/version/{DATE}").json()
     assert found["total"] == 1
-    assert found["entry"][0]["resource"]["content"] == "not-present"
+    assert found["entry"][0]["resource"]["content"] == "not-present"  # concepts in the store
 
     lookup = get(client, "CodeSystem/$lookup", system=SCT, code="44054006").json()
     assert values(lookup)["display"] == "Type 2 diabetes mellitus"  # preferred synonym
