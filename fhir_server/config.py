@@ -207,6 +207,16 @@ class Settings(BaseSettings):
         description="Seconds without progress after which a bulk export unit whose worker "
         "died is given to another worker.",
     )
+    terminology_load_core: bool = Field(
+        True,
+        description="Load the R4 core code systems, value sets and concept maps when "
+        "`serve` starts and they are not loaded yet (`fhir-server terminology load-core`).",
+    )
+    terminology_max_expansion: int = Field(
+        10_000,
+        ge=1,
+        description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
+    )
 
     def input_limits(self) -> InputLimits:
         """The bounds on one request's JSON."""
