@@ -40,6 +40,7 @@ from pymongo.errors import DuplicateKeyError
 from fhir_server.jsonio import dumps, load_stored
 
 SYSTEMS = "terminology_systems"
+QUERY_MS = 10_000  # a filter query (say, a pathological regex) stops here: too-costly
 CONCEPTS = "terminology_concepts"
 _BATCH = 5000
 _INACTIVE_STATUS = frozenset({"retired", "inactive"})
@@ -405,12 +406,17 @@ class ConceptStore:
         skip: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:
         cursor = self.concepts.find(
-            query, projection, limit=limit, skip=skip, sort=[("k", 1), ("o", 1)]
+            query,
+            projection,
+            limit=limit,
+            skip=skip,
+            sort=[("k", 1), ("o", 1)],
+            max_time_ms=QUERY_MS,
         )
         async for doc in cursor:
             yield doc
 
     async def count(self, query: dict[str, Any], limit: int = 0) -> int:
         if limit:
-            return await self.concepts.count_documents(query, limit=limit)
-        return await self.concepts.count_documents(query)
+            return await self.concepts.count_documents(query, limit=limit, maxTimeMS=QUERY_MS)
+        return await self.concepts.count_documents(query, maxTimeMS=QUERY_MS)

@@ -360,3 +360,12 @@ def test_validate_code_in_a_listed_value_set_of_an_unknown_system(client: TestCl
     )
     out = values(r.json())
     assert out["result"] is True and out["display"] == "Glucose" and "Warning" in out["message"]
+
+
+def test_regex_mongodb_refuses_is_a_400_not_a_500(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    """Python's re accepts \\N{...} escapes; MongoDB's PCRE does not."""
+    vs = with_filter("concept", "regex", "\\N{DIGIT ONE}")
+    r = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
+    assert r.status_code == 400 and outcome(r)["code"] == "invalid"
