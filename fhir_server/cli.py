@@ -121,7 +121,11 @@ def serve(no_auth: bool = False, **options: Any) -> None:
         # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
         signal.signal(signal.SIGTERM, _exit_quietly)
         status = serving.serve(
-            settings.host, settings.port, settings.workers, settings.log_level.lower()
+            settings.host,
+            settings.port,
+            settings.workers,
+            settings.log_level.lower(),
+            settings.graceful_timeout_seconds,
         )
     if status:
         sys.exit(status)
@@ -134,7 +138,8 @@ def _exit_quietly(signum: int, frame: object) -> None:
 @contextmanager
 def mongo_url(settings: Settings) -> Iterator[str]:
     """The MongoDB to use: ``settings.mongo_url``, or else a private mongod with its data
-    in ``settings.data_dir``, started here and stopped on exit (exits 2 if impossible)."""
+    in ``settings.data_dir``, started here, restarted if it dies, and stopped on exit
+    (exits 2 if impossible)."""
     from fhir_server.embedded_mongo import DataDirLocked, EmbeddedMongo, MongodNotFound
 
     if settings.mongo_url:
@@ -147,9 +152,19 @@ def mongo_url(settings: Settings) -> Iterator[str]:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
+    from fhir_server.supervisor import Supervisor
+
+    supervisor = Supervisor(
+        "embedded mongod",
+        lambda: embedded.alive,
+        embedded.restart,
+        backoff=settings.supervisor_backoff_seconds,
+        max_backoff=settings.supervisor_backoff_max_seconds,
+    ).start()
     try:
         yield url
     finally:
+        supervisor.stop()  # first, or it would restart the mongod stopped below
         embedded.stop()
 
 

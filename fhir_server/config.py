@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhir_server.input_limits import InputLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_", extra="ignore")
@@ -29,6 +31,30 @@ class Settings(BaseSettings):
         "Unset: start an embedded mongod in --data-dir.",
     )
     database: str = Field("fhir", description="MongoDB database name.")
+    mongo_select_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds a request waits for a reachable MongoDB before it is answered "
+        "503 with Retry-After (serverSelectionTimeoutMS).",
+    )
+    mongo_transaction_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Longest a write transaction may take, its retries included (PyMongo's "
+        "own limit is 120 s); then 503 with Retry-After.",
+    )
+    supervisor_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="Wait before restarting a dead embedded mongod or export worker; it "
+        "doubles while restarts keep failing.",
+    )
+    supervisor_backoff_max_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait between restarts of a dead child."
+    )
     data_dir: Path = Field(Path(".fhir-data"), description="Data directory of the embedded mongod.")
     mongod_bin: str | None = Field(
         None, description="Path of the mongod binary for the embedded default."
@@ -42,8 +68,76 @@ class Settings(BaseSettings):
         description="Conditional delete matching several resources: 'single' answers 412, "
         "'multiple' deletes them all.",
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's headers, from connecting or "
+        "from the request's first byte; then 408 and the connection is closed (slow loris).",
+    )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a client has to send a request's whole body, from the end of "
+        "its headers; then 408 and the connection is closed (slow body). Raise it for large "
+        "uploads over slow links.",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    limit_concurrency: int = Field(
+        1000,
+        ge=0,
+        description="Most open connections (or requests in flight) per worker process; "
+        "beyond it requests get 503 with Retry-After. 0: no limit.",
+    )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
+    )
+    json_max_depth: int = Field(
+        128, ge=8, le=900, description="Deepest nesting of objects and arrays in request JSON."
+    )
+    json_max_array_length: int = Field(
+        100_000, ge=100, description="Most items in one JSON array of a request."
+    )
+    json_max_string_chars: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Longest JSON string in a request (characters)."
+    )
+    json_max_number_digits: int = Field(
+        64, ge=18, le=4000, description="Most digits of a JSON number in a request."
+    )
+    json_max_number_exponent: int = Field(
+        308, ge=18, le=6000, description="Largest exponent of a JSON number in a request."
+    )
+    json_max_decimals: int = Field(
+        100_000,
+        ge=1000,
+        description="Most decimal numbers (with a fraction or exponent) in one request body.",
+    )
+    validation_max_issues: int = Field(
+        1000,
+        ge=10,
+        description="Validation stops after this many issues and says so (informational).",
+    )
+    cpu_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes (and threads) per server process for CPU-bound request work "
+        "(parsing, validation, indexing). Default: the cores divided by --workers.",
+    )
+    parse_in_processes: bool = Field(
+        False,
+        description="Parse large request bodies in child processes rather than in the "
+        "thread pool (measured: no gain in latency, ~20% more CPU on ingest; see "
+        "docs/benchmarks.md).",
+    )
+    graceful_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, seconds in-flight requests get to finish before the server "
+        "stops anyway.",
     )
     validate_r4b_models: bool = Field(
         False,
@@ -123,3 +217,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
     )
+
+    def input_limits(self) -> InputLimits:
+        """The bounds on one request's JSON."""
+        return InputLimits(
+            max_depth=self.json_max_depth,
+            max_array_length=self.json_max_array_length,
+            max_string_chars=self.json_max_string_chars,
+            max_number_digits=self.json_max_number_digits,
+            max_number_exponent=self.json_max_number_exponent,
+            max_decimals=self.json_max_decimals,
+        )

@@ -14,7 +14,8 @@ from email.utils import format_datetime
 _DATETIME = re.compile(
     r"(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})"
     r"(T(?P<hour>\d{2}):(?P<minute>\d{2})(:(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,  # \d is 0-9 only, not every script's digits
 )
 
 

@@ -183,6 +183,29 @@ class EmbeddedMongo:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start mongod again after it died, on the same port, so that every client (the
+        API's, the workers') reconnects to the URL it already has. Raises if it cannot
+        become primary there (e.g. the port was taken meanwhile): the caller retries.
+        Call it from a thread that outlives the child (a Supervisor's): the child gets
+        SIGTERM when that thread ends (PR_SET_PDEATHSIG)."""
+        if self.port is None:
+            raise RuntimeError("restart() needs a mongod that was started")
+        if self.alive:
+            return
+        self._reap()
+        binary = find_mongod(self.mongod_bin)
+        log_offset = _file_size(self.log_path)
+        self._spawn(binary, self.port, from_supervisor=True)
+        if not self._await_primary(self.port, time.monotonic() + timeout, log_offset):
+            self._reap()
+            raise RuntimeError(f"port {self.port} of the embedded mongod is taken")
+        log.warning("embedded mongod restarted: pid %s on port %s", self.pid, self.port)
+
     def _choose_port(self, *, reuse: bool) -> int:
         """The previous run's port if it is free (no reconfig needed), else any free one."""
         if reuse:
@@ -192,7 +215,7 @@ class EmbeddedMongo:
                     return previous
         return _free_port()
 
-    def _spawn(self, binary: str, port: int) -> None:
+    def _spawn(self, binary: str, port: int, *, from_supervisor: bool = False) -> None:
         args = [
             binary,
             "--dbpath", str(self.data_dir / "db"),
@@ -216,7 +239,7 @@ class EmbeddedMongo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,  # a terminal's Ctrl-C reaches the server, which then stops us
-                preexec_fn=_die_with_parent(),
+                preexec_fn=_die_with_parent(any_thread=from_supervisor),
             )
 
     def _await_primary(self, port: int, deadline: float, log_offset: int) -> bool:
@@ -332,15 +355,17 @@ def _free_port() -> int:
         return port
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def _die_with_parent(*, any_thread: bool = False) -> Callable[[], None] | None:
     """A preexec_fn asking Linux to SIGTERM mongod when the server dies without stopping it.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only armed when
-    starting from the main thread; elsewhere (and off Linux) the atexit hook is all we have.
+    starting from the main thread, or with ``any_thread`` from a thread that lives as long
+    as the child should (a supervisor's); elsewhere (and off Linux) the atexit hook is all
+    we have.
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
+    if not sys.platform.startswith("linux"):
+        return None
+    if not any_thread and threading.current_thread() is not threading.main_thread():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl

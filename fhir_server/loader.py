@@ -388,7 +388,7 @@ def interpret(upload: Upload, status: int | None, body: bytes) -> tuple[int, lis
 
 def _delay(options: Options, attempt: int, retry_after: str | None) -> float:
     """Exponential backoff with jitter; a numeric Retry-After wins (both capped)."""
-    if retry_after and retry_after.strip().isdigit():
+    if retry_after and retry_after.strip().isascii() and retry_after.strip().isdigit():
         return min(float(retry_after), MAX_BACKOFF_S)
     return min(options.backoff_s * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
 

@@ -11,6 +11,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from fhir_server.config import Settings
+from fhir_server.health import client_options
 from smart_auth.server import SmartServer
 from smart_auth.session import Sessions
 from smart_auth.store import ensure_auth_indexes, session_secret
@@ -20,7 +21,9 @@ from smart_auth.throttle import LoginThrottle, ThrottlePolicy
 class AuthState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url, tz_aware=True)
+        self.client: MongoClient[dict[str, Any]] = MongoClient(
+            settings.mongo_url, tz_aware=True, **client_options(settings)
+        )
         self.db: Database[dict[str, Any]] = self.client[settings.database]
         ensure_auth_indexes(self.db)
         self.throttle = LoginThrottle(

@@ -11,6 +11,7 @@ failure (TTL index on ``expires``).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,20 @@ from pymongo.database import Database
 from smart_auth.store import LOGIN_THROTTLE
 
 FORGET_SECONDS = 24 * 3600  # failures older than this (since the last one) are forgotten
+
+
+def source(ip: str) -> str:
+    """The unit an attacker controls: one IPv4 address, or a whole IPv6 /64 (a host
+    usually gets a /64 and can use any address in it)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an address (e.g. a test client's name)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class Throttled(Exception):
@@ -54,7 +69,7 @@ class LoginThrottle:
 
     @staticmethod
     def _key(username: str, ip: str) -> dict[str, str]:
-        return {"u": username, "ip": ip}
+        return {"u": username, "ip": source(ip)}
 
     def claim(self, username: str, ip: str) -> None:
         """Raise Throttled if this attempt must wait. An attempt that would start a delay

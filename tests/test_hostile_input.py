@@ -5,13 +5,17 @@ a valid query, a normal answer; never a 5xx."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import bson
 import pytest
 from fastapi.testclient import TestClient
 from fhir_helpers import (
     FHIR_JSON,
+    app_client,
     assert_outcome,
     bundle_response,
     entry,
@@ -19,6 +23,9 @@ from fhir_helpers import (
     patient,
     post_bundle,
 )
+
+from fhir_server.app import create_app
+from fhir_server.config import Settings
 
 JSON_BODY = {"Content-Type": FHIR_JSON}
 
@@ -172,11 +179,18 @@ HUGE_OBSERVATION = (
 
 
 def test_ap_near_the_decimal128_limit_is_answered(client: TestClient) -> None:
-    """ap widens by 10%: past the limit the range is open on that side."""
+    """ap widens by 10%: past the limit the range is open on that side. Resources cannot
+    hold such a value (the body's number-magnitude limit refuses it first, 400 naming
+    the element), so the search is answered over what is stored."""
     obs = HUGE_OBSERVATION.replace("1e999999999", "9.9e6144")
-    assert client.post("/fhir/Observation", content=obs, headers=JSON_BODY).is_success
+    r = client.post("/fhir/Observation", content=obs, headers=JSON_BODY)
+    assert expressions(assert_outcome(r, 400)) == ["Observation.valueQuantity.value"]
+    big = HUGE_OBSERVATION.replace("1e999999999", "9.9e300")
+    assert client.post("/fhir/Observation", content=big, headers=JSON_BODY).is_success
     r = client.get("/fhir/Observation", params={"value-quantity": "ap9.9e6144"})
     assert r.status_code == 200, r.text
+    assert r.json()["total"] == 0
+    r = client.get("/fhir/Observation", params={"value-quantity": "ap9.9e300"})
     assert r.json()["total"] == 1
 
 
@@ -214,6 +228,9 @@ def test_validate_reports_a_value_beyond_decimal128(client: TestClient) -> None:
             "name",
         ),
         ("POST", "/fhir/Patient", {"If-None-Exist": "name=a%00b"}, "{}", "If-None-Exist"),
+        # RFC 9110 5.5: "a recipient of CR, LF, or NUL within a field value MUST either
+        # reject the message or replace each of those characters with SP"
+        ("POST", "/fhir/Patient", {"If-None-Exist": "name=a\x00b"}, "{}", "If-None-Exist"),
         (
             "POST",
             "/fhir/Patient",
@@ -263,3 +280,191 @@ def test_a_batch_entry_that_fails_fails_alone(client: TestClient) -> None:
     for e in results[2:6]:
         assert e["response"]["outcome"]["resourceType"] == "OperationOutcome", e
     assert client.get("/fhir/Patient").json()["total"] == 2
+
+
+# --- paging cursors --------------------------------------------------------------------------
+# A cursor says where the next page starts; it goes into a MongoDB filter. It must be one
+# this server gave out (signed with its key), and hold only sort values, never a document.
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _seed(client: TestClient, n: int = 4) -> None:
+    for i in range(n):
+        client.put(
+            f"/fhir/Patient/p{i}",
+            content=json.dumps(patient(id=f"p{i}", name=[{"family": f"F{i}"}])),
+            headers=JSON_BODY,
+        )
+
+
+def _next(client: TestClient, url: str) -> str:
+    """The _cursor of the next link of a GET ``url``."""
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    nxt = next(x["url"] for x in r.json()["link"] if x["relation"] == "next")
+    return dict(parse_qsl(urlsplit(nxt).query))["_cursor"]
+
+
+@pytest.mark.parametrize("operator", [{"$foo": 1}, {"$ne": None}, {"$gt": ""}])
+def test_a_forged_cursor_cannot_inject_a_query_operator(
+    client: TestClient, operator: dict[str, Any]
+) -> None:
+    _seed(client)
+    forged = _b64(bson.encode({"d": "a", "v": [operator, ""]}))
+    r = client.get("/fhir/Patient", params={"_sort": "family", "_count": "1", "_cursor": forged})
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+@pytest.mark.parametrize(
+    ("path", "forged"),
+    [
+        ("/fhir/_history", _b64(f"a:{'9' * 400}:Patient/p0/1".encode())),
+        ("/fhir/Patient?_sort=birthdate", _b64(bson.encode({"d": "a", "v": [[1, 2], "p0"]}))),
+    ],
+)
+def test_a_forged_cursor_that_overflowed_is_refused(
+    client: TestClient, path: str, forged: str
+) -> None:
+    _seed(client)
+    sep = "&" if "?" in path else "?"
+    r = client.get(f"{path}{sep}_count=1&_cursor={forged}")
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+def test_a_tampered_cursor_is_refused(client: TestClient) -> None:
+    """The payload rewritten (here: to resume from the start, whatever the tag says)."""
+    _seed(client)
+    cursor = _next(client, "/fhir/Patient?_count=1")
+    body, dot, tag = cursor.partition(".")
+    doc = bson.decode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    doc["v"] = [""]
+    tampered = _b64(bson.encode(doc)) + dot + tag
+    r = client.get("/fhir/Patient", params={"_count": "1", "_cursor": tampered})
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient?_count=1", "/fhir/_history?_count=1"])
+def test_a_cursor_from_another_server_is_refused(
+    client: TestClient, settings: Settings, path: str
+) -> None:
+    """Another database, another key: its cursors are not this server's."""
+    _seed(client)
+    with app_client(settings) as other:
+        _seed(other)
+        foreign = _next(other, path)
+    r = client.get(f"{path}&_cursor={foreign}")
+    assert expressions(assert_outcome(r, 400)) == ["_cursor"]
+
+
+def test_cursors_survive_a_restart_and_cross_workers(
+    client: TestClient, settings: Settings
+) -> None:
+    """The key lives in the database: another process on it (a worker, or the server
+    after a restart) accepts the cursors this one gave out."""
+    _seed(client)
+    cursor = _next(client, "/fhir/Patient?_count=1&_sort=family")
+    with TestClient(create_app(settings), base_url="http://testserver") as worker:
+        r = worker.get(
+            "/fhir/Patient", params={"_count": "1", "_sort": "family", "_cursor": cursor}
+        )
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == ["p1"]
+
+
+# --- digits of other scripts -----------------------------------------------------------------
+# str.isdigit() holds for "²" and int() refuses it: a count or version of such digits was a
+# 500. FHIR's integers and dates are ASCII (datatypes.html: integer [0]|[-+]?[1-9][0-9]*).
+
+
+@pytest.mark.parametrize(
+    ("url", "expression"),
+    [
+        ("/fhir/Patient?_count=%C2%B2", "_count"),
+        ("/fhir/_history?_count=%C2%B2", "_count"),
+        ("/fhir/Patient/p1/$everything?_count=%C2%B2", "_count"),
+        ("/fhir/Patient/p1/_history/%C2%B2", "vid"),
+    ],
+)
+def test_a_count_or_version_of_non_ascii_digits_is_a_400(
+    client: TestClient, url: str, expression: str
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    assert expressions(assert_outcome(client.get(url), 400)) == [expression]
+
+
+def test_a_decimal_integer_beyond_64_bits_is_refused(client: TestClient) -> None:
+    """A valid decimal, but one the JSON writer cannot write back as it came: refused
+    with how to send it instead (an exponent), never stored half-way."""
+    body = HUGE_OBSERVATION.replace("1e999999999", "1" + "0" * 40)
+    r = client.post("/fhir/Observation", content=body, headers=JSON_BODY)
+    assert expressions(assert_outcome(r, 400)) == ["Observation.valueQuantity.value"]
+    ok = client.post(
+        "/fhir/Observation", content=body.replace("1" + "0" * 40, "1e40"), headers=JSON_BODY
+    )
+    assert ok.status_code == 201, ok.text
+
+
+# --- long search strings ---------------------------------------------------------------------
+# String matching runs a MongoDB regular expression, which MongoDB refuses beyond 32 KB: a
+# long value in a POST _search body (no URL limit) was a 500.
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    ("path", "param", "value"),
+    [
+        ("Patient", "name", "a" * 40_000),
+        ("Patient", "name:contains", "a" * 40_000),
+        ("Observation", "code:text", "a" * 40_000),
+        ("Patient", "name", "\ufdfa" * 2_000),  # 2,000 characters, 36,000 once normalised
+    ],
+)
+def test_a_search_value_too_long_to_match_is_a_400(
+    client: TestClient, path: str, param: str, value: str
+) -> None:
+    r = client.post(f"/fhir/{path}/_search", data={param: value}, headers=FORM)
+    assert expressions(assert_outcome(r, 400)) == [param]
+
+
+MANY_DIGITS = "9" * 5_000  # int() refuses more than 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "status"),
+    [
+        ("GET", f"/fhir/Patient?_count={MANY_DIGITS}", {}, 200),  # capped at the maximum
+        ("GET", f"/fhir/_history?_count={MANY_DIGITS}", {}, 200),
+        ("GET", f"/fhir/Patient/p1/$everything?_count={MANY_DIGITS}", {}, 200),
+        ("GET", f"/fhir/Patient/p1/_history/{MANY_DIGITS}", {}, 404),  # no such version
+        ("PUT", "/fhir/Patient/p1", {"If-Match": f'W/"{MANY_DIGITS}"'}, 412),
+        ("GET", "/fhir/Patient/p1", {"If-None-Match": f'W/"{MANY_DIGITS}"'}, 200),
+    ],
+)
+def test_a_number_of_thousands_of_digits_is_answered_as_a_large_number(
+    client: TestClient, method: str, url: str, headers: dict[str, str], status: int
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    body = json.dumps(patient(id="p1")) if method == "PUT" else None
+    r = client.request(method, url, content=body, headers={**JSON_BODY, **headers})
+    assert r.status_code == status, r.text
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        ({"method": "GET", "url": f"Patient/p1/_history/{MANY_DIGITS}"}, 404),
+        ({"method": "PUT", "url": "Patient/p1", "ifMatch": f'W/"{MANY_DIGITS}"'}, 412),
+    ],
+)
+def test_a_transaction_version_of_thousands_of_digits_is_answered(
+    client: TestClient, request_: dict[str, str], status: int
+) -> None:
+    client.put("/fhir/Patient/p1", content=json.dumps(patient(id="p1")), headers=JSON_BODY)
+    e: dict[str, Any] = {"request": request_}
+    if request_["method"] == "PUT":
+        e["resource"] = patient(id="p1")
+    assert_outcome(post_bundle(client, [e]), status)

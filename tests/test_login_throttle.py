@@ -83,3 +83,27 @@ def test_unknown_usernames_are_throttled_alike(clients: tuple[TestClient, TestCl
     attacker, _ = clients
     statuses = [attempt(attacker, "x" * 8, username="nobody").status_code for _ in range(6)]
     assert statuses == [401] * 5 + [429]
+
+
+def test_an_ipv6_host_cannot_escape_by_changing_address(mongo_url: str) -> None:
+    """A host gets a whole /64 and can pick any address in it: one throttle for them."""
+    settings = Settings(
+        mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}", auth_enabled=True
+    )
+    app = create_app(settings)
+    with TestClient(app, base_url=ROOT, follow_redirects=False) as c:
+        create_user(app.state.auth.db, "admin", "admin-password", "admin")
+        statuses = []
+        for i in range(6):
+            here = ("2001:db8:1:2::%x" % (i + 1), 40000)
+            statuses.append(
+                attempt(TestClient(app, base_url=ROOT, client=here), "guess").status_code
+            )
+        assert statuses == [401] * 5 + [429]
+        elsewhere = TestClient(
+            app, base_url=ROOT, follow_redirects=False, client=("2001:db8:9::1", 1)
+        )
+        assert attempt(elsewhere, "admin-password").status_code == 303
+        assert c.get("/fhir/metadata").status_code == 200
+    with MongoClient(mongo_url) as mc:
+        mc.drop_database(settings.database)

@@ -203,3 +203,13 @@ def test_the_context_patients_own_writes_still_work(world: World) -> None:
     }
     r = as_pa(world, "PUT", "Patient/pa", json=linked)
     assert r.status_code == 403, r.text  # Patient.link is a compartment reference too
+
+
+def test_a_patient_users_user_scopes_follow_the_same_rule(world: World) -> None:
+    """``user/`` scopes of a user whose fhirUser is a Patient are that patient's context."""
+    client, mint = world
+    headers = mint.headers("user/*.cruds", fhir_user="Patient/pa")
+    for make in ATTACKS:
+        resource = make()
+        r = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=headers)
+        assert r.status_code == 403, r.text

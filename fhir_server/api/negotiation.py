@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 
 from starlette.requests import Request
 
+from fhir_server.digits import whole_number
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.subsetting import SUMMARY_MODES, parse_elements
 
@@ -20,7 +21,7 @@ _JSON_FORMATS = frozenset({"json", *_JSON_TYPES})
 _XML_FORMATS = frozenset(
     {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
 )
-_ETAG = re.compile(r'(?:W/)?"(\d+)"')
+_ETAG = re.compile(r'(?:W/)?"(\d+)"', re.ASCII)
 
 
 def media_type(header: str | None) -> str | None:
@@ -120,7 +121,9 @@ def if_match(request: Request) -> int | None:
         raise bad_request(
             f'If-Match must be a version ETag such as W/"3", got {value!r}', "If-Match"
         )
-    return int(m.group(1))
+    version = whole_number(m.group(1))
+    assert version is not None  # _ETAG matched ASCII digits
+    return version
 
 
 def if_none_match(request: Request) -> int | None:
@@ -128,7 +131,7 @@ def if_none_match(request: Request) -> int | None:
     if value is None:
         return None
     m = _ETAG.fullmatch(value.strip())
-    return int(m.group(1)) if m else None
+    return whole_number(m.group(1)) if m else None
 
 
 def if_modified_since(request: Request) -> datetime | None:
@@ -144,7 +147,8 @@ def if_modified_since(request: Request) -> datetime | None:
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The raw request body, refused with 413 as soon as it exceeds ``limit``."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    declared = whole_number(length) if length is not None else None
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():

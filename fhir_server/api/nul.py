@@ -2,9 +2,11 @@
 runs. No FHIR value holds one (datatypes.html#string: "Strings SHOULD not contain Unicode
 character points below 32, except for u0009 (horizontal tab), u0010 (carriage return)
 and u0013 (line feed)"), XML cannot carry one, and MongoDB refuses one in a regular
-expression: left in, a NUL made a search parameter a 500. Searches that do not come
-through the URL (POST _search bodies, If-None-Exist, bundle entries) are refused by the
-search parser itself (search/parse.py)."""
+expression: left in, a NUL made a search parameter a 500. Searches that do not
+come through the URL (POST _search bodies, If-None-Exist, bundle entries) are refused by
+the search parser itself (search/parse.py). In a header a NUL is invalid anyway (RFC 9110
+5.5: "a recipient of CR, LF, or NUL within a field value MUST either reject the message or
+replace each of those characters with SP before further processing")."""
 
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ def nul_location(scope: Scope) -> str | None:
     if NUL in scope.get("path", ""):  # the server has decoded it
         return "url"
     for header, value in scope.get("headers", ()):
-        if b"\x00" in value:
-            return str(header.decode("latin-1"))
+        if b"\x00" in value:  # named as clients write it: If-None-Exist
+            return "-".join(part.capitalize() for part in header.decode("latin-1").split("-"))
     return None
 
 

@@ -1,6 +1,9 @@
 """The worker ``fhir-server serve`` runs itself when no broker is configured: one
-``fhir-server worker`` child process on the same MongoDB (broker included), stopped
-when the server stops. A deployment with a broker runs its own workers instead."""
+``fhir-server worker`` child process on the same MongoDB (broker included), restarted
+with backoff if it dies (fhir_server/supervisor.py) and stopped when the server stops.
+A killed worker's unit is re-dispatched by the job's status polls once its lease has
+run out, so the restarted worker finishes the export exactly once. A deployment with a
+broker runs (and supervises) its own workers instead."""
 
 from __future__ import annotations
 
@@ -13,23 +16,35 @@ from contextlib import contextmanager
 
 from fhir_server.config import Settings
 from fhir_server.embedded_mongo import _die_with_parent
+from fhir_server.supervisor import Supervisor
 
 
-@contextmanager
-def embedded_worker(settings: Settings, mongo_url: str) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Run one worker child for the block's duration (none when a broker is set)."""
-    if settings.celery_broker_url:
-        yield None
-        return
-    env = {**os.environ, "FHIR_MONGO_URL": mongo_url, "FHIR_DATABASE": settings.database}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fhir_server", "worker"],
-        env=env,
-        preexec_fn=_die_with_parent(),  # a killed server takes its worker along
-    )
-    try:
-        yield process
-    finally:
+class EmbeddedWorker:
+    """The worker child process; ``restart`` replaces it after it died."""
+
+    def __init__(self, settings: Settings, mongo_url: str) -> None:
+        self.env = {**os.environ, "FHIR_MONGO_URL": mongo_url, "FHIR_DATABASE": settings.database}
+        self.process = self._spawn(any_thread=False)
+
+    def _spawn(self, *, any_thread: bool) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fhir_server", "worker"],
+            env=self.env,
+            # A killed server takes its worker along (from the supervisor's thread on
+            # restarts: it lives as long as the server).
+            preexec_fn=_die_with_parent(any_thread=any_thread),
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def restart(self) -> None:
+        if not self.alive:
+            self.process = self._spawn(any_thread=True)
+
+    def stop(self) -> None:
+        process = self.process
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -37,3 +52,24 @@ def embedded_worker(settings: Settings, mongo_url: str) -> Iterator[subprocess.P
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def embedded_worker(settings: Settings, mongo_url: str) -> Iterator[EmbeddedWorker | None]:
+    """Run one supervised worker child for the block's duration (none with a broker)."""
+    if settings.celery_broker_url:
+        yield None
+        return
+    worker = EmbeddedWorker(settings, mongo_url)
+    supervisor = Supervisor(
+        "export worker",
+        lambda: worker.alive,
+        worker.restart,
+        backoff=settings.supervisor_backoff_seconds,
+        max_backoff=settings.supervisor_backoff_max_seconds,
+    ).start()
+    try:
+        yield worker
+    finally:
+        supervisor.stop()  # first, or it would restart the worker stopped below
+        worker.stop()

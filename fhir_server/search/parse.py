@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from fhir_server.datetimes import now, parse_range, widened
 from fhir_server.decimals import RANGE_TEXT, bounded, in_range
+from fhir_server.digits import whole_number
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.search.plan import (
@@ -33,6 +34,7 @@ from fhir_server.search.plan import (
     Value,
 )
 from fhir_server.search.registry import Registry, SearchParam
+from fhir_server.search.values import normalize_text
 from fhir_server.subsetting import SUMMARY_MODES, parse_elements
 
 _MODIFIERS = {
@@ -55,6 +57,10 @@ _UNSUPPORTED = {
     "_list": "_list is not supported",
 }
 MAX_CHAIN_DEPTH = 4
+# One value (of an OR list). Strings match by regular expression, and MongoDB refuses one
+# beyond 32 KB: 4,096 characters stay within it escaped and in UTF-8, and far above any
+# name, code, identifier or URL a client searches for.
+MAX_VALUE_LENGTH = 4096
 
 
 class _Unknown(Exception):
@@ -259,6 +265,14 @@ class Parser:
         return Criterion(resource_type, param.code, param.type, modifier, values)
 
     def value(self, param: SearchParam, name: str, modifier: str | None, text: str) -> Value:
+        if len(text) > MAX_VALUE_LENGTH or (
+            # as string and :text match it, normalised: NFKD makes up to 18 of one
+            # character (uncached here: the value may yet be refused)
+            not text.isascii() and len(normalize_text.__wrapped__(text)) > MAX_VALUE_LENGTH
+        ):
+            raise bad_request(
+                f"{name}: a search value is limited to {MAX_VALUE_LENGTH} characters", name
+            )
         kind = param.type
         if kind == "token":
             if modifier == "text":
@@ -441,9 +455,10 @@ class Parser:
         self, plan: SearchPlan, includes: list[Include], name: str, value: str, max_count: int
     ) -> None:
         if name == "_count":
-            if not value.isdigit():
+            count = whole_number(value)
+            if count is None:
                 raise bad_request("_count must be a non-negative integer", "_count")
-            plan.count = min(int(value), max_count)
+            plan.count = min(count, max_count)
         elif name == "_sort":
             plan.sort = self.sort(plan.types, value)
         elif name == "_total":

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from fhir_server.digits import whole_number
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, resource_types
 from fhir_server.search.plan import Include
 from fhir_server.search.registry import Registry
+from fhir_server.service.cursors import invalid_cursor, order_digest, scalars
 from fhir_server.service.history import parse_instant_param
 from fhir_server.service.search import (
     DEFAULT_TOTAL_LIMIT,
     SearchResult,
     SearchService,
-    decode_cursor,
-    encode_cursor,
 )
 from fhir_server.storage import StoredVersion
 
@@ -125,9 +125,10 @@ def _one(
     query: EverythingQuery, requested: list[str], name: str, value: str, max_count: int
 ) -> None:
     if name == "_count":
-        if not value.isdigit():
+        count = whole_number(value)
+        if count is None:
             raise bad_request("_count must be a non-negative integer", "_count")
-        query.count = min(int(value), max_count)
+        query.count = min(count, max_count)
     elif name == "_since":
         query.since = parse_instant_param("_since", value)[0]
     elif name == "_type":
@@ -225,7 +226,7 @@ class EverythingService:
         return total
 
     async def page(self, query: EverythingQuery) -> SearchResult:
-        start, last_id = self._position(query)
+        start, last_id = await self._position(query)
         result = SearchResult()
         docs: list[tuple[int, dict[str, Any]]] = []
         for ti, t in await self._present(query.types):
@@ -250,7 +251,9 @@ class EverythingService:
             result.matches.append(StoredVersion.from_current(t, d))
             result.index[f"{t}/{d['_id']}"] = d.get("sp", {})
         if more:
-            result.next = encode_cursor("a", [docs[-1][0], docs[-1][1]["_id"]])
+            position = [docs[-1][0], docs[-1][1]["_id"]]
+            payload = {"v": position, "o": order_digest(query.types)}
+            result.next = await self.search.cursors.seal("everything", payload)
         result.total = await self._total(query, result)
         if result.matches and query.referenced:
             result.included = await self.search.included(
@@ -258,16 +261,18 @@ class EverythingService:
             )
         return result
 
-    def _position(self, query: EverythingQuery) -> tuple[int, str]:
+    async def _position(self, query: EverythingQuery) -> tuple[int, str]:
         if query.cursor is None:
             return 0, ""
-        direction, values = decode_cursor(query.cursor)
-        ok = direction == "a" and len(values) == 2
-        if not ok or not isinstance(values[0], int) or not isinstance(values[1], str):
-            raise bad_request("The paging cursor does not belong to $everything", "_cursor")
-        if not 0 <= values[0] < len(query.types):
+        doc = await self.search.cursors.open("everything", query.cursor)
+        if doc.get("o") != order_digest(query.types):
             raise bad_request("The paging cursor does not belong to these _type", "_cursor")
-        return values[0], values[1]
+        start, last_id = scalars(doc.get("v"), 2)
+        if type(start) is not int or not isinstance(last_id, str):
+            raise invalid_cursor()
+        if not 0 <= start < len(query.types):
+            raise invalid_cursor()
+        return start, last_id
 
     async def _total(self, query: EverythingQuery, result: SearchResult) -> int | None:
         """Bundle.total on the first page, as search reports it by default: exact when

@@ -3,13 +3,13 @@ paged by keyset so pages stay stable while new versions are written."""
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fhir_server.datetimes import parse_range
 from fhir_server.outcome import bad_request
+from fhir_server.service.cursors import Cursors, invalid_cursor
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import HistoryCursor, HistoryQuery
 
@@ -35,23 +35,8 @@ class HistoryPage:
     total: int | None
 
 
-def encode_cursor(direction: str, version: StoredVersion) -> str:
-    ms = int(version.last_updated.timestamp() * 1000)
-    key = f"{version.type}/{version.id}/{version.version}"
-    token = f"{direction}:{ms}:{key}".encode()
-    return base64.urlsafe_b64encode(token).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[str, HistoryCursor]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        direction, ms, key = raw.split(":", 2)
-        if direction not in ("a", "b"):
-            raise ValueError(direction)
-        when = datetime.fromtimestamp(int(ms) / 1000, UTC)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request(f"Invalid paging cursor {token!r}", "_cursor") from None
-    return direction, HistoryCursor(when, key)
+def _position(version: StoredVersion) -> dict[str, Any]:
+    return {"t": version.last_updated, "k": f"{version.type}/{version.id}/{version.version}"}
 
 
 def parse_instant_param(name: str, value: str) -> tuple[datetime, datetime]:
@@ -68,6 +53,20 @@ def parse_instant_param(name: str, value: str) -> tuple[datetime, datetime]:
 class HistoryService:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.cursors = Cursors(storage.db)
+
+    async def _seal(self, direction: str, version: StoredVersion) -> str:
+        return await self.cursors.seal("history", {"d": direction, **_position(version)})
+
+    async def _open(self, token: str) -> tuple[str, HistoryCursor]:
+        """(direction, position) of a history cursor; 400 unless this server sealed it."""
+        doc = await self.cursors.open("history", token)
+        direction, when, key = doc.get("d"), doc.get("t"), doc.get("k")
+        if direction not in ("a", "b") or not isinstance(when, datetime):
+            raise invalid_cursor()
+        if not isinstance(key, str):
+            raise invalid_cursor()
+        return direction, HistoryCursor(when, key)
 
     async def page(
         self,
@@ -76,7 +75,7 @@ class HistoryService:
         cursor: str | None,
         with_total: bool,
     ) -> HistoryPage:
-        direction, position = decode_cursor(cursor) if cursor else ("a", None)
+        direction, position = await self._open(cursor) if cursor else ("a", None)
         if direction == "a":
             rows = await self.storage.history_page(query, count + 1, after=position)
             has_more = len(rows) > count
@@ -92,7 +91,7 @@ class HistoryService:
         total = await self.storage.history_count(query) if with_total else None
         return HistoryPage(
             versions=rows,
-            next=encode_cursor("a", rows[-1]) if rows and has_older else None,
-            previous=encode_cursor("b", rows[0]) if rows and has_newer else None,
+            next=await self._seal("a", rows[-1]) if rows and has_older else None,
+            previous=await self._seal("b", rows[0]) if rows and has_newer else None,
             total=total,
         )

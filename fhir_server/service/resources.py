@@ -15,13 +15,16 @@ import jsonpointer
 
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
+from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps, load_stored
+from fhir_server.offload import Offload
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
 from fhir_server.search.parse import plain_identifier
 from fhir_server.search.registry import Registry
 from fhir_server.service.context import request_base_url
+from fhir_server.service.patching import apply_patch
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
@@ -139,11 +142,18 @@ def _lock_key(resource_type: str, shard: int) -> str:
 
 
 class ResourceService:
-    def __init__(self, storage: Storage, settings: Settings, search: SearchService) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: Settings,
+        search: SearchService,
+        offload: Offload | None = None,
+    ) -> None:
         self.storage = storage
         self.settings = settings
         self.search = search
         self.registry: Registry = search.registry
+        self.offload = offload or Offload.inline()  # where validation and indexing run
 
     # --- checks ------------------------------------------------------------------------
 
@@ -161,12 +171,35 @@ class ResourceService:
                 "resourceType",
             )
         issues = validate_resource(
-            body, resource_type, r4b_models=self.settings.validate_r4b_models
+            body,
+            resource_type,
+            r4b_models=self.settings.validate_r4b_models,
+            max_issues=self.settings.validation_max_issues,
         )
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
-            raise FhirError(400, errors)
+            # with the note that validation stopped at the issue limit, if it did
+            raise FhirError(400, errors + [i for i in issues if i.code == "too-costly"])
         return body
+
+    def patched(self, current: StoredVersion, patch: jsonpatch.JsonPatch) -> dict[str, Any]:
+        """The current version with ``patch`` applied, as a valid resource (422 or 400
+        otherwise). Only for a token that may read it (Policy.require_patch), so the
+        reasons may quote the content."""
+        assert current.raw is not None
+        try:
+            patched = apply_patch(patch, load_stored(current.raw), self.settings.input_limits())
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise FhirError.of(
+                422, "processing", f"The JSON Patch cannot be applied: {exc}"
+            ) from None
+        return self.checked(current.type, patched, "patched resource")
+
+    async def check(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
+        """``checked`` off the event loop."""
+        return await self.offload.call(self.checked, resource_type, body, where)
 
     def new_version(
         self,
@@ -227,13 +260,41 @@ class ResourceService:
     # --- authorization (SMART scopes, see fhir_server/authz/policy.py) ----------------
 
     @staticmethod
-    async def guard_before(
-        s: Session, policy: Policy | None, current: StoredVersion | None, interaction: str
+    async def within_reach(
+        s: Session,
+        policy: Policy | None,
+        current: StoredVersion | None,
+        interaction: str,
+        *,
+        reads: bool = False,
+    ) -> StoredVersion | None:
+        """The version a write replaces as the token may know it (Policy.within_reach):
+        None makes the write go on exactly as for a missing resource."""
+        if policy is None:
+            return current
+        return await policy.within_reach(current, interaction, s, reads=reads)
+
+    async def check_update_as_create(
+        self, policy: Policy | None, resource_type: str, resource_id: str, chosen: bool
     ) -> None:
-        """The version a write replaces must be within what the token may change."""
-        if policy is None or policy.unrestricted or current is None or current.deleted:
-            return
-        await policy.require_contains(current.type, current.id, interaction, s)
+        """May a PUT create ``resource_type/resource_id`` (no current version within
+        reach)? Not when the server does not allow update-as-create; nor, for an id the
+        client ``chosen``, when the token's access to the type is limited to part of its
+        resources: ids are one space for all records, so the answer would tell whether
+        another record uses the id (its PUT answers as for a missing one, this 405)."""
+        limited = chosen and policy is not None and await policy.confines(resource_type, "u")
+        if not self.settings.allow_update_create or limited:
+            raise FhirError.of(
+                405,
+                "not-supported",
+                f"{resource_type}/{resource_id} does not exist and update-as-create is "
+                + (
+                    "not available to an access token limited to part of the "
+                    f"{resource_type} resources"
+                    if limited
+                    else "not allowed on this server (FHIR_ALLOW_UPDATE_CREATE=false)"
+                ),
+            )
 
     @staticmethod
     async def guard_after(s: Session, policy: Policy | None, write: VersionWrite) -> None:
@@ -266,9 +327,10 @@ class ResourceService:
 
     async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
         check_id(resource_id)
-        if not version.isdigit() or int(version) < 1:
+        number = whole_number(version)
+        if number is None or number < 1:
             raise bad_request(f"{version!r} is not a version id (a positive integer)", "vid")
-        stored = await self.storage.read_version(resource_type, resource_id, int(version))
+        stored = await self.storage.read_version(resource_type, resource_id, number)
         if stored is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version}")
         if stored.deleted:
@@ -288,7 +350,7 @@ class ResourceService:
             # http.html#create: an id in the body SHALL be ignored; drop it before
             # validation so a malformed one does not fail the request.
             body = {k: v for k, v in body.items() if k != "id"}
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         new_id = str(uuid.uuid4())
 
         async def txn(s: Session) -> WriteOutcome:
@@ -303,7 +365,9 @@ class ResourceService:
                     )
                 if matches:
                     return WriteOutcome(matches[0], created=False)
-            write = self.new_version(resource_type, new_id, resource, None, "POST")
+            write = await self.offload.call(
+                self.new_version, resource_type, new_id, resource, None, "POST"
+            )
             await self.storage.write([write], s)
             await self.guard_after(s, policy, write)
             return WriteOutcome(write.stored(), created=True)
@@ -321,20 +385,19 @@ class ResourceService:
         if_match: int | None,
         method: str = "PUT",
         policy: Policy | None = None,
+        chosen: bool = True,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "u")
+        """``chosen``: the id is the client's (not one the server just assigned)."""
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "u")
         check_version_match(current, if_match)
-        if current is None and not self.settings.allow_update_create:
-            raise FhirError.of(
-                405,
-                "not-supported",
-                f"{resource_type}/{resource_id} does not exist and this server does not "
-                "allow update-as-create (FHIR_ALLOW_UPDATE_CREATE=false)",
-            )
+        if current is None:
+            await self.check_update_as_create(policy, resource_type, resource_id, chosen)
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
-        write = self.new_version(resource_type, resource_id, resource, current, method)
+        write = await self.offload.call(
+            self.new_version, resource_type, resource_id, resource, current, method
+        )
         await self.storage.write([write], s)
         await self.guard_after(s, policy, write)
         return WriteOutcome(write.stored(), created=current is None or current.deleted)
@@ -348,7 +411,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         check_id(resource_id)
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
         if body_id is None:
             raise bad_request(
@@ -374,7 +437,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         """http.html#cond-update: no match creates, one match updates, several: 412."""
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
 
         async def txn(s: Session) -> WriteOutcome:
@@ -395,7 +458,10 @@ class ResourceService:
                 target = body_id  # update-as-create with the client's id
             else:
                 target = str(uuid.uuid4())
-            return await self._put(s, resource_type, target, resource, if_match, "PUT", policy)
+            chosen = target == body_id
+            return await self._put(
+                s, resource_type, target, resource, if_match, "PUT", policy, chosen
+            )
 
         return await self._transaction(resource_type, txn)
 
@@ -410,22 +476,15 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> WriteOutcome:
-        current = await self.storage.read_current(resource_type, resource_id, s)
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        # out of reach (to change or to read) is as missing, before an op can probe it
+        current = await self.within_reach(s, policy, stored, "u", reads=True)
         if current is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
-        await self.guard_before(s, policy, current, "u")  # before a "test" op can probe it
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
-        try:
-            patched = patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(
-                422, "processing", f"The JSON Patch cannot be applied: {exc}"
-            ) from None
-        resource = self.checked(resource_type, patched, "patched resource")
+        resource = await self.offload.call(self.patched, current, patch)
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
         return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
@@ -474,8 +533,8 @@ class ResourceService:
         if_match: int | None,
         policy: Policy | None = None,
     ) -> StoredVersion | None:
-        current = await self.storage.read_current(resource_type, resource_id, s)
-        await self.guard_before(s, policy, current, "d")
+        stored = await self.storage.read_current(resource_type, resource_id, s)
+        current = await self.within_reach(s, policy, stored, "d")
         check_version_match(current, if_match)
         if current is None or current.deleted:
             return current  # nothing to do (http.html#delete: still a success)

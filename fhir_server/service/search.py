@@ -3,14 +3,10 @@ paging, totals and _include/_revinclude. Also the matcher of conditional interac
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
-
-import bson
-from bson.errors import BSONError
 
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.search.compile import (
@@ -27,6 +23,7 @@ from fhir_server.search.plan import Include, SearchPlan
 from fhir_server.search.registry import Registry
 from fhir_server.search.values import token_keys
 from fhir_server.service.context import request_base_url
+from fhir_server.service.cursors import Cursors, invalid_cursor, order_digest, scalars
 from fhir_server.storage import Storage, StoredVersion
 from fhir_server.storage.store import Session
 
@@ -49,20 +46,14 @@ class SearchResult:
     index: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def encode_cursor(direction: str, values: Sequence[Any]) -> str:
-    raw = bson.encode({"d": direction, "v": list(values)})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[str, list[Any]]:
-    try:
-        doc = bson.decode(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        direction, values = doc["d"], doc["v"]
-        if direction not in ("a", "b") or not isinstance(values, list):
-            raise ValueError(direction)
-    except (ValueError, KeyError, TypeError, BSONError):
-        raise bad_request(f"Invalid paging cursor {token!r}", "_cursor") from None
-    return direction, values
+def _type_position(direction: str, values: list[Any], types: int) -> tuple[int, str]:
+    """(index of the type, last id in it) of a multi-type cursor."""
+    start, last_id = values
+    if direction != "a" or type(start) is not int or not isinstance(last_id, str):
+        raise invalid_cursor()
+    if not 0 <= start < types:
+        raise invalid_cursor()
+    return start, last_id
 
 
 def _stored(resource_type: str, doc: dict[str, Any]) -> StoredVersion:
@@ -73,6 +64,26 @@ class SearchService:
     def __init__(self, storage: Storage, registry: Registry) -> None:
         self.storage = storage
         self.registry = registry
+        self.cursors = Cursors(storage.db)
+
+    async def seal_position(
+        self, direction: str, values: Sequence[Any], order: Sequence[Any]
+    ) -> str:
+        """A search cursor: where a page ended, for the sort ``order`` it was read in
+        (field names of one type, or the types of a multi-type search)."""
+        payload = {"d": direction, "v": list(values), "o": order_digest(order)}
+        return await self.cursors.seal("search", payload)
+
+    async def open_position(
+        self, token: str, order: Sequence[Any], count: int
+    ) -> tuple[str, list[Any]]:
+        """(direction, sort values) of a search cursor for this ``order``; 400 for a
+        cursor that is not this server's, or belongs to another search."""
+        doc = await self.cursors.open("search", token)
+        direction = doc.get("d")
+        if direction not in ("a", "b") or doc.get("o") != order_digest(order):
+            raise bad_request("The paging cursor does not belong to this search", "_cursor")
+        return direction, scalars(doc.get("v"), count)
 
     def parser(self, base_url: str = "") -> Parser:
         return Parser(self.registry, base_url)
@@ -174,9 +185,10 @@ class SearchService:
     ) -> SearchResult:
         query = await self.filter(resource_type, plan, policy)
         fields = sort_fields(plan.sort)
-        direction, values = decode_cursor(plan.cursor) if plan.cursor else ("a", None)
-        if len(values or []) not in (0, len(fields)):
-            raise bad_request("The paging cursor does not belong to this search", "_cursor")
+        names = [f"{resource_type}:{f}:{d}" for f, d in fields]
+        direction, values = "a", None
+        if plan.cursor:
+            direction, values = await self.open_position(plan.cursor, names, len(fields))
         order = fields if direction == "a" else [(f, -d) for f, d in fields]
         if values is not None:
             query = _all([query, keyset_filter(order, values)])
@@ -198,8 +210,10 @@ class SearchService:
             last = [field_value(docs[-1], f) for f, _ in fields]
             has_after = more if direction == "a" else True
             has_before = (values is not None) if direction == "a" else more
-            result.next = encode_cursor("a", last) if has_after else None
-            result.previous = encode_cursor("b", first) if has_before else None
+            if has_after:
+                result.next = await self.seal_position("a", last, names)
+            if has_before:
+                result.previous = await self.seal_position("b", first, names)
         return result
 
     async def _search_types(self, plan: SearchPlan, policy: Policy | None) -> SearchResult:
@@ -208,13 +222,10 @@ class SearchService:
             raise FhirError.of(
                 400, "not-supported", "_sort is not supported when searching several types", "_sort"
             )
-        values: list[Any] = [0, ""]
-        direction = "a"
+        start_type, last_id = 0, ""
         if plan.cursor:
-            direction, values = decode_cursor(plan.cursor)
-        if direction != "a" or len(values) != 2:
-            raise bad_request("Invalid paging cursor for a multi-type search", "_cursor")
-        start_type, last_id = int(values[0]), str(values[1])
+            direction, values = await self.open_position(plan.cursor, plan.types, 2)
+            start_type, last_id = _type_position(direction, values, len(plan.types))
         result = SearchResult()
         remaining = plan.count + 1
         docs: list[tuple[int, dict[str, Any]]] = []
@@ -239,7 +250,8 @@ class SearchService:
             result.matches.append(_stored(t, d))
             result.index[f"{t}/{d['_id']}"] = d.get("sp", {})
         if more and docs:
-            result.next = encode_cursor("a", [docs[-1][0], docs[-1][1]["_id"]])
+            position = [docs[-1][0], docs[-1][1]["_id"]]
+            result.next = await self.seal_position("a", position, plan.types)
         return result
 
     # --- _include / _revinclude ----------------------------------------------------------
@@ -431,7 +443,16 @@ class SearchService:
         interaction: str,
     ) -> Filter:
         """The MongoDB filter of a conditional interaction's criteria; errors name
-        ``where`` (the request part holding them)."""
+        ``where`` (the request part holding them). The criteria are a search: under a
+        policy they need a search scope (403 before they are evaluated) and match only
+        among the resources the token may search, as well as ``interaction``."""
+        searchable: dict[str, Any] = {}
+        if policy is not None and interaction != "s":
+            try:
+                searchable = await policy.restriction(resource_type, "s")
+            except FhirError as exc:
+                issues = [replace(i, expression=(where,)) for i in exc.issues]
+                raise FhirError(exc.status, issues) from None
         pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
         pairs = [(k, v) for k, v in pairs if k not in ("_format", "_pretty")]
         if not pairs:
@@ -440,10 +461,11 @@ class SearchService:
             if name.startswith("_") and name in RESULT_ONLY:
                 raise bad_request(f"{name} is not a criterion (in {where})", where)
         try:
-            return await self.criteria_filter(resource_type, pairs, policy, interaction)
+            found = await self.criteria_filter(resource_type, pairs, policy, interaction)
         except FhirError as exc:  # point at the request part holding the criteria
             issues = [replace(i, expression=(where, *i.expression)) for i in exc.issues]
             raise FhirError(exc.status, issues) from None
+        return _all([found, searchable])
 
     async def criteria_filter(
         self,

@@ -23,7 +23,8 @@ from urllib.parse import parse_qsl
 import jsonpatch
 import jsonpointer
 
-from fhir_server.jsonio import load_stored, parse_json
+from fhir_server.digits import whole_number
+from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
@@ -73,6 +74,7 @@ class Entry:
     write: VersionWrite | None = None
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
+    assigned_id: bool = False  # a conditional PUT without a match got a new server id
 
     @property
     def where(self) -> str:
@@ -83,6 +85,7 @@ class Entry:
         self.id, self.resource = self.parsed_id, self.parsed_resource
         self.status, self.stored, self.write = "", None, None
         self.same_as = self.unresolved = None
+        self.assigned_id = False
 
 
 @dataclass(slots=True)
@@ -245,14 +248,24 @@ class TransactionService:
         elif method in ("POST", "PUT"):
             if method == "POST" and isinstance(resource, dict):
                 resource = {k: v for k, v in resource.items() if k != "id"}
-            entry.resource = resource  # set first: error expressions point into it
-            checked = self.resources.checked(entry.type, resource, "resource")
-            entry.resource = checked
-            if method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
-                raise bad_request(
-                    "The resource id must equal the id in request.url", f"{entry.type}.id"
-                )
+            entry.resource = resource  # validated by check_resources, after _authorize
         return entry
+
+    def check_resources(self, entries: list[Entry]) -> None:
+        """Validate the POST/PUT entries' resources (CPU work, run off the event loop):
+        only once every entry's interaction is known to be granted."""
+        for entry in entries:
+            if entry.method not in ("POST", "PUT"):
+                continue
+            try:
+                checked = self.resources.checked(entry.type, entry.resource, "resource")
+                if entry.method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
+                    raise bad_request(
+                        "The resource id must equal the id in request.url", f"{entry.type}.id"
+                    )
+            except FhirError as exc:
+                raise entry_error(entry, exc) from None
+            entry.resource = entry.parsed_resource = checked
 
     def _check_search(self, resource_type: str, query: str, base_url: str) -> None:
         """A search entry's parameters, checked before anything is written: an invalid
@@ -281,12 +294,20 @@ class TransactionService:
         for e in entries:
             try:
                 self.policy.require(e.type, interaction(e))
+                if e.method == "PATCH":
+                    self.policy.require_patch(e.type, "request.method")
+                if e.if_none_exist:
+                    self.policy.require_criteria(e.type, "request.ifNoneExist")
+                if e.query and e.method != "GET":
+                    self.policy.require_criteria(e.type, "request.url")
             except FhirError as exc:
                 raise entry_error(e, exc) from None
 
     async def process(self, bundle: dict[str, Any], base_url: str) -> TransactionResult:
-        entries = self.parse(bundle, base_url)
-        self._authorize(entries)
+        offload = self.resources.offload
+        entries = await offload.call(self.parse, bundle, base_url)
+        self._authorize(entries)  # before the resources are validated: that is the cost
+        await offload.call(self.check_resources, entries)
         writes = [e for e in entries if e.method not in ("GET", "HEAD")]
         reads = [e for e in entries if e.method in ("GET", "HEAD")]
         types = sorted({e.type for e in writes})
@@ -328,28 +349,29 @@ class TransactionService:
         self._check_distinct(entries, skip)
         active = [e for e in ordered if e.index not in skip]
         current = await self._current_versions(s, active)
-        for e in active:  # before a PATCH "test" op could probe a resource out of reach
-            if e.method != "POST":
-                try:
-                    await ResourceService.guard_before(
-                        s, self.policy, current.get((e.type, e.id or "")), interaction(e)
-                    )
-                except FhirError as exc:
-                    raise entry_error(e, exc) from None
+        # A resource out of the token's reach is as missing (before a PATCH op could
+        # probe it); a PUT that would then create checks that it may.
         for e in active:
-            if e.method == "PATCH":
-                try:
-                    self._patched(e, current.get((e.type, e.id or "")))
-                except FhirError as exc:
-                    raise entry_error(e, exc) from None
+            if e.method == "POST":
+                continue
+            key = (e.type, e.id or "")
+            try:
+                seen = await ResourceService.within_reach(
+                    s, self.policy, current.get(key), interaction(e), reads=e.method == "PATCH"
+                )
+                if seen is None:
+                    current.pop(key, None)
+                if e.method == "PUT" and seen is None:
+                    await self.resources.check_update_as_create(
+                        self.policy, e.type, key[1], not e.assigned_id
+                    )
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+        patches = [e for e in active if e.method == "PATCH"]
+        if patches:
+            await self.resources.offload.call(self._patch_all, patches, current)
         resources = [e for e in active if e.resource is not None]
-        relative = _relative_links(entries)
-        for e in resources:
-            links = references
-            root = _restful(e.full_url)
-            if root is not None and root[0] in relative:
-                links = {**references, **relative[root[0]]}
-            e.resource = rewrite_links(e.resource, links)  # type: ignore[arg-type]
+        await self.resources.offload.call(_rewrite_all, entries, resources, references)
         # Step 5 of http.html#trules resolves conditional references after the writes:
         # they are searched before (so that an unchanged resource makes no new version)
         # and again after this transaction's writes, which decide.
@@ -358,14 +380,7 @@ class TransactionService:
         for e in conditional:
             e.unresolved = e.resource
             e.resource = rewrite_references(e.resource, before)
-        versions: list[VersionWrite] = []
-        for e in active:
-            try:
-                write = self._version(e, current.get((e.type, e.id or "")))
-            except FhirError as exc:
-                raise entry_error(e, exc) from None
-            if write is not None:
-                versions.append(write)
+        versions = await self.resources.offload.call(self._versions, active, current)
         if versions:
             await self.storage.write(versions, s)
         after = await self._conditional_matches(s, conditional, strict=True)
@@ -427,7 +442,9 @@ class TransactionService:
                     raise bad_request("The resource id does not match the resource found")
                 e.id = matches[0].id
             elif e.method == "PUT":
-                e.id = (e.resource or {}).get("id") or str(uuid.uuid4())
+                e.id = (e.resource or {}).get("id")
+                if e.id is None:
+                    e.id, e.assigned_id = str(uuid.uuid4()), True
             elif e.method == "PATCH":
                 raise not_found("The conditional patch criteria match no resource")
             else:  # DELETE with no match: nothing to do (http.html#3.1.0.7.1)
@@ -609,6 +626,15 @@ class TransactionService:
                 found[(t, v.id)] = v
         return found
 
+    def _patch_all(
+        self, entries: list[Entry], current: dict[tuple[str, str], StoredVersion]
+    ) -> None:
+        for e in entries:
+            try:
+                self._patched(e, current.get((e.type, e.id or "")))
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+
     def _patched(self, e: Entry, current: StoredVersion | None) -> None:
         """The PATCH entry's resource: its patch applied to the current version."""
         if current is None:
@@ -617,15 +643,23 @@ class TransactionService:
             raise gone(current)
         check_version_match(current, e.if_match)
         assert e.patch is not None
-        try:
-            patched = e.patch.apply(load_stored(current.raw))
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError.of(422, "processing", f"JSON Patch failed: {exc}") from None
-        e.resource = self.resources.checked(e.type, patched, "patched resource")
+        e.resource = self.resources.patched(current, e.patch)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
+
+    def _versions(
+        self, active: list[Entry], current: dict[tuple[str, str], StoredVersion]
+    ) -> list[VersionWrite]:
+        """Every entry's new version, rendered and indexed (CPU work, off the loop)."""
+        versions = []
+        for e in active:
+            try:
+                write = self._version(e, current.get((e.type, e.id or "")))
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+            if write is not None:
+                versions.append(write)
+        return versions
 
     def _version(self, e: Entry, current: StoredVersion | None) -> VersionWrite | None:
         e.write = self._new_version(e, current)
@@ -649,8 +683,6 @@ class TransactionService:
             return write
         if e.method == "PUT":
             check_version_match(current, e.if_match)
-            if current is None and not svc.settings.allow_update_create:
-                raise FhirError.of(405, "not-supported", "update-as-create is disabled")
         assert e.resource is not None
         stored_raw = current.raw if current is not None else None
         if stored_raw is not None and same_content(stored_raw, e.resource):
@@ -694,6 +726,17 @@ def _restful(full_url: str | None) -> tuple[str, str, str] | None:
     return m.group(1), m.group(2), m.group(3)
 
 
+def _rewrite_all(entries: list[Entry], resources: list[Entry], references: dict[str, str]) -> None:
+    """Links to the entries' fullUrls rewritten to their ids in every written resource."""
+    relative = _relative_links(entries)
+    for e in resources:
+        links = references
+        root = _restful(e.full_url)
+        if root is not None and root[0] in relative:
+            links = {**references, **relative[root[0]]}
+        e.resource = rewrite_links(e.resource, links)  # type: ignore[arg-type]
+
+
 def _relative_links(entries: list[Entry]) -> dict[str, dict[str, str]]:
     """Relative references ("Patient/abc") to entries with a RESTful fullUrl
     ("http://other/fhir/Patient/abc") that now have another id, by the fullUrl's root.
@@ -717,12 +760,13 @@ def _parse_read(entry: Entry, parts: list[str]) -> None:
     operations) are only performed."""
     if len(parts) not in (2, 4) or parts[1].startswith(("$", "_")) or not parts[1]:
         return
-    if len(parts) == 4 and (parts[2] != "_history" or not parts[3].isdigit()):
+    version = whole_number(parts[3]) if len(parts) == 4 else None
+    if len(parts) == 4 and (parts[2] != "_history" or version is None):
         return
     if not is_valid_id(parts[1]):
         raise bad_request(f"Invalid id in request.url {entry.url!r}", "request.url")
     entry.read_id = parts[1]
-    entry.read_version = int(parts[3]) if len(parts) == 4 else None
+    entry.read_version = version
 
 
 def _if_match(value: Any) -> int | None:
@@ -732,8 +776,9 @@ def _if_match(value: Any) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    version = whole_number(text)
+    if version is None:
         raise bad_request(
             f'ifMatch must be a version ETag such as W/"3", got {value!r}', "request.ifMatch"
         )
-    return int(text)
+    return version

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, NetworkTimeout
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -88,9 +88,26 @@ class HistoryQuery:
         return f
 
 
+class _Unreachable(Exception):
+    """Carries a connection failure out of ``with_transaction`` unretried."""
+
+    def __init__(self, error: ConnectionFailure) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Storage:
-    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        database: str,
+        *,
+        transaction_timeout: float | None = None,
+    ) -> None:
+        """``transaction_timeout``: the longest a transaction may take, retries included
+        (None: PyMongo's 120 s retry limit)."""
         self.client = client
+        self.transaction_timeout = transaction_timeout
         self.db = client.get_database(
             database, write_concern=_WRITE_CONCERN, read_concern=ReadConcern("majority")
         )
@@ -199,10 +216,33 @@ class Storage:
         ``types`` are the resource types it may write (their collections must exist)."""
         for t in types:
             await self.ensure_type(t)
+
+        async def unless_unreachable(session: Session) -> T:
+            # with_transaction retries a transaction that could not reach the server
+            # (a TransientTransactionError) for up to 120 s: a request would hang that
+            # long while mongod is down. The server was already waited for
+            # (serverSelectionTimeoutMS, or a refused connection): answer 503 now.
+            # Write conflicts are not connection failures and are still retried.
+            try:
+                return await fn(session)
+            except ConnectionFailure as exc:
+                raise _Unreachable(exc) from exc
+
         for attempt in range(_MAX_ATTEMPTS):
             try:
-                async with self.client.start_session() as session:
-                    return await session.with_transaction(fn, write_concern=_WRITE_CONCERN)
+                # Not pymongo.timeout: under it every retryable operation (the abort of
+                # a failed transaction too) retries until the deadline.
+                async with asyncio.timeout(self.transaction_timeout):
+                    async with self.client.start_session() as session:
+                        return await session.with_transaction(
+                            unless_unreachable, write_concern=_WRITE_CONCERN
+                        )
+            except _Unreachable as unreachable:
+                raise unreachable.error from None
+            except TimeoutError:
+                raise NetworkTimeout(
+                    f"the transaction did not finish within {self.transaction_timeout} s"
+                ) from None
             except (ConcurrentModification, DuplicateKeyError):
                 if attempt == _MAX_ATTEMPTS - 1:
                     raise

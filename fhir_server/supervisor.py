@@ -1,0 +1,87 @@
+"""Restarting what ``fhir-server serve`` runs beside the API when it dies: the embedded
+mongod and the embedded export worker. Nothing restarted them before, so one SIGKILL
+(or an out-of-memory kill) left every data request failing, or an export waiting for
+ever, until someone restarted the whole server.
+
+A watcher thread polls the child; when it has died it waits ``backoff`` seconds and
+restarts it, doubling the wait (up to ``max_backoff``) while restarts keep failing or the
+child keeps dying within ``stable_after`` seconds, so a child that cannot start does not
+spin the CPU. Stop the supervisor before stopping the child, or it brings it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        name: str,
+        alive: Callable[[], bool],
+        restart: Callable[[], None],
+        *,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        stable_after: float = 30.0,
+        poll: float = 0.25,
+    ) -> None:
+        self.name = name
+        self.alive = alive
+        self.restart = restart
+        self.backoff = backoff
+        self.max_backoff = max(backoff, max_backoff)
+        self.stable_after = stable_after
+        self.poll = poll
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching (an ongoing restart finishes first, up to ``timeout``)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        delay = self.backoff
+        started = time.monotonic()
+        while not self._stop.wait(self.poll):
+            if self.alive():
+                if time.monotonic() - started >= self.stable_after:
+                    delay = self.backoff  # it has run a while: the next death starts over
+                continue
+            log.warning("%s died; restarting it in %.1f s", self.name, delay)
+            if self._stop.wait(delay):
+                return
+            try:
+                self.restart()
+            except Exception:
+                log.exception("restarting %s failed", self.name)
+            else:
+                self.restarts += 1
+                log.warning("%s restarted", self.name)
+            started = time.monotonic()
+            delay = min(delay * 2, self.max_backoff)
