@@ -377,7 +377,7 @@ class ConceptStore:
         self.concepts = db[CONCEPTS]
 
     async def get(self, key: str, code: str) -> Concept | None:
-        doc = await self.concepts.find_one({"k": key, "c": code})
+        doc = await self.concepts.find_one({"k": key, "c": code}, {"w": 0, "anc": 0})
         return Concept.from_document(doc) if doc else None
 
     async def descendants(self, key: str, code: str) -> list[str]:

@@ -234,7 +234,7 @@ class ValueSetOperations:
         page = (
             [
                 _entry(cs, version, Concept.from_document(doc), None, [])
-                async for doc in self.store.find(query, skip=offset, limit=count)
+                async for doc in self.store.find(query, _fields(options), skip=offset, limit=count)
             ]
             if count
             else []
@@ -394,7 +394,7 @@ class ValueSetOperations:
                     where,
                 )
         out = []
-        async for doc in self.store.find(query):
+        async for doc in self.store.find(query, _fields(options)):
             concept = Concept.from_document(doc)
             display, des = (listed or {}).get(concept.code, (None, []))
             out.append(_entry(cs, version, concept, display, des))
@@ -526,6 +526,16 @@ class ValueSetOperations:
         if await self.store.get(cs.key, c.code) is None:
             return f" (it is not a code of {c.system})"
         return ""
+
+
+def _fields(options: Options) -> dict[str, int]:
+    """What an expansion reads of each concept document: never the search words,
+    ancestors or properties (most of a document's bytes), designations only when they
+    are shown or a display has to be checked or chosen."""
+    fields = {"_id": 0, "c": 1, "d": 1, "a": 1, "ab": 1}
+    if options.designations or options.language or options.probe is not None:
+        fields["des"] = 1
+    return fields
 
 
 def _entry(
