@@ -14,14 +14,17 @@ from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.nul import RefuseNul
+from fhir_server.api.openapi import router as openapi_router
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
+from fhir_server.api.terminology import router as terminology_router
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
 from fhir_server.health import client_options
 from fhir_server.health import router as health_router
+from fhir_server.offload import Offload, pool_size
 from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
@@ -54,14 +57,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
-        app.state.services = Services(
-            settings, ResourceService(storage, settings, search), HistoryService(storage), search
-        )
+        size = settings.cpu_pool_size or pool_size(settings.workers)
+        offload = Offload.start(size, settings.parse_in_processes)
+        resources = ResourceService(storage, settings, search, offload)
+        app.state.services = Services(settings, resources, HistoryService(storage), search)
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         try:
             yield
         finally:
+            offload.close()
             close_auth(app)
             await client.close()
 
@@ -83,8 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
     install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
     app.include_router(health_router)  # /health/live, /health/ready (no token)
+    app.include_router(openapi_router, prefix=BASE_PATH)  # before router: not a type
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
+    app.include_router(terminology_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app
