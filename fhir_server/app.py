@@ -27,6 +27,8 @@ from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
+from fhir_server.workflows import rules
+from fhir_server.workflows.pipeline import WritePipeline
 from smart_auth.mount import close_auth, install_auth, open_auth
 from smart_auth.tokens import TokenVerifier
 
@@ -54,9 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
-        app.state.services = Services(
-            settings, ResourceService(storage, settings, search), HistoryService(storage), search
-        )
+        resources = ResourceService(storage, settings, search)
+        app.state.services = Services(settings, resources, HistoryService(storage), search)
+        # Every write goes through the rules (fhir_server/workflows/pipeline.py).
+        pipeline = WritePipeline(storage, resources.render, rules(settings))
+        await pipeline.start()
+        storage.hook = pipeline
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         try:

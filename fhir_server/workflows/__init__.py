@@ -1,0 +1,14 @@
+"""Workflows: capabilities that act on writes through the write pipeline
+(pipeline.py). ``rules()`` is the one list of registered rules."""
+
+from __future__ import annotations
+
+from fhir_server.config import Settings
+from fhir_server.workflows.pipeline import Rule
+
+
+def rules(settings: Settings) -> list[Rule]:
+    """Every rule of the pipeline, in the order they run."""
+    from fhir_server.workflows.scheduling.booking import NoDoubleBooking
+
+    return [NoDoubleBooking()]
