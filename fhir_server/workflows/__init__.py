@@ -8,7 +8,13 @@ from fhir_server.workflows.pipeline import Rule
 
 
 def rules(settings: Settings) -> list[Rule]:
-    """Every rule of the pipeline, in the order they run."""
+    """Every rule of the pipeline, in the order they run: refusals first (cheapest),
+    then the booking keys."""
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
+    from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
 
-    return [NoDoubleBooking()]
+    return [
+        StatusTransitions(),
+        MinimumNotice(settings.appointment_min_notice),
+        NoDoubleBooking(),
+    ]
