@@ -22,6 +22,7 @@ from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
 from fhir_server.health import client_options
 from fhir_server.health import router as health_router
+from fhir_server.offload import Offload, pool_size
 from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
-        resources = ResourceService(storage, settings, search)
+        size = settings.cpu_pool_size or pool_size(settings.workers)
+        offload = Offload.start(size, settings.parse_in_processes)
+        resources = ResourceService(storage, settings, search, offload)
         app.state.services = Services(settings, resources, HistoryService(storage), search)
         # Every write goes through the rules (fhir_server/workflows/pipeline.py).
         pipeline = WritePipeline(storage, resources.render, rules(settings))
@@ -67,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            offload.close()
             close_auth(app)
             await client.close()
 

@@ -114,7 +114,11 @@ def serve(no_auth: bool = False, **options: Any) -> None:
         # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
         signal.signal(signal.SIGTERM, _exit_quietly)
         status = serving.serve(
-            settings.host, settings.port, settings.workers, settings.log_level.lower()
+            settings.host,
+            settings.port,
+            settings.workers,
+            settings.log_level.lower(),
+            settings.graceful_timeout_seconds,
         )
     if status:
         sys.exit(status)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhir_server.input_limits import InputLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_", extra="ignore")
@@ -93,6 +95,50 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
+    json_max_depth: int = Field(
+        128, ge=8, le=900, description="Deepest nesting of objects and arrays in request JSON."
+    )
+    json_max_array_length: int = Field(
+        100_000, ge=100, description="Most items in one JSON array of a request."
+    )
+    json_max_string_chars: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Longest JSON string in a request (characters)."
+    )
+    json_max_number_digits: int = Field(
+        64, ge=18, le=4000, description="Most digits of a JSON number in a request."
+    )
+    json_max_number_exponent: int = Field(
+        308, ge=18, le=6000, description="Largest exponent of a JSON number in a request."
+    )
+    json_max_decimals: int = Field(
+        100_000,
+        ge=1000,
+        description="Most decimal numbers (with a fraction or exponent) in one request body.",
+    )
+    validation_max_issues: int = Field(
+        1000,
+        ge=10,
+        description="Validation stops after this many issues and says so (informational).",
+    )
+    cpu_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes (and threads) per server process for CPU-bound request work "
+        "(parsing, validation, indexing). Default: the cores divided by --workers.",
+    )
+    parse_in_processes: bool = Field(
+        False,
+        description="Parse large request bodies in child processes rather than in the "
+        "thread pool (measured: no gain in latency, ~20% more CPU on ingest; see "
+        "docs/benchmarks.md).",
+    )
+    graceful_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, seconds in-flight requests get to finish before the server "
+        "stops anyway.",
+    )
     validate_r4b_models: bool = Field(
         False,
         description="Also run the fhir.resources R4B models over every write (slower; the "
@@ -161,3 +207,14 @@ class Settings(BaseSettings):
         description="Seconds without progress after which a bulk export unit whose worker "
         "died is given to another worker.",
     )
+
+    def input_limits(self) -> InputLimits:
+        """The bounds on one request's JSON."""
+        return InputLimits(
+            max_depth=self.json_max_depth,
+            max_array_length=self.json_max_array_length,
+            max_string_chars=self.json_max_string_chars,
+            max_number_digits=self.json_max_number_digits,
+            max_number_exponent=self.json_max_number_exponent,
+            max_decimals=self.json_max_decimals,
+        )

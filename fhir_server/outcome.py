@@ -63,6 +63,9 @@ class FhirError(Exception):
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.issues)
 
+    def __reduce__(self) -> tuple[type[FhirError], tuple[int, list[Issue], dict[str, str]]]:
+        return FhirError, (self.status, self.issues, self.headers)  # raised in a child
+
 
 def bad_request(diagnostics: str, *expression: str, code: str = "invalid") -> FhirError:
     return FhirError.of(400, code, diagnostics, *expression)

@@ -41,7 +41,7 @@ def listening_socket(host: str, port: int, shared: bool = True) -> socket.socket
     return sock
 
 
-def _options(host: str, port: int, log_level: str) -> dict[str, Any]:
+def _options(host: str, port: int, log_level: str, graceful: float) -> dict[str, Any]:
     """uvicorn's options; the connection limits come from the FHIR_* environment (as
     the app's Settings do in every worker)."""
     settings = Settings()
@@ -55,19 +55,21 @@ def _options(host: str, port: int, log_level: str) -> dict[str, Any]:
         "http": HTTP_PROTOCOL,
         "timeout_keep_alive": settings.keep_alive_timeout_seconds,
         "limit_concurrency": settings.limit_concurrency or None,
+        # SIGTERM: requests still running after this are cancelled, so the server stops
+        "timeout_graceful_shutdown": graceful,
     }
 
 
-def _worker(host: str, port: int, log_level: str) -> None:
+def _worker(host: str, port: int, log_level: str, graceful: float) -> None:
     """One worker process: its own socket in the port's SO_REUSEPORT group."""
-    server = uvicorn.Server(uvicorn.Config(APP, **_options(host, port, log_level)))
+    server = uvicorn.Server(uvicorn.Config(APP, **_options(host, port, log_level, graceful)))
     server.run(sockets=[listening_socket(host, port)])
 
 
-def serve(host: str, port: int, workers: int, log_level: str) -> int:
+def serve(host: str, port: int, workers: int, log_level: str, graceful: float = 10.0) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     if workers == 1 or port == 0 or not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(APP, workers=workers, **_options(host, port, log_level))
+        uvicorn.run(APP, workers=workers, **_options(host, port, log_level, graceful))
         return 0
     try:
         # A bind without SO_REUSEPORT fails if anything holds the port, including another
@@ -84,7 +86,9 @@ def serve(host: str, port: int, workers: int, log_level: str) -> int:
     context = multiprocessing.get_context("spawn")
 
     def start() -> tuple[BaseProcess, float]:
-        process = context.Process(target=_worker, args=(host, port, log_level), daemon=False)
+        process = context.Process(
+            target=_worker, args=(host, port, log_level, graceful), daemon=False
+        )
         process.start()
         return process, time.monotonic()
 
@@ -108,7 +112,7 @@ def serve(host: str, port: int, workers: int, log_level: str) -> int:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn's graceful shutdown
         for process, _ in processes:
-            process.join(timeout=30)
+            process.join(timeout=graceful + 5)
             if process.is_alive():
                 process.kill()
                 process.join()

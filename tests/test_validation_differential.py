@@ -6,7 +6,7 @@ find for R4: here, valid resources of every type the R4B models can read are gen
 from the element model, broken one place at a time in the ways FHIR JSON can be broken
 (json.html, datatypes.html), and for each the R4B pass must find nothing that the
 structural pass did not already report at the same place (or inside or around it, as
-``r4b.covered`` defines). Errors R4 itself contradicts are dropped by ``r4b.convert``;
+``r4b.Reported.covers`` defines). Errors R4 itself contradicts are dropped by ``r4b.convert``;
 those are the R4/R4B differences listed in fhir_server/validation/__init__.py.
 """
 

@@ -25,7 +25,7 @@ from fhir_server.api.rendering import json_response
 from fhir_server.api.routes import base_url, services
 from fhir_server.authz.context import request_policy
 from fhir_server.datetimes import format_instant
-from fhir_server.jsonio import dumps, load_stored, parse_json
+from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import FhirError, bad_request, info_outcome, operation_outcome
 from fhir_server.resource_types import DOT_SEGMENTS
 from fhir_server.service.transaction import (
@@ -49,7 +49,7 @@ async def transaction_or_batch(request: Request) -> Response:
     raw = await neg.read_body(
         request, svc.settings.bundle_max_bytes, neg.RESOURCE_BODY, "application/fhir+json"
     )
-    bundle = parse_json(raw)
+    bundle = await svc.resources.offload.parse(raw, limits=svc.settings.input_limits())
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request("POST [base] takes a Bundle", "resourceType")
     kind = bundle.get("type")
@@ -224,7 +224,7 @@ async def _dispatch(
             result["lastModified"] = format_instant(modified)
         except (TypeError, ValueError):
             pass
-    content = parse_json(response.content, "entry response") if response.content else None
+    content = _own_json(response.content) if response.content else None
     if isinstance(content, dict):
         # lastModified is the resource's meta.lastUpdated, which Last-Modified (an HTTP
         # date) truncates to the second
@@ -245,6 +245,15 @@ async def _dispatch(
         entry["resource"] = content
     entry["response"] = result
     return entry
+
+
+def _own_json(content: bytes) -> Any:
+    """An entry's response: this application's own JSON, so trusted and not held to
+    the limits of request bodies (a search page of 1,000 resources may exceed them)."""
+    try:
+        return load_stored(content)
+    except ValueError:
+        raise bad_request("An entry's response is not JSON", "response") from None
 
 
 def _status_line(status: int) -> str:

@@ -23,7 +23,6 @@ from fhir_server.api.routes import (
     services,
 )
 from fhir_server.authz.context import request_policy
-from fhir_server.jsonio import parse_json
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.service.everything import (
     EverythingQuery,
@@ -56,7 +55,8 @@ async def optional_body(request: Request) -> Any:
             f"Content-Type {declared!r} is not supported here; send application/fhir+json",
             "Content-Type",
         )
-    return parse_json(body)
+    svc = services(request)
+    return await svc.resources.offload.parse(body, limits=svc.settings.input_limits())
 
 
 def not_allowed(request: Request, allow: str) -> FhirError:

@@ -17,12 +17,14 @@ from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
 from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps, load_stored
+from fhir_server.offload import Offload
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
 from fhir_server.search.parse import plain_identifier
 from fhir_server.search.registry import Registry
 from fhir_server.service.context import request_base_url
+from fhir_server.service.patching import apply_patch
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
@@ -140,11 +142,18 @@ def _lock_key(resource_type: str, shard: int) -> str:
 
 
 class ResourceService:
-    def __init__(self, storage: Storage, settings: Settings, search: SearchService) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: Settings,
+        search: SearchService,
+        offload: Offload | None = None,
+    ) -> None:
         self.storage = storage
         self.settings = settings
         self.search = search
         self.registry: Registry = search.registry
+        self.offload = offload or Offload.inline()  # where validation and indexing run
 
     # --- checks ------------------------------------------------------------------------
 
@@ -162,11 +171,15 @@ class ResourceService:
                 "resourceType",
             )
         issues = validate_resource(
-            body, resource_type, r4b_models=self.settings.validate_r4b_models
+            body,
+            resource_type,
+            r4b_models=self.settings.validate_r4b_models,
+            max_issues=self.settings.validation_max_issues,
         )
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
-            raise FhirError(400, errors)
+            # with the note that validation stopped at the issue limit, if it did
+            raise FhirError(400, errors + [i for i in issues if i.code == "too-costly"])
         return body
 
     def patched(
@@ -189,7 +202,7 @@ class ResourceService:
                     )
         hidden = "details withheld: they would show the resource, which the token may not read"
         try:
-            patched = patch.apply(load_stored(current.raw))
+            patched = apply_patch(patch, load_stored(current.raw), self.settings.input_limits())
         except jsonpatch.JsonPatchTestFailed as exc:
             raise FhirError.of(422, "processing", f"JSON Patch test failed: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
@@ -206,6 +219,10 @@ class ResourceService:
             raise FhirError(
                 exc.status, [replace(i, diagnostics=message) for i in exc.issues]
             ) from None
+
+    async def check(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
+        """``checked`` off the event loop."""
+        return await self.offload.call(self.checked, resource_type, body, where)
 
     def new_version(
         self,
@@ -351,7 +368,7 @@ class ResourceService:
             # http.html#create: an id in the body SHALL be ignored; drop it before
             # validation so a malformed one does not fail the request.
             body = {k: v for k, v in body.items() if k != "id"}
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         new_id = str(uuid.uuid4())
 
         async def txn(s: Session) -> WriteOutcome:
@@ -366,7 +383,9 @@ class ResourceService:
                     )
                 if matches:
                     return WriteOutcome(matches[0], created=False)
-            write = self.new_version(resource_type, new_id, resource, None, "POST")
+            write = await self.offload.call(
+                self.new_version, resource_type, new_id, resource, None, "POST"
+            )
             await self.storage.write([write], s)
             await self.guard_after(s, policy, write)
             return WriteOutcome(write.stored(), created=True)
@@ -394,7 +413,9 @@ class ResourceService:
             await self.check_update_as_create(policy, resource_type, resource_id, chosen)
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
-        write = self.new_version(resource_type, resource_id, resource, current, method)
+        write = await self.offload.call(
+            self.new_version, resource_type, resource_id, resource, current, method
+        )
         await self.storage.write([write], s)
         await self.guard_after(s, policy, write)
         return WriteOutcome(write.stored(), created=current is None or current.deleted)
@@ -408,7 +429,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         check_id(resource_id)
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
         if body_id is None:
             raise bad_request(
@@ -434,7 +455,7 @@ class ResourceService:
         policy: Policy | None = None,
     ) -> WriteOutcome:
         """http.html#cond-update: no match creates, one match updates, several: 412."""
-        resource = self.checked(resource_type, body)
+        resource = await self.check(resource_type, body)
         body_id = resource.get("id")
 
         async def txn(s: Session) -> WriteOutcome:
@@ -482,7 +503,7 @@ class ResourceService:
             raise gone(current)
         check_version_match(current, if_match)
         readable = policy is None or await policy.sees(current, s)
-        resource = self.patched(current, patch, readable)
+        resource = await self.offload.call(self.patched, current, patch, readable)
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
         return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)

@@ -250,14 +250,24 @@ class TransactionService:
         elif method in ("POST", "PUT"):
             if method == "POST" and isinstance(resource, dict):
                 resource = {k: v for k, v in resource.items() if k != "id"}
-            entry.resource = resource  # set first: error expressions point into it
-            checked = self.resources.checked(entry.type, resource, "resource")
-            entry.resource = checked
-            if method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
-                raise bad_request(
-                    "The resource id must equal the id in request.url", f"{entry.type}.id"
-                )
+            entry.resource = resource  # validated by check_resources, after _authorize
         return entry
+
+    def check_resources(self, entries: list[Entry]) -> None:
+        """Validate the POST/PUT entries' resources (CPU work, run off the event loop):
+        only once every entry's interaction is known to be granted."""
+        for entry in entries:
+            if entry.method not in ("POST", "PUT"):
+                continue
+            try:
+                checked = self.resources.checked(entry.type, entry.resource, "resource")
+                if entry.method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
+                    raise bad_request(
+                        "The resource id must equal the id in request.url", f"{entry.type}.id"
+                    )
+            except FhirError as exc:
+                raise entry_error(entry, exc) from None
+            entry.resource = entry.parsed_resource = checked
 
     def _check_search(self, resource_type: str, query: str, base_url: str) -> None:
         """A search entry's parameters, checked before anything is written: an invalid
@@ -294,8 +304,10 @@ class TransactionService:
                 raise entry_error(e, exc) from None
 
     async def process(self, bundle: dict[str, Any], base_url: str) -> TransactionResult:
-        entries = self.parse(bundle, base_url)
-        self._authorize(entries)
+        offload = self.resources.offload
+        entries = await offload.call(self.parse, bundle, base_url)
+        self._authorize(entries)  # before the resources are validated: that is the cost
+        await offload.call(self.check_resources, entries)
         writes = [e for e in entries if e.method not in ("GET", "HEAD")]
         reads = [e for e in entries if e.method in ("GET", "HEAD")]
         types = sorted({e.type for e in writes})
@@ -357,20 +369,11 @@ class TransactionService:
                     )
             except FhirError as exc:
                 raise entry_error(e, exc) from None
-        for e in active:
-            if e.method == "PATCH":
-                try:
-                    self._patched(e, current.get((e.type, e.id or "")))
-                except FhirError as exc:
-                    raise entry_error(e, exc) from None
+        patches = [e for e in active if e.method == "PATCH"]
+        if patches:
+            await self.resources.offload.call(self._patch_all, patches, current)
         resources = [e for e in active if e.resource is not None]
-        relative = _relative_links(entries)
-        for e in resources:
-            links = references
-            root = _restful(e.full_url)
-            if root is not None and root[0] in relative:
-                links = {**references, **relative[root[0]]}
-            e.resource = rewrite_links(e.resource, links)  # type: ignore[arg-type]
+        await self.resources.offload.call(_rewrite_all, entries, resources, references)
         # Step 5 of http.html#trules resolves conditional references after the writes:
         # they are searched before (so that an unchanged resource makes no new version)
         # and again after this transaction's writes, which decide.
@@ -379,14 +382,7 @@ class TransactionService:
         for e in conditional:
             e.unresolved = e.resource
             e.resource = rewrite_references(e.resource, before)
-        versions: list[VersionWrite] = []
-        for e in active:
-            try:
-                write = self._version(e, current.get((e.type, e.id or "")))
-            except FhirError as exc:
-                raise entry_error(e, exc) from None
-            if write is not None:
-                versions.append(write)
+        versions = await self.resources.offload.call(self._versions, active, current)
         if versions:
             await self.storage.write(versions, s)
         after = await self._conditional_matches(s, conditional, strict=True)
@@ -632,6 +628,15 @@ class TransactionService:
                 found[(t, v.id)] = v
         return found
 
+    def _patch_all(
+        self, entries: list[Entry], current: dict[tuple[str, str], StoredVersion]
+    ) -> None:
+        for e in entries:
+            try:
+                self._patched(e, current.get((e.type, e.id or "")))
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+
     def _patched(self, e: Entry, current: StoredVersion | None) -> None:
         """The PATCH entry's resource: its patch applied to the current version."""
         if current is None:
@@ -643,6 +648,20 @@ class TransactionService:
         e.resource = self.resources.patched(current, e.patch, e.readable)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
+
+    def _versions(
+        self, active: list[Entry], current: dict[tuple[str, str], StoredVersion]
+    ) -> list[VersionWrite]:
+        """Every entry's new version, rendered and indexed (CPU work, off the loop)."""
+        versions = []
+        for e in active:
+            try:
+                write = self._version(e, current.get((e.type, e.id or "")))
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
+            if write is not None:
+                versions.append(write)
+        return versions
 
     def _version(self, e: Entry, current: StoredVersion | None) -> VersionWrite | None:
         e.write = self._new_version(e, current)
@@ -707,6 +726,17 @@ def _restful(full_url: str | None) -> tuple[str, str, str] | None:
     if m is None or not is_resource_type(m.group(2)):
         return None
     return m.group(1), m.group(2), m.group(3)
+
+
+def _rewrite_all(entries: list[Entry], resources: list[Entry], references: dict[str, str]) -> None:
+    """Links to the entries' fullUrls rewritten to their ids in every written resource."""
+    relative = _relative_links(entries)
+    for e in resources:
+        links = references
+        root = _restful(e.full_url)
+        if root is not None and root[0] in relative:
+            links = {**references, **relative[root[0]]}
+        e.resource = rewrite_links(e.resource, links)  # type: ignore[arg-type]
 
 
 def _relative_links(entries: list[Entry]) -> dict[str, dict[str, str]]:

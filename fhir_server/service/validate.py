@@ -15,7 +15,7 @@ from typing import Any
 from fhir_server.outcome import FhirError, Issue, bad_request, operation_outcome
 from fhir_server.service.parameters import Parameter, is_parameters, read_parameters
 from fhir_server.service.resources import ResourceService, check_id, check_version_match
-from fhir_server.validation import validate_resource
+from fhir_server.validation import DEFAULT_MAX_ISSUES, validate_resource
 
 MODES = ("create", "update", "delete")
 INSTANCE_MODES = frozenset({"update", "delete"})
@@ -131,7 +131,11 @@ def check_request(req: ValidateRequest, instance: bool) -> None:
 
 
 def content_issues(
-    resource_type: str, resource: Any, mode: str | None, r4b_models: bool = False
+    resource_type: str,
+    resource: Any,
+    mode: str | None,
+    r4b_models: bool = False,
+    max_issues: int = DEFAULT_MAX_ISSUES,
 ) -> list[Issue]:
     """Base-specification validation, as a write would do it (create ignores the id)."""
     if isinstance(resource, dict):
@@ -145,7 +149,10 @@ def content_issues(
         resource = {k: v for k, v in resource.items() if k != "id"}
         message = "The id is ignored by a create; the server assigns a new one"
         notes.append(Issue("informational", message, "information", (f"{resource_type}.id",)))
-    return validate_resource(resource, resource_type, r4b_models=r4b_models) + notes
+    issues = validate_resource(
+        resource, resource_type, r4b_models=r4b_models, max_issues=max_issues
+    )
+    return issues + notes
 
 
 def id_issues(resource_type: str, resource_id: str, resource: Any) -> list[Issue]:
@@ -189,8 +196,15 @@ class ValidateService:
         if req.mode == "delete":
             assert resource_id is not None
             return await self._delete(resource_type, resource_id, if_match)
-        r4b = self.resources.settings.validate_r4b_models
-        issues = content_issues(resource_type, req.resource, req.mode, r4b)
+        settings = self.resources.settings
+        issues = await self.resources.offload.call(
+            content_issues,
+            resource_type,
+            req.resource,
+            req.mode,
+            settings.validate_r4b_models,
+            settings.validation_max_issues,
+        )
         if req.mode == "update":
             assert resource_id is not None
             issues += await self._update(resource_type, resource_id, req.resource, if_match)

@@ -57,9 +57,9 @@ from fhir_server.resource_types import is_resource_type
 from fhir_server.validation.model import Model, model
 from fhir_server.validation.primitives import json_kind
 from fhir_server.validation.r4b import r4b_issues
-from fhir_server.validation.structure import Walk
+from fhir_server.validation.structure import IssueLimitReached, Issues, Walk
 
-__all__ = ["validate_resource"]
+__all__ = ["DEFAULT_MAX_ISSUES", "validate_resource"]
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +67,46 @@ log = logging.getLogger(__name__)
 Pending = tuple[Any, str, int, bool]
 
 
+# Issues collected before validation stops (Settings.validation_max_issues).
+DEFAULT_MAX_ISSUES = 1000
+
+
 def validate_resource(
-    resource: Any, expected_type: str | None = None, *, r4b_models: bool = False
+    resource: Any,
+    expected_type: str | None = None,
+    *,
+    r4b_models: bool = False,
+    max_issues: int = DEFAULT_MAX_ISSUES,
 ) -> list[Issue]:
     """The problems in ``resource`` as an R4 resource (of ``expected_type``, if given).
 
     ``r4b_models`` adds the fhir.resources pass (FHIR_VALIDATE_R4B_MODELS): the structural
     pass alone catches everything it does for R4 (tests/test_validation_differential.py)
-    at a fraction of its cost, so it is off by default."""
+    at a fraction of its cost, so it is off by default. After ``max_issues`` issues the
+    validation stops, and a last informational issue (code too-costly) says so: a body
+    of a million bad values costs no more than one of a thousand."""
+    issues: list[Issue] = []
     try:
-        return _validate(resource, expected_type, r4b_models)
+        _validate(resource, expected_type, r4b_models, Issues(issues, max_issues))
+    except IssueLimitReached:
+        message = f"Validation stopped after {max_issues} issues; there may be more"
+        issues.append(Issue("too-costly", message, severity="information"))
     except Exception as exc:  # never crash on input: report it
         log.exception("validation failed")
         message = f"The resource could not be validated ({type(exc).__name__})"
         return [Issue("exception", message)]
+    return issues
 
 
-def _validate(resource: Any, expected_type: str | None, r4b_models: bool) -> list[Issue]:
+def _validate(resource: Any, expected_type: str | None, r4b_models: bool, out: Issues) -> None:
     m = model()
     issues = top_level_issues(resource, expected_type)
     if issues:
-        return issues
+        out.extend(issues)
+        return
     queue: deque[Pending] = deque([(resource, "", 0, False)])
     while queue:
-        issues += check_resource(m, queue.popleft(), queue, r4b_models)
-    return issues
+        check_resource(m, queue.popleft(), queue, out, r4b_models)
 
 
 def top_level_issues(resource: Any, expected_type: str | None) -> list[Issue]:
@@ -105,24 +120,25 @@ def top_level_issues(resource: Any, expected_type: str | None) -> list[Issue]:
 
 
 def check_resource(
-    m: Model, pending: Pending, queue: deque[Pending], r4b_models: bool = False
-) -> list[Issue]:
+    m: Model, pending: Pending, queue: deque[Pending], out: Issues, r4b_models: bool = False
+) -> None:
     """The passes over one resource; its nested resources join the queue."""
     resource, path, depth, contained = pending
     resource_type, problem = resource_type_of(resource, path)
     if problem is not None:
-        return [problem]
+        out.append(problem)
+        return
     path = path or resource_type
     info = m.types[resource_type]
-    walk = Walk(m.types["Element"])
-    walk.object(resource, info, path, depth)
-    if contained and "contained" in resource:
-        walk.error("invalid", "A contained resource must not contain resources (dom-2)", path)
-    queue.extend(walk.nested)
-    issues = walk.issues
+    walk = Walk(m.types["Element"], out)
+    try:
+        walk.object(resource, info, path, depth)
+        if contained and "contained" in resource:
+            walk.error("invalid", "A contained resource must not contain resources (dom-2)", path)
+    finally:
+        queue.extend(walk.nested)
     if r4b_models and resource_type not in m.r4b_unusable and not walk.malformed:
-        issues += r4b_issues(resource, info, path, issues)
-    return issues
+        out.extend(r4b_issues(resource, info, path, walk.found, out.remaining + 1))
 
 
 def resource_type_of(resource: Any, path: str) -> tuple[str, Issue | None]:

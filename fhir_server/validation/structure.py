@@ -23,19 +23,51 @@ MAX_DEPTH = 100
 NULL_RULE = "null is only allowed inside an array of primitives, paired with a value in '_{}'"
 
 
+class IssueLimitReached(Exception):
+    """Raised by ``Issues`` when one more issue would exceed the limit."""
+
+
+class Issues:
+    """The issues of one validation, at most ``limit`` of them: reaching the limit
+    stops the validation (IssueLimitReached), so that its cost is bounded by the limit
+    rather than by how many bad values a body holds."""
+
+    __slots__ = ("items", "limit")
+
+    def __init__(self, items: list[Issue], limit: int) -> None:
+        self.items = items
+        self.limit = limit
+
+    def append(self, issue: Issue) -> None:
+        if len(self.items) >= self.limit:
+            raise IssueLimitReached
+        self.items.append(issue)
+
+    def extend(self, issues: list[Issue]) -> None:
+        for issue in issues:
+            self.append(issue)
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - len(self.items)
+
+
 class Walk:
     """Checks one resource's elements, collecting issues and nested resources."""
 
-    __slots__ = ("element_type", "issues", "malformed", "nested")
+    __slots__ = ("element_type", "found", "malformed", "nested", "out")
 
-    def __init__(self, element_type: TypeInfo) -> None:
+    def __init__(self, element_type: TypeInfo, out: Issues | None = None) -> None:
         self.element_type = element_type  # "Element": the shape of a `_name` object
-        self.issues: list[Issue] = []
+        self.out = out if out is not None else Issues([], 1 << 62)
+        self.found: list[Issue] = []  # this resource's issues (all also in ``out``)
         self.nested: list[tuple[Any, str, int, bool]] = []  # value, path, depth, contained
         self.malformed = False  # too deep, or not JSON: unfit for the pydantic models
 
     def error(self, code: str, diagnostics: str, path: str) -> None:
-        self.issues.append(Issue(code, diagnostics, expression=(path,)))
+        issue = Issue(code, diagnostics, expression=(path,))
+        self.out.append(issue)
+        self.found.append(issue)
 
     def object(self, obj: dict[Any, Any], info: TypeInfo, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:

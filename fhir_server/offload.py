@@ -1,0 +1,165 @@
+"""CPU-bound request work off the event loop, in a pool sized to the cores.
+
+The event loop answers every connection; whatever runs on it runs instead of them (a
+validator on the loop held every request, ``/metadata`` included, for as long as one
+body took). Parsing large bodies, validation, JSON Patch, transaction link rewriting and
+search-index extraction run in a pool of daemon threads instead. They are Python (the
+JSON reader calls a Python hook for every object and number), which gives up the GIL
+every ``sys.getswitchinterval()`` (set to 1 ms here), so the loop keeps answering.
+
+Chosen by measurement (docs/benchmarks.md, "Adversarial input"): a process pool for
+parsing (``FHIR_PARSE_IN_PROCESSES=true``, kept as an option) answered the 2 MB bodies
+no faster and kept ``/metadata`` no faster meanwhile, and it cost ~25% more server CPU
+on ingest: every body is pickled back from the child, and the children start.
+Bounding the work (input_limits.py, the issue limit) is what makes any one request
+cheap; this pool is what keeps it from delaying the others.
+
+Bodies below ``PARSE_INLINE_BYTES`` are parsed on the loop: under a millisecond, less
+than the hand-over to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ParamSpec, TypeVar
+
+from fhir_server.input_limits import DEFAULT_LIMITS, InputLimits
+from fhir_server.jsonio import parse_json
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+PARSE_INLINE_BYTES = 64 * 1024
+# The loop thread waits at most this long for the GIL while pool threads compute.
+SWITCH_INTERVAL = 0.001
+
+
+def pool_size(workers: int = 1) -> int:
+    """Pool slots per server process: the cores, shared by the ``serve --workers``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, workers))
+
+
+class DaemonThreads(Executor):
+    """A fixed pool of daemon threads. ``ThreadPoolExecutor``'s threads are joined at
+    interpreter exit, so a server told to stop (SIGTERM) would wait for whatever
+    validation was running for a request uvicorn already cancelled."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._size = size
+        for i in range(size):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, work = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in range(self._size):
+            self._queue.put(None)
+
+
+def _warm() -> None:
+    """Child start-up: import what parsing needs before the first request waits."""
+    parse_json(b"{}")
+
+
+class Offload:
+    """Where a request's CPU work runs: ``call`` (thread pool) and ``parse`` (large
+    bodies: thread pool, or a process pool if configured). ``Offload.inline()`` runs
+    everything in place (scripts, tests of the services without a server)."""
+
+    def __init__(self, threads: Executor | None, size: int = 0) -> None:
+        self.threads = threads
+        self.size = size  # child processes; 0: large bodies are parsed in a thread
+        self.processes: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def inline(cls) -> Offload:
+        return cls(None)
+
+    @classmethod
+    def start(cls, size: int, processes: bool = False) -> Offload:
+        """Pools of ``size``; the children start with the first large body (an app
+        that never sees one, such as most tests', starts none). ``processes`` False:
+        large bodies are parsed in the thread pool too."""
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        threads = DaemonThreads(max(2, size), "fhir-cpu")
+        return cls(threads, size if processes else 0)
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        if self.processes is None:
+            self.processes = ProcessPoolExecutor(
+                self.size, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
+            )
+        return self.processes
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args)`` in the thread pool, with the caller's context variables."""
+        if self.threads is None:
+            return fn(*args, **kwargs)
+        context = contextvars.copy_context()
+        work = functools.partial(context.run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.threads, work)
+
+    async def parse(
+        self, body: bytes, what: str = "request body", limits: InputLimits = DEFAULT_LIMITS
+    ) -> Any:
+        """``parse_json``; a large body in a child process."""
+        if len(body) < PARSE_INLINE_BYTES:
+            return parse_json(body, what, limits)
+        if self.size == 0:
+            return await self.call(parse_json, body, what, limits)
+        loop = asyncio.get_running_loop()
+        pool = self._process_pool()
+        try:
+            return await loop.run_in_executor(pool, parse_json, body, what, limits)
+        except BrokenProcessPool:  # a child died (killed): a new pool for the next body
+            if self.processes is pool:
+                self.processes = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            return await self.call(parse_json, body, what, limits)
+
+    def close(self) -> None:
+        """Stop both pools now: queued work is cancelled, children are terminated (a
+        SIGTERM must not wait for a body being parsed)."""
+        if self.threads is not None:
+            self.threads.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            children = list(getattr(self.processes, "_processes", {}).values())
+            self.processes.shutdown(wait=False, cancel_futures=True)
+            for child in children:
+                if child.is_alive():
+                    child.terminate()
