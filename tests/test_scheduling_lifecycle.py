@@ -9,7 +9,6 @@ server business rules")."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,12 +28,9 @@ from fhir_helpers import (
     put,
     shared_client,
 )
-from pymongo import MongoClient
-from scheduling_helpers import appointment
+from scheduling_helpers import appointment, smart
 from smart_helpers import TokenMint
 
-from fhir_server.app import create_app
-from fhir_server.config import Settings
 from fhir_server.workflows.scheduling.lifecycle import STATUSES, TRANSITIONS
 
 PAIRS = [(old, new) for old in STATUSES for new in STATUSES]
@@ -117,24 +113,6 @@ def soon(hours: float) -> dict[str, Any]:
     found["start"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
     found["end"] = (start + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return found
-
-
-@contextlib.contextmanager
-def smart(mongo_url: str, **overrides: Any) -> Iterator[tuple[TestClient, TokenMint]]:
-    settings = Settings(
-        mongo_url=mongo_url,
-        database=f"test_{uuid.uuid4().hex[:12]}",
-        auth_enabled=True,
-        **overrides,
-    )
-    mint = TokenMint(mongo_url, settings.database)
-    try:
-        with TestClient(create_app(settings), base_url="http://testserver") as client:
-            yield client, mint
-    finally:
-        mint.close()
-        with MongoClient(mongo_url) as mc:
-            mc.drop_database(settings.database)
 
 
 @pytest.fixture(scope="module")

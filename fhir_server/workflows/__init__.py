@@ -9,7 +9,8 @@ from fhir_server.workflows.pipeline import Rule
 
 def rules(settings: Settings) -> list[Rule]:
     """Every rule of the pipeline, in the order they run: refusals first (cheapest),
-    then the booking keys."""
+    then the booking keys, then the action log."""
+    from fhir_server.workflows.scheduling.actions import ActionLog
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
     from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
 
@@ -17,4 +18,5 @@ def rules(settings: Settings) -> list[Rule]:
         StatusTransitions(),
         MinimumNotice(settings.appointment_min_notice),
         NoDoubleBooking(),
+        ActionLog(),
     ]

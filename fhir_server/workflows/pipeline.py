@@ -109,11 +109,13 @@ class Transaction:
     def db(self) -> AsyncDatabase[dict[str, Any]]:
         return self.storage.db
 
-    def create(self, resource: dict[str, Any], when: datetime) -> VersionWrite:
+    def create(
+        self, resource: dict[str, Any], when: datetime, resource_id: str | None = None
+    ) -> VersionWrite:
         """Queue a new resource (stored after every rule has run, in one write)."""
         write = VersionWrite(
             type=resource["resourceType"],
-            id=str(uuid.uuid4()),
+            id=resource_id or str(uuid.uuid4()),
             version=1,
             last_updated=when,
             method="POST",
