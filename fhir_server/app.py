@@ -14,9 +14,11 @@ from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.nul import RefuseNul
+from fhir_server.api.openapi import router as openapi_router
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
+from fhir_server.api.terminology import router as terminology_router
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
@@ -92,8 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
     install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
     app.include_router(health_router)  # /health/live, /health/ready (no token)
+    app.include_router(openapi_router, prefix=BASE_PATH)  # before router: not a type
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
+    app.include_router(terminology_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app

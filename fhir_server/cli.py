@@ -17,6 +17,7 @@ import click
 from fhir_server.config import Settings
 from importers.cli import import_group
 from smart_auth.cli import auth as auth_group
+from terminology.cli import terminology_group
 
 if TYPE_CHECKING:
     from fhir_server.loader import Options, Summary
@@ -110,6 +111,12 @@ def serve(no_auth: bool = False, **options: Any) -> None:
             hint = first_start_hint(url, settings.database)
             if hint:
                 click.echo(hint, err=True)
+        if settings.terminology_load_core:  # first start: the R4 core terminology
+            from terminology.cli import run_load_core
+
+            report = asyncio.run(run_load_core(url, settings.database))
+            if not report.skipped_run:
+                click.echo(report.line(), err=True)
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
         # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
         signal.signal(signal.SIGTERM, _exit_quietly)
@@ -361,6 +368,7 @@ def worker(**options: Any) -> None:
 
 main.add_command(import_group)
 main.add_command(auth_group)
+main.add_command(terminology_group)
 
 if __name__ == "__main__":
     main()

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a request's headers, from connecting or "
         "from the request's first byte; then 408 and the connection is closed (slow loris).",
     )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a client has to send a request's whole body, from the end of "
+        "its headers; then 408 and the connection is closed (slow body). Raise it for large "
+        "uploads over slow links.",
+    )
     keep_alive_timeout_seconds: int = Field(
         5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open."
     )
@@ -206,6 +214,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds without progress after which a bulk export unit whose worker "
         "died is given to another worker.",
+    )
+    terminology_load_core: bool = Field(
+        True,
+        description="Load the R4 core code systems, value sets and concept maps when "
+        "`serve` starts and they are not loaded yet (`fhir-server terminology load-core`).",
+    )
+    terminology_max_expansion: int = Field(
+        10_000,
+        ge=1,
+        description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
     )
 
     def input_limits(self) -> InputLimits:

@@ -8,8 +8,15 @@ connection, a file descriptor and a place in ``limit_concurrency`` for ever: 1,1
 connections were held in the attack of issue 11. Here every request's headers must be
 complete within ``header_timeout`` seconds of the connection opening or of the request's
 first byte; otherwise the connection gets 408 and is closed. The deadline is absolute, so
-dribbling bytes does not extend it. A slow body is not covered (uploads are legitimately
-slow); ``max_body_bytes`` bounds its size.
+dribbling bytes does not extend it.
+
+A request's body has its own absolute deadline, ``body_timeout`` seconds from the end of
+its headers (``max_body_bytes`` bounds its size, this its duration): a client that
+declares ``Content-Length: 1000000`` and then sends a byte a second would otherwise hold
+a request task, a place in ``limit_concurrency``, for ever, because the route awaits the
+body and uvicorn arms no timer while it does. On expiry, a request not yet answered gets
+408 with an OperationOutcome, and the connection is closed either way (the route then
+sees a disconnect).
 
 Over ``limit_concurrency`` (connections or requests in flight) a request is answered
 503 with ``Retry-After`` as an OperationOutcome, instead of uvicorn's plain text.
@@ -36,6 +43,23 @@ except ImportError:  # pragma: no cover - httptools comes with uvicorn[standard]
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_BODY_TIMEOUT_BODY = dumps(
+    operation_outcome(
+        [Issue("timeout", "The request body did not arrive in time; the connection is closed")]
+    )
+)
+_BODY_TIMEOUT = b"\r\n".join(
+    [
+        b"HTTP/1.1 408 Request Timeout",
+        b"content-type: application/fhir+json; charset=utf-8",
+        b"content-length: " + str(len(_BODY_TIMEOUT_BODY)).encode(),
+        b"cache-control: no-store",
+        b"x-content-type-options: nosniff",
+        b"connection: close",
+        b"",
+        _BODY_TIMEOUT_BODY,
+    ]
+)
 _OVERLOADED_BODY = dumps(
     operation_outcome(
         [Issue("transient", "The server has too many connections open; retry shortly")]
@@ -62,15 +86,25 @@ async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": _OVERLOADED_BODY, "more_body": False})
 
 
-_header_timeout: float | None = None
+_timeouts: tuple[float, float] | None = None
+
+
+def _read_timeouts() -> tuple[float, float]:
+    global _timeouts
+    if _timeouts is None:
+        settings = Settings()
+        _timeouts = (settings.header_timeout_seconds, settings.body_timeout_seconds)
+    return _timeouts
 
 
 def header_timeout() -> float:
-    """The deadline of this process (FHIR_HEADER_TIMEOUT_SECONDS), read once."""
-    global _header_timeout
-    if _header_timeout is None:
-        _header_timeout = Settings().header_timeout_seconds
-    return _header_timeout
+    """The header deadline of this process (FHIR_HEADER_TIMEOUT_SECONDS), read once."""
+    return _read_timeouts()[0]
+
+
+def body_timeout() -> float:
+    """The body deadline of this process (FHIR_BODY_TIMEOUT_SECONDS), read once."""
+    return _read_timeouts()[1]
 
 
 class _Deadlines:
@@ -81,15 +115,21 @@ class _Deadlines:
     connections: set[Any]
     tasks: set[Any]
     app: Any
+    cycle: Any
     limit_concurrency: int | None
 
     def _setup(self) -> None:
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
         self._request_bytes = False  # any byte of the pending request seen
         # Checked here, answered as an OperationOutcome; uvicorn's own check is disabled.
         self._limit, self.limit_concurrency = self.limit_concurrency, None
 
     def _headers_pending(self) -> bool:
+        raise NotImplementedError
+
+    def _body_pending(self) -> bool:
+        """Headers complete, body not yet complete."""
         raise NotImplementedError
 
     def _arm(self) -> None:
@@ -107,6 +147,24 @@ class _Deadlines:
             if self._request_bytes:
                 self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
+
+    def _arm_body(self) -> None:
+        if self._body_deadline is None:
+            self._body_deadline = self.loop.call_later(body_timeout(), self._body_expired)
+
+    def _disarm_body(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_expired(self) -> None:
+        self._body_deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(_BODY_TIMEOUT)
+        self.transport.close()
 
     def _over_limit(self) -> bool:
         limit = self._limit
@@ -126,6 +184,10 @@ class _Deadlines:
         else:
             self._request_bytes = False
             self._disarm()
+        if self._body_pending():
+            self._arm_body()
+        else:
+            self._disarm_body()
 
 
 if HttpToolsProtocol is not None:
@@ -135,9 +197,13 @@ if HttpToolsProtocol is not None:
             super().__init__(*args, **kwargs)
             self._setup()
             self._pending = False
+            self._in_body = False
 
         def _headers_pending(self) -> bool:
             return self._pending
+
+        def _body_pending(self) -> bool:
+            return self._in_body
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -145,6 +211,7 @@ if HttpToolsProtocol is not None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_body()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -156,7 +223,12 @@ if HttpToolsProtocol is not None:
 
         def on_headers_complete(self) -> None:
             self._pending = False
+            self._in_body = True
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            super().on_message_complete()
 
 
 class H11DeadlineProtocol(_Deadlines, H11Protocol):
@@ -167,12 +239,16 @@ class H11DeadlineProtocol(_Deadlines, H11Protocol):
     def _headers_pending(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
+    def _body_pending(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

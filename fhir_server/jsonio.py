@@ -9,6 +9,7 @@ through orjson, writing Decimals back verbatim as JSON fragments.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -97,11 +98,41 @@ class _Decoder:
         return OversizedNumber(text)
 
 
+# A \uD800-\uDFFF escape: JSON lets one stand alone, Unicode (and so UTF-8 output) does not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, else None. The
+    decoder joins a valid high+low pair into one character, so any left is unpaired."""
+    if isinstance(value, str):
+        return path or "$" if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if _SURROGATE.search(key):
+                return where
+            found = _unpaired_surrogate(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def parse_json(
     body: bytes | str, what: str = "request body", limits: InputLimits = DEFAULT_LIMITS
 ) -> Any:
     """Parse client JSON; malformed input raises a 400 FhirError with a position, and
-    JSON beyond ``limits`` a 400 (too-costly) with the path of the first excess."""
+    JSON beyond ``limits`` a 400 (too-costly) with the path of the first excess.
+
+    Strings with an unpaired surrogate escape (``"\\ud800"``) are refused: RFC 8259
+    section 8.2 leaves them unpredictable, they are no Unicode text FHIR can hold
+    (datatypes.html#string), and they cannot be written back as UTF-8."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
@@ -125,6 +156,14 @@ def parse_json(
     containers = text.count("[") + text.count("{")
     if scalars or containers > limits.max_depth or len(text) > 2 * limits.max_array_length:
         check_limits(value, limits, what, scalars)
+    if _SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text):
+        where = _unpaired_surrogate(value)
+        if where is not None:
+            raise bad_request(
+                f"The {what} has a string with an unpaired UTF-16 surrogate at {where}",
+                where,
+                code="structure",
+            )
     return value
 
 

@@ -5,7 +5,7 @@ validator on the loop held every request, ``/metadata`` included, for as long as
 body took). Parsing large bodies, validation, JSON Patch, transaction link rewriting and
 search-index extraction run in a pool of daemon threads instead. They are Python (the
 JSON reader calls a Python hook for every object and number), which gives up the GIL
-every ``sys.getswitchinterval()`` (set to 1 ms here), so the loop keeps answering.
+every ``sys.getswitchinterval()`` (5 ms), so the loop keeps answering.
 
 Chosen by measurement (docs/benchmarks.md, "Adversarial input"): a process pool for
 parsing (``FHIR_PARSE_IN_PROCESSES=true``, kept as an option) answered the 2 MB bodies
@@ -26,7 +26,6 @@ import functools
 import multiprocessing
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -39,9 +38,7 @@ from fhir_server.jsonio import parse_json
 P = ParamSpec("P")
 T = TypeVar("T")
 
-PARSE_INLINE_BYTES = 64 * 1024
-# The loop thread waits at most this long for the GIL while pool threads compute.
-SWITCH_INTERVAL = 0.001
+PARSE_INLINE_BYTES = 16 * 1024
 
 
 def pool_size(workers: int = 1) -> int:
@@ -115,8 +112,7 @@ class Offload:
         """Pools of ``size``; the children start with the first large body (an app
         that never sees one, such as most tests', starts none). ``processes`` False:
         large bodies are parsed in the thread pool too."""
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        threads = DaemonThreads(max(2, size), "fhir-cpu")
+        threads = DaemonThreads(size, "fhir-cpu")
         return cls(threads, size if processes else 0)
 
     def _process_pool(self) -> ProcessPoolExecutor:

@@ -6,11 +6,13 @@ request message within the time that it was prepared to wait". The header deadli
 from the connection (or the request's first byte) and is not extended by dribbled bytes;
 idle keep-alive connections close after their own timeout; and over the concurrency limit
 requests get 503 + Retry-After as an OperationOutcome, until the deadline frees places.
+A request's body has its own absolute deadline from the end of its headers (slow body).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ from fhir_server.testing import ServerProcess
 
 pytestmark = pytest.mark.slow
 HEADER_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.5
 KEEP_ALIVE = 1
 LIMIT = 40
 PARTIAL = b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nAccept: application/fhir+json\r\n"
@@ -36,6 +39,7 @@ def server(mongo_url: str) -> Iterator[ServerProcess]:
     database = f"test_{uuid.uuid4().hex[:12]}"
     env = {
         "FHIR_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "FHIR_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
         "FHIR_KEEP_ALIVE_TIMEOUT_SECONDS": str(KEEP_ALIVE),
         "FHIR_LIMIT_CONCURRENCY": str(LIMIT),
     }
@@ -96,6 +100,57 @@ def test_slow_loris_connections_are_closed_and_others_served(server: ServerProce
     finally:
         stop.set()
         for sock in [*silent, *partial, dribbler]:
+            sock.close()
+
+
+def test_slow_body_gets_408_and_is_closed_while_others_are_served(
+    server: ServerProcess,
+) -> None:
+    """Headers complete, ``Content-Length: 1000000``, then a byte every 0.2 s: the route
+    awaits the body, holding a request task. RFC 9110 15.5.9: 408 means "the server did
+    not receive a complete request message within the time that it was prepared to
+    wait"; it is answered as an OperationOutcome and the connection is closed."""
+    head = (
+        b"POST /fhir/Patient HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/fhir+json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    slow = [connect(server, head + b'{"resourceType":"Patient"') for _ in range(5)]
+    stop = threading.Event()
+
+    def dribble() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.2):
+                for sock in slow:
+                    sock.sendall(b" ")
+
+    threading.Thread(target=dribble, daemon=True).start()
+    started = time.monotonic()
+    try:
+        # Meanwhile a normal read and a normal write are served at once.
+        r = httpx.get(f"{server.base_url}/metadata", timeout=5)
+        assert r.status_code == 200
+        r = httpx.post(
+            f"{server.base_url}/Patient",
+            json={"resourceType": "Patient", "active": True},
+            headers={"Content-Type": "application/fhir+json"},
+            timeout=5,
+        )
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - started < BODY_TIMEOUT
+        for sock in slow:
+            _, got = closed_after(sock, BODY_TIMEOUT + 3.0)
+            assert got.startswith(b"HTTP/1.1 408"), got
+            head_part, _, body = got.partition(b"\r\n\r\n")
+            assert b"application/fhir+json" in head_part.lower()
+            outcome = json.loads(body)
+            assert outcome["resourceType"] == "OperationOutcome"
+            assert outcome["issue"][0]["code"] == "timeout"
+        # Dribbling did not extend the deadline.
+        assert time.monotonic() - started < BODY_TIMEOUT + 1.5
+        assert httpx.get(f"{server.base_url}/metadata", timeout=5).status_code == 200
+    finally:
+        stop.set()
+        for sock in slow:
             sock.close()
 
 

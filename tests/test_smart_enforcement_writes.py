@@ -159,7 +159,7 @@ def test_refused_writes_change_nothing(world: World) -> None:
 
 
 def test_patch(world: World) -> None:
-    scope = "patient/Observation.u"
+    scope = "patient/Observation.ru"  # a PATCH reads what it changes
     ok = [{"op": "replace", "path": "/status", "value": "amended"}]
     assert call(world, scope, "PATCH", "Observation/oa-lab", **patch_body(ok)).status_code == 200
     # a "test" op must not probe another patient's resource

@@ -3,7 +3,11 @@
 - A create-only token (``system/Observation.c``) got a whole stored resource back from
   ``If-None-Exist: _id=...``: http.html#ccreate, "One Match: The server ignores the post
   and returns 200 OK" says nothing of a body, and the server returned the match.
-- An update-only token got one back from a PATCH that changes nothing.
+- An update-only token got one back from a PATCH that changes nothing; and, once that
+  was withheld, still learnt what a resource holds: a JSON Patch ``remove`` or
+  ``replace`` of a path the resource lacks fails (RFC 6902 section 4.2: "The target
+  location MUST exist for the operation to be successful"), so 200 against 422 says
+  whether an element exists, and a ``test`` op compares values outright.
 - Conditional criteria answer differently for no, one and several matches, and the
   spec requires the last to be a 412 (http.html#ccreate and #cond-update: "Multiple
   matches: The server returns a 412 Precondition Failed error indicating the client's
@@ -11,8 +15,9 @@
 
 The rules: conditional criteria need the search scope (403 before they are evaluated);
 a write answers with the resource only to a token that may read it (Prefer is then
-ignored); a PATCH by a token that may not read is blind (no ``test`` op, no details of
-why it failed, which would quote the content)."""
+ignored); a PATCH is a read-modify-write, so it needs the read scope on the type besides
+update (403 before the resource is loaded, the same whether it exists or not), and a
+resource the token may change but not read is patched as a missing one."""
 
 from __future__ import annotations
 
@@ -82,35 +87,66 @@ def test_create_only_token_gets_no_resource_from_if_none_exist(world: World) -> 
     assert r.status_code == 200 and r.json()["id"] == "oa-lab"
 
 
-def test_update_only_token_gets_nothing_from_a_patch(world: World) -> None:
+def test_update_only_token_cannot_probe_with_patch(world: World) -> None:
+    """The attack: PATCH remove/replace on a path that exists, one that does not, a
+    ``test`` op, and an id that does not exist. Every answer is the same 403 and
+    nothing is changed."""
     scope = "system/Observation.u"
-    same = [{"op": "replace", "path": "/status", "value": "final"}]  # changes nothing
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(same))
-    assert r.status_code == 200 and r.content == b"", r.text
-    assert r.headers["etag"] == 'W/"1"'
-    # a test op reads: refused before it is applied
-    probe = [{"op": "test", "path": "/code/coding/0/code", "value": "code-oa-lab"}]
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(probe))
-    assert r.status_code == 403, r.text
-    assert r.json()["issue"][0]["expression"] == ["[0]"]
-    # a failing patch does not quote the resource (jsonpointer's message does)
-    missing = [{"op": "replace", "path": "/nothing/here", "value": 1}]
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(missing))
-    assert r.status_code == 422, r.text
-    secret_free(r)
-    # nor does the validation of what a patch made of it
-    moved = [{"op": "copy", "from": "/code/coding/0/code", "path": "/issued"}]
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(moved))
-    assert r.status_code in (400, 422), r.text
-    secret_free(r)
+    probes = {
+        "existing path": ("oa-lab", [{"op": "remove", "path": "/encounter"}]),
+        "missing path": ("oa-lab", [{"op": "remove", "path": "/valueString"}]),
+        "replace missing": ("oa-lab", [{"op": "replace", "path": "/nothing/here", "value": 1}]),
+        "test op": ("oa-lab", [{"op": "test", "path": "/status", "value": "final"}]),
+        "missing id": ("no-such-obs", [{"op": "remove", "path": "/encounter"}]),
+    }
+    answers = {}
+    for name, (rid, ops) in probes.items():
+        r = send(world, scope, "PATCH", f"Observation/{rid}", **patch_ops(ops))
+        assert r.status_code == 403, (name, r.text)
+        secret_free(r)
+        answers[name] = r.json()
+    assert all(a == answers["missing id"] for a in answers.values()), answers
+    issue = answers["missing id"]["issue"][0]
+    assert issue["code"] == "forbidden" and issue["expression"] == ["Observation"]
+    # conditional PATCH: refused before its criteria are evaluated
+    r = send(world, "system/Observation.us", "PATCH", "Observation?_id=oa-lab", **patch_ops([]))
+    assert r.status_code == 403 and r.json() == answers["missing id"], r.text
     assert version(world, "oa-lab") == "1"
-    # a token that may read gets the result and the reasons
-    r = send(world, "system/Observation.ru", "PATCH", "Observation/oa-lab", **patch_ops(same))
+    assert "encounter" in send(world, ADMIN, "GET", "Observation/oa-lab").json()
+
+
+def test_patch_of_a_resource_the_token_may_change_but_not_read_is_as_missing(
+    world: World,
+) -> None:
+    """Read granted on part of the type only (vital signs): a laboratory result it may
+    update is patched as a missing id, whatever the operations would find."""
+    scope = f"system/Observation.u system/Observation.r?category={CATEGORY}|vital-signs"
+    present = [{"op": "remove", "path": "/encounter"}]
+    absent = [{"op": "remove", "path": "/valueString"}]
+    a = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(present))
+    b = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(absent))
+    c = send(world, scope, "PATCH", "Observation/no-such-obs", **patch_ops(present))
+    assert a.status_code == b.status_code == c.status_code == 404, (a.text, b.text, c.text)
+    assert a.text == b.text == c.text.replace("no-such-obs", "oa-lab")
+    assert version(world, "oa-lab") == "1"
+    # within what it may read, the patch applies and answers with the result
+    same = [{"op": "replace", "path": "/status", "value": "final"}]
+    r = send(world, scope, "PATCH", "Observation/oa-vital", **patch_ops(same))
+    assert r.status_code == 200 and r.json()["id"] == "oa-vital", r.text
+
+
+def test_a_token_that_may_read_patches_and_gets_the_reasons(world: World) -> None:
+    same = [{"op": "replace", "path": "/status", "value": "final"}]  # changes nothing
+    missing = [{"op": "replace", "path": "/nothing/here", "value": 1}]
+    moved = [{"op": "copy", "from": "/code/coding/0/code", "path": "/issued"}]
+    scope = "system/Observation.ru"
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(same))
     assert r.status_code == 200 and r.json()["id"] == "oa-lab"
-    r = send(world, "system/Observation.ru", "PATCH", "Observation/oa-lab", **patch_ops(missing))
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(missing))
     assert r.status_code == 422 and "code-oa-lab" in r.text
-    r = send(world, "system/Observation.ru", "PATCH", "Observation/oa-lab", **patch_ops(moved))
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(moved))
     assert r.status_code in (400, 422) and "code-oa-lab" in r.text
+    assert version(world, "oa-lab") == "1"
 
 
 LAB = f"category={CATEGORY}|laboratory"  # oa-lab and ob-lab: several matches
@@ -121,7 +157,7 @@ LAB = f"category={CATEGORY}|laboratory"  # oa-lab and ob-lab: several matches
     [
         ("system/Observation.u", "PUT", f"Observation?{LAB}", {"json": new_obs()}),
         (
-            "system/Observation.u",
+            "system/Observation.ru",
             "PATCH",
             f"Observation?{LAB}",
             patch_ops([{"op": "replace", "path": "/status", "value": "final"}]),
@@ -180,10 +216,33 @@ def test_transaction_and_batch_entries_follow_the_same_rules(world: World) -> No
             "data": base64.b64encode(json.dumps(ops).encode()).decode(),
         },
     }
-    r = send(world, "system/Observation.u", "POST", "", json=bundle("transaction", patch))
+    # PATCH entries need read as well: 403 naming the entry, before anything is loaded
+    absent = [{"op": "remove", "path": "/valueString"}]
+    missing = {
+        "request": {"method": "PATCH", "url": "Observation/no-such-obs"},
+        "resource": {
+            **patch["resource"],
+            "data": base64.b64encode(json.dumps(absent).encode()).decode(),
+        },
+    }
+    answers = []
+    for entry in (patch, missing):
+        r = send(world, "system/Observation.u", "POST", "", json=bundle("transaction", entry))
+        assert r.status_code == 403, r.text
+        secret_free(r)
+        answers.append(r.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["issue"][0]["expression"] == ["Bundle.entry[0].request.method"]
+    statuses = []
+    for entry in (patch, missing):
+        r = send(world, "system/Observation.u", "POST", "", json=bundle("batch", entry))
+        assert r.status_code == 200, r.text
+        secret_free(r)
+        statuses.append(r.json()["entry"][0]["response"])
+    assert statuses[0] == statuses[1] and statuses[0]["status"].startswith("403")
+    r = send(world, "system/Observation.ru", "POST", "", json=bundle("transaction", patch))
     assert r.status_code == 200, r.text
-    assert "resource" not in r.json()["entry"][0]
-    secret_free(r)
+    assert r.json()["entry"][0]["resource"]["id"] == "oa-lab"
     assert version(world, "oa-lab") == "1"
 
 

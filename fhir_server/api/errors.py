@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from fhir_server.api.security_headers import HEADERS as SECURITY_HEADERS
@@ -63,6 +64,14 @@ async def on_database_error(request: Request, exc: Exception) -> Response:
     return await on_unexpected(request, exc)
 
 
+async def on_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off, e.g. by the body deadline of
+    fhir_server/http_timeouts.py) while its body was read: nothing to log as an error,
+    and nobody to answer (uvicorn drops this response)."""
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return outcome_response(400, [Issue("incomplete", "The request body is incomplete")], {})
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     issue = Issue("exception", "Internal server error; the request was not completed")
@@ -75,4 +84,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(PyMongoError, on_database_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

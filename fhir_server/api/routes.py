@@ -564,6 +564,7 @@ async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
 @router.patch("/{rtype}/{rid}")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     t, policy = _writer(request, rtype, "u")
+    policy.require_patch(t)
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.patch(
@@ -574,7 +575,9 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 
 @router.patch("/{rtype}")
 async def conditional_patch(request: Request, rtype: str) -> Response:
-    t, policy = _conditional_writer(request, rtype, "u")
+    t, policy = _writer(request, rtype, "u")
+    policy.require_patch(t)
+    policy.require_criteria(t, "url")
     out = neg.negotiate(request)
     ops = await _patch_body(request)
     result = await services(request).resources.conditional_patch(

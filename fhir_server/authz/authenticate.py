@@ -1,8 +1,8 @@
 """Bearer-token authentication of every FHIR request (RFC 6750, SMART App Launch 2.2).
 
 One app-wide dependency, so routers added later (bulk export ...) are covered too. It
-only acts on paths under the FHIR base; the capability statement and the SMART
-configuration stay public. It stores the verified ``AccessToken`` in
+only acts on paths under the FHIR base; the capability statement, the OpenAPI document
+and the SMART configuration stay public. It stores the verified ``AccessToken`` in
 ``request.state.access`` (None when authorization is off: everything allowed).
 """
 
@@ -16,7 +16,9 @@ from fhir_server.service.context import request_access
 from smart_auth.tokens import InvalidToken, TokenVerifier
 
 FHIR_PREFIX = "/fhir"
-PUBLIC_PATHS = frozenset({"/fhir/metadata", "/fhir/metadata/"})
+PUBLIC_PATHS = frozenset(
+    {"/fhir/metadata", "/fhir/metadata/", "/fhir/openapi.json"}  # the API's own descriptions
+)
 PUBLIC_PREFIXES = ("/fhir/.well-known/",)
 REALM = 'Bearer realm="fhir"'
 

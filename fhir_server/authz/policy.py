@@ -167,18 +167,42 @@ class Policy:
                 f"{resource_type}/{resource_id} is outside what the token may access",
             )
 
+    def require_patch(self, resource_type: str, where: str | None = None) -> None:
+        """A PATCH reads the resource it changes: JSON Patch operations succeed or fail
+        by its content (a ``test`` compares, a ``remove`` or ``replace`` of a missing
+        path fails), so an update-only token could learn what a resource holds from
+        200 against 422. It needs the read scope on the type besides update; without
+        it, 403 before anything is loaded, whether the target exists or not."""
+        self.require(resource_type, "u")
+        if not self.allows(resource_type, "r"):
+            raise FhirError.of(
+                403,
+                "forbidden",
+                f"The access token does not permit read on {resource_type}, and a PATCH "
+                "reads the resource it changes (use update, PUT, to write without reading)",
+                where or resource_type,
+            )
+
     async def within_reach(
-        self, current: StoredVersion | None, interaction: str, session: Session | None = None
+        self,
+        current: StoredVersion | None,
+        interaction: str,
+        session: Session | None = None,
+        *,
+        reads: bool = False,
     ) -> StoredVersion | None:
         """The current version a write (``interaction`` u or d) replaces, as far as the
         token may know it: None when there is none, or when the token may neither
         change it nor read it. The write then goes on exactly as for a missing resource
         (same status, same OperationOutcome), so writes are no existence oracle for
         what is out of reach (issue 11, finding 8). A resource the token can read but
-        may not change is a 403: saying so reveals nothing it could not see."""
+        may not change is a 403: saying so reveals nothing it could not see. ``reads``
+        (a PATCH): one the token may change but not read is out of reach as well."""
         if self.access is None or current is None:
             return current
         if await self.contains(current.type, current.id, interaction, session):
+            if reads and not await self.contains(current.type, current.id, "r", session):
+                return None
             return current
         if await self.contains(current.type, current.id, "r", session):
             if current.deleted:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from terminology.service import capability_operations
+
 PATIENT_EVERYTHING: Mapping[str, str] = MappingProxyType(
     {
         "name": "everything",
@@ -28,7 +30,12 @@ GROUP_EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/group
 
 # rest.resource[type].operation
 RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyType(
-    {"Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT), "Group": (GROUP_EXPORT,)}
+    {
+        "Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT),
+        "Group": (GROUP_EXPORT,),
+        # terminology/: CodeSystem, ValueSet and ConceptMap operations
+        **capability_operations(),
+    }
 )
 # rest.operation ($validate works on every type, so it is declared once here)
 SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE, EXPORT)

@@ -75,7 +75,6 @@ class Entry:
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
     assigned_id: bool = False  # a conditional PUT without a match got a new server id
-    readable: bool = True  # the token may read the resource a PATCH applies to
 
     @property
     def where(self) -> str:
@@ -87,7 +86,6 @@ class Entry:
         self.status, self.stored, self.write = "", None, None
         self.same_as = self.unresolved = None
         self.assigned_id = False
-        self.readable = True
 
 
 @dataclass(slots=True)
@@ -296,6 +294,8 @@ class TransactionService:
         for e in entries:
             try:
                 self.policy.require(e.type, interaction(e))
+                if e.method == "PATCH":
+                    self.policy.require_patch(e.type, "request.method")
                 if e.if_none_exist:
                     self.policy.require_criteria(e.type, "request.ifNoneExist")
                 if e.query and e.method != "GET":
@@ -349,20 +349,18 @@ class TransactionService:
         self._check_distinct(entries, skip)
         active = [e for e in ordered if e.index not in skip]
         current = await self._current_versions(s, active)
-        # A resource out of the token's reach is as missing (before a PATCH "test" op
-        # could probe it); a PUT that would then create checks that it may.
+        # A resource out of the token's reach is as missing (before a PATCH op could
+        # probe it); a PUT that would then create checks that it may.
         for e in active:
             if e.method == "POST":
                 continue
             key = (e.type, e.id or "")
             try:
                 seen = await ResourceService.within_reach(
-                    s, self.policy, current.get(key), interaction(e)
+                    s, self.policy, current.get(key), interaction(e), reads=e.method == "PATCH"
                 )
                 if seen is None:
                     current.pop(key, None)
-                elif e.method == "PATCH" and self.policy is not None:
-                    e.readable = await self.policy.sees(seen, s)
                 if e.method == "PUT" and seen is None:
                     await self.resources.check_update_as_create(
                         self.policy, e.type, key[1], not e.assigned_id
@@ -645,7 +643,7 @@ class TransactionService:
             raise gone(current)
         check_version_match(current, e.if_match)
         assert e.patch is not None
-        e.resource = self.resources.patched(current, e.patch, e.readable)
+        e.resource = self.resources.patched(current, e.patch)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
 

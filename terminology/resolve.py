@@ -1,0 +1,150 @@
+"""Finding the stored CodeSystem, ValueSet or ConceptMap an operation names: by id, or
+by canonical ``url`` (``url|version`` too) and version, within what the caller's access
+token may read (``restriction``: the policy's filter for the type, ``{}`` for all).
+
+Code systems come back as loaded concept-store systems (built on first use, rebuilt
+after the resource changes); value sets and concept maps as their JSON, parsed once per
+stored version (a small in-process cache: operations reuse the same few definitions).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_server.jsonio import load_stored
+from fhir_server.outcome import FhirError
+from fhir_server.search.values import SEP
+from fhir_server.storage import Storage
+from terminology import concepts
+from terminology.concepts import LoadedSystem
+
+Filter = dict[str, Any]
+_CACHE_SIZE = 256
+_NUMBERS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored definition resource: its id, version id and JSON."""
+
+    id: str
+    version_id: int
+    resource: dict[str, Any]
+
+
+def split_canonical(url: str, version: str | None) -> tuple[str, str | None]:
+    """``url|version`` (canonical form) into its parts; an explicit version wins."""
+    if "|" in url:
+        url, _, embedded = url.partition("|")
+        return url, version or embedded or None
+    return url, version
+
+
+def _version_key(version: str | None) -> tuple[Any, ...]:
+    """Order versions so that the newest is last: numbers compare as numbers."""
+    if version is None:
+        return ((-1,),)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version) if p)
+
+
+class Resolver:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._parsed: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+        # (CodeSystem id, versionId) -> its loaded concepts: a stored version never
+        # changes, so this needs no invalidation (an update has a new versionId)
+        self._systems: OrderedDict[tuple[str, int], LoadedSystem] = OrderedDict()
+
+    async def _candidates(
+        self, rtype: str, url: str, version: str | None, restriction: Filter
+    ) -> tuple[str, int] | None:
+        """(id, versionId) of the live resource with that canonical (the highest
+        version when none is asked)."""
+        query: Filter = {"sp.url": url, "del": False}
+        if version is not None:
+            query["sp.version"] = version
+        if restriction:
+            query = {"$and": [query, restriction]}
+        cursor = self.storage.current(rtype).find(query, {"v": 1, "sp.version": 1}, limit=50)
+        found = []
+        async for doc in cursor:
+            versions = [
+                v for v in (doc.get("sp") or {}).get("version", []) if not v.startswith(SEP)
+            ]
+            found.append((_version_key(versions[0] if versions else None), doc["_id"], doc["v"]))
+        if not found:
+            return None
+        found.sort()
+        _, rid, v = found[-1]
+        return rid, v
+
+    async def _load(self, rtype: str, rid: str, version_id: int) -> dict[str, Any]:
+        key = (rtype, rid, version_id)
+        cached = self._parsed.get(key)
+        if cached is not None:
+            self._parsed.move_to_end(key)
+            return cached
+        doc = await self.storage.current(rtype).find_one({"_id": rid, "v": version_id}, {"raw": 1})
+        if doc is None or doc.get("raw") is None:
+            raise FhirError.of(409, "conflict", f"{rtype}/{rid} changed while being read")
+        resource: dict[str, Any] = load_stored(doc["raw"])
+        self._parsed[key] = resource
+        if len(self._parsed) > _CACHE_SIZE:
+            self._parsed.popitem(last=False)
+        return resource
+
+    async def by_url(
+        self, rtype: str, url: str, version: str | None, restriction: Filter
+    ) -> Stored | None:
+        url, version = split_canonical(url, version)
+        found = await self._candidates(rtype, url, version, restriction)
+        if found is None:
+            return None
+        return Stored(found[0], found[1], await self._load(rtype, *found))
+
+    async def by_id(self, rtype: str, rid: str, restriction: Filter) -> Stored:
+        query: Filter = {"_id": rid, "del": False}
+        if restriction:
+            query = {"$and": [query, restriction]}
+        doc = await self.storage.current(rtype).find_one(query, {"v": 1})
+        if doc is None:
+            raise FhirError.of(404, "not-found", f"{rtype}/{rid} is not known")
+        return Stored(rid, doc["v"], await self._load(rtype, rid, doc["v"]))
+
+    # --- code systems ------------------------------------------------------------------
+
+    async def code_system(
+        self, url: str, version: str | None, restriction: Filter
+    ) -> LoadedSystem | None:
+        """The loaded code system with this canonical, or None when none is stored."""
+        url, version = split_canonical(url, version)
+        found = await self._candidates("CodeSystem", url, version, restriction)
+        if found is None:
+            return None
+        return await self._system(*found)
+
+    async def code_system_by_id(self, rid: str, restriction: Filter) -> LoadedSystem:
+        stored = await self.by_id("CodeSystem", rid, restriction)
+        return await self._system(stored.id, stored.version_id)
+
+    async def _system(self, rid: str, version_id: int) -> LoadedSystem:
+        cached = self._systems.get((rid, version_id))
+        if cached is not None:
+            return cached
+        db = self.storage.db
+        entry = await db[concepts.SYSTEMS].find_one({"_id": rid})
+        if entry is not None and (
+            entry.get("gen") == f"{rid}/{version_id}" or entry.get("source") == "import"
+        ):
+            found = concepts.loaded(entry)
+        else:
+            resource = await self._load("CodeSystem", rid, version_id)
+            found = await concepts.build_from_resource(db, rid, version_id, resource)
+        if entry is None or entry.get("source") != "import":  # an import may be re-run
+            self._systems[(rid, version_id)] = found
+            if len(self._systems) > _CACHE_SIZE:
+                self._systems.popitem(last=False)
+        return found

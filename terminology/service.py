@@ -1,0 +1,80 @@
+"""The terminology operations, one entry point per operation, for the HTTP layer
+(fhir_server/api/terminology.py) and the CapabilityStatement."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from fhir_server.storage import Storage
+from terminology import codesystem, conceptmap, valueset
+from terminology.concepts import ConceptStore, ensure_indexes
+from terminology.params import Inputs
+from terminology.resolve import Filter, Resolver
+
+_DEF = "http://hl7.org/fhir/OperationDefinition"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    type: str
+    name: str
+    params: tuple[str, ...]
+    reads: tuple[str, ...]  # the types whose resources the operation reads
+
+    @property
+    def definition(self) -> Mapping[str, str]:
+        return MappingProxyType(
+            {"name": self.name, "definition": f"{_DEF}/{self.type}-{self.name}"}
+        )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("CodeSystem", "lookup", codesystem.LOOKUP_PARAMS, ("CodeSystem",)),
+    Operation("CodeSystem", "validate-code", codesystem.VALIDATE_PARAMS, ("CodeSystem",)),
+    Operation("CodeSystem", "subsumes", codesystem.SUBSUMES_PARAMS, ("CodeSystem",)),
+    Operation("ValueSet", "expand", valueset.EXPAND_PARAMS, ("ValueSet", "CodeSystem")),
+    Operation("ValueSet", "validate-code", valueset.VALIDATE_PARAMS, ("ValueSet", "CodeSystem")),
+    Operation("ConceptMap", "translate", conceptmap.TRANSLATE_PARAMS, ("ConceptMap",)),
+)
+
+
+def capability_operations() -> dict[str, tuple[Mapping[str, str], ...]]:
+    """rest.resource[type].operation entries of the terminology operations."""
+    out: dict[str, tuple[Mapping[str, str], ...]] = {}
+    for op in OPERATIONS:
+        out[op.type] = (*out.get(op.type, ()), op.definition)
+    return out
+
+
+class TerminologyService:
+    def __init__(self, storage: Storage, max_expansion: int = 10_000) -> None:
+        self.resolver = Resolver(storage)
+        self.store = ConceptStore(storage.db)
+        self.codesystems = codesystem.CodeSystemOperations(self.resolver, self.store)
+        self.valuesets = valueset.ValueSetOperations(self.resolver, self.store, max_expansion)
+        self.conceptmaps = conceptmap.ConceptMapOperations(self.resolver)
+        self._indexed = False
+        self._storage = storage
+
+    async def run(
+        self, op: Operation, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
+        if not self._indexed:
+            await ensure_indexes(self._storage.db)
+            self._indexed = True
+        key = (op.type, op.name)
+        if key == ("CodeSystem", "lookup"):
+            return await self.codesystems.lookup(inp, rid, restrictions["CodeSystem"])
+        if key == ("CodeSystem", "validate-code"):
+            return await self.codesystems.validate_code(inp, rid, restrictions["CodeSystem"])
+        if key == ("CodeSystem", "subsumes"):
+            return await self.codesystems.subsumes(inp, rid, restrictions["CodeSystem"])
+        if key == ("ValueSet", "expand"):
+            return await self.valuesets.expand(inp, rid, restrictions)
+        if key == ("ValueSet", "validate-code"):
+            return await self.valuesets.validate_code(inp, rid, restrictions)
+        conceptmap.check_translate_inputs(inp)
+        return await self.conceptmaps.translate(inp, rid, restrictions["ConceptMap"])

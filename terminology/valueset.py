@@ -1,0 +1,527 @@
+"""ValueSet/$expand and ValueSet/$validate-code (valueset-operations.html).
+
+A value set's ``compose`` is evaluated include by include: each include with a system
+becomes one query on the concept store (its concept list, its filters, the text filter
+and activeOnly pushed into the query, so a filter over SNOMED CT is an index lookup),
+nested ``valueSet`` imports are expanded recursively (and intersected with the system
+part, valuesets.html#compose), and excludes are subtracted. $validate-code runs the
+same evaluation narrowed to the one code, never expanding the whole value set.
+
+An expansion larger than ``max_expansion`` concepts answers ``too-costly`` (422)
+rather than running away.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_server.outcome import FhirError, bad_request
+from terminology.codesystem import (
+    Coded,
+    codings_of,
+    designation_json,
+    pick_display,
+    validation_result,
+)
+from terminology.concepts import Concept, ConceptStore, LoadedSystem, words
+from terminology.params import Inputs, Output
+from terminology.resolve import Filter, Resolver
+
+EXPAND_PARAMS = (
+    "url",
+    "valueSet",
+    "valueSetVersion",
+    "context",
+    "filter",
+    "date",
+    "offset",
+    "count",
+    "includeDesignations",
+    "designation",
+    "includeDefinition",
+    "activeOnly",
+    "excludeNested",
+    "excludeNotForUI",
+    "excludePostCoordinated",
+    "displayLanguage",
+    "limitedExpansion",
+)
+VALIDATE_PARAMS = (
+    "url",
+    "context",
+    "valueSet",
+    "valueSetVersion",
+    "code",
+    "system",
+    "systemVersion",
+    "version",
+    "display",
+    "coding",
+    "codeableConcept",
+    "date",
+    "abstract",
+    "displayLanguage",
+)
+_CONCEPT_PROPERTIES = frozenset({"concept", "code"})
+_MAX_DEPTH = 20
+
+
+def too_costly(message: str, *where: str) -> FhirError:
+    return FhirError.of(422, "too-costly", message, *where)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    text: list[str] = field(default_factory=list)  # words of the filter parameter
+    active_only: bool = False
+    designations: bool = False
+    language: str | None = None
+    limit: int = 10_000
+    probe: Coded | None = None  # $validate-code: only this code matters
+    within: frozenset[str] | None = None  # excludes: only these codes can matter
+
+
+@dataclass(slots=True)
+class Entry:
+    system: str
+    version: str | None
+    code: str
+    display: str | None
+    inactive: bool = False
+    abstract: bool = False
+    designations: list[dict[str, Any]] = field(default_factory=list)
+    concept: Concept | None = None
+
+    def json(self, options: Options) -> dict[str, Any]:
+        out: dict[str, Any] = {"system": self.system}
+        if self.version:
+            out["version"] = self.version
+        if self.abstract:
+            out["abstract"] = True
+        if self.inactive:
+            out["inactive"] = True
+        out["code"] = self.code
+        display = self.display
+        if options.language and self.concept is not None:
+            display = pick_display(self.concept, options.language)
+        if display is not None:
+            out["display"] = display
+        if options.designations and self.designations:
+            out["designation"] = [designation_json(d) for d in self.designations]
+        return out
+
+
+Key = tuple[str, str]  # (system, code)
+
+
+class ValueSetOperations:
+    def __init__(self, resolver: Resolver, store: ConceptStore, max_expansion: int) -> None:
+        self.resolver = resolver
+        self.store = store
+        self.max_expansion = max_expansion
+
+    # --- which value set ---------------------------------------------------------------
+
+    async def target(self, inp: Inputs, rid: str | None, restriction: Filter) -> dict[str, Any]:
+        """The value set asked for: the instance, an inline ``valueSet``, or ``url``
+        (+ ``valueSetVersion``)."""
+        if rid is not None:
+            return (await self.resolver.by_id("ValueSet", rid, restriction)).resource
+        inline = inp.resource("valueSet", "ValueSet")
+        if inline is not None:
+            return inline
+        url = inp.text("url")
+        if url is None:
+            raise bad_request("url, valueSet or a ValueSet instance is required", "url")
+        found = await self.resolver.by_url(
+            "ValueSet", url, inp.text("valueSetVersion"), restriction
+        )
+        if found is None:
+            raise FhirError.of(404, "not-found", f"ValueSet {url} is not known", inp.where("url"))
+        return found.resource
+
+    # --- $expand -----------------------------------------------------------------------
+
+    async def expand(
+        self, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
+        vs = await self.target(inp, rid, restrictions["ValueSet"])
+        count = inp.integer("count")
+        offset = inp.integer("offset") or 0
+        text = inp.text("filter")
+        options = Options(
+            text=words(text) if text else [],
+            active_only=inp.boolean("activeOnly"),
+            designations=inp.boolean("includeDesignations"),
+            language=inp.text("displayLanguage"),
+            limit=self.max_expansion,
+        )
+        inp.boolean("excludeNested")  # expansions are always flat (no contains.contains)
+        entries = await self.evaluate(vs, options, restrictions, ())
+        total = len(entries)
+        page = entries[offset : offset + count if count is not None else None]
+        parameters: list[dict[str, Any]] = []
+        for name, kind, value in (
+            ("filter", "String", text),
+            ("offset", "Integer", offset if inp.has("offset") else None),
+            ("count", "Integer", count),
+            ("activeOnly", "Boolean", options.active_only if inp.has("activeOnly") else None),
+            ("displayLanguage", "Code", options.language),
+            ("includeDesignations", "Boolean", True if options.designations else None),
+            ("excludeNested", "Boolean", True),
+        ):
+            if value is not None:
+                parameters.append({"name": name, f"value{kind}": value})
+        out = {k: v for k, v in vs.items() if k not in ("compose", "expansion", "text", "meta")}
+        out["resourceType"] = "ValueSet"
+        out["expansion"] = {
+            "identifier": f"urn:uuid:{uuid.uuid4()}",
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "total": total,
+            "offset": offset,
+            "parameter": parameters,
+            "contains": [e.json(options) for e in page],
+        }
+        if not page:
+            del out["expansion"]["contains"]
+        return out
+
+    async def evaluate(
+        self,
+        vs: dict[str, Any],
+        options: Options,
+        restrictions: dict[str, Filter],
+        stack: tuple[str, ...],
+    ) -> list[Entry]:
+        """The concepts of a value set, in compose order, each once."""
+        compose = vs.get("compose")
+        if not isinstance(compose, dict):
+            return self._from_expansion(vs, options)
+        included: dict[Key, Entry] = {}
+        for i, inc in enumerate(compose.get("include") or []):
+            where = f"ValueSet.compose.include[{i}]"
+            for e in await self._part(inc, where, options, restrictions, stack):
+                included.setdefault((e.system, e.code), e)
+            if options.limit and len(included) > options.limit:
+                raise too_costly(
+                    f"The expansion has more than {options.limit} concepts; use a filter or a "
+                    "smaller value set",
+                    where,
+                )
+        for i, exc in enumerate(compose.get("exclude") or []):
+            where = f"ValueSet.compose.exclude[{i}]"
+            codes = frozenset(code for _, code in included)
+            narrowed = replace(options, limit=0, within=codes, text=[], active_only=False)
+            for e in await self._part(exc, where, narrowed, restrictions, stack):
+                included.pop((e.system, e.code), None)
+        entries = list(included.values())
+        if compose.get("inactive") is False or options.active_only:
+            entries = [e for e in entries if not e.inactive]
+        return entries
+
+    def _from_expansion(self, vs: dict[str, Any], options: Options) -> list[Entry]:
+        """A value set without compose but with a stored expansion: its contains."""
+        expansion = vs.get("expansion")
+        if not isinstance(expansion, dict):
+            raise FhirError.of(
+                422, "not-supported", "The value set has neither compose nor expansion", "ValueSet"
+            )
+        out: list[Entry] = []
+        stack = list(expansion.get("contains") or [])
+        while stack:
+            c = stack.pop(0)
+            if not isinstance(c, dict):
+                continue
+            if c.get("code") and c.get("system"):
+                entry = Entry(c["system"], c.get("version"), c["code"], c.get("display"))
+                entry.inactive = bool(c.get("inactive"))
+                if self._keep(entry, options):
+                    out.append(entry)
+            stack[0:0] = c.get("contains") or []
+        return out
+
+    def _keep(self, e: Entry, options: Options) -> bool:
+        if options.probe is not None and (
+            e.code != options.probe.code or (options.probe.system not in (None, e.system))
+        ):
+            return False
+        if options.within is not None and e.code not in options.within:
+            return False
+        if options.active_only and e.inactive:
+            return False
+        if options.text:
+            have = set(words(" ".join([e.code, e.display or ""])))
+            return all(any(h.startswith(w) for h in have) for w in options.text)
+        return True
+
+    async def _part(
+        self,
+        part: Any,
+        where: str,
+        options: Options,
+        restrictions: dict[str, Filter],
+        stack: tuple[str, ...],
+    ) -> list[Entry]:
+        """The concepts one include (or exclude) selects."""
+        if not isinstance(part, dict):
+            raise bad_request("a compose include/exclude must be an object", where)
+        nested: list[set[Key]] = []
+        nested_entries: dict[Key, Entry] = {}
+        for j, url in enumerate(part.get("valueSet") or []):
+            entries = await self._nested(
+                url, f"{where}.valueSet[{j}]", options, restrictions, stack
+            )
+            nested.append({(e.system, e.code) for e in entries})
+            for e in entries:
+                nested_entries.setdefault((e.system, e.code), e)
+        system = part.get("system")
+        if system is None:
+            if not nested:
+                raise bad_request("an include needs a system or a valueSet", where)
+            common = set.intersection(*nested)
+            return [e for k, e in nested_entries.items() if k in common]
+        found = await self._system_part(part, system, where, options, restrictions)
+        if nested:
+            common = set.intersection(*nested)
+            found = [e for e in found if (e.system, e.code) in common]
+        return found
+
+    async def _nested(
+        self,
+        url: Any,
+        where: str,
+        options: Options,
+        restrictions: dict[str, Filter],
+        stack: tuple[str, ...],
+    ) -> list[Entry]:
+        if not isinstance(url, str):
+            raise bad_request("valueSet must be a canonical URL", where)
+        if url in stack or len(stack) > _MAX_DEPTH:
+            raise FhirError.of(422, "processing", f"ValueSet {url} includes itself", where)
+        found = await self.resolver.by_url("ValueSet", url, None, restrictions["ValueSet"])
+        if found is None:
+            raise FhirError.of(422, "not-found", f"The included ValueSet {url} is not known", where)
+        return await self.evaluate(found.resource, options, restrictions, (*stack, url))
+
+    async def _system_part(
+        self,
+        part: dict[str, Any],
+        system: str,
+        where: str,
+        options: Options,
+        restrictions: dict[str, Filter],
+    ) -> list[Entry]:
+        if options.probe is not None and options.probe.system not in (None, system):
+            return []
+        version = part.get("version")
+        listed = _listed(part, where)
+        cs = await self.resolver.code_system(system, version, restrictions["CodeSystem"])
+        if cs is None or cs.content == "not-present" or (cs.count == 0 and listed):
+            if listed is None or part.get("filter"):
+                raise FhirError.of(
+                    422,
+                    "not-found",
+                    f"The code system {system} is not known here, so {where} cannot be evaluated",
+                    f"{where}.system",
+                )
+            entries = [
+                Entry(system, version, code, display, designations=des)
+                for code, (display, des) in listed.items()
+            ]
+            return [e for e in entries if self._keep(e, options)]
+        query = await self._query(cs, part, listed, where, options)
+        if options.limit:
+            n = await self.store.count(query, limit=options.limit + 1)
+            if n > options.limit:
+                raise too_costly(
+                    f"{where} selects more than {options.limit} concepts; use a filter or a "
+                    "smaller value set",
+                    where,
+                )
+        out = []
+        async for doc in self.store.find(query):
+            concept = Concept.from_document(doc)
+            display, des = (listed or {}).get(concept.code, (None, []))
+            out.append(
+                Entry(
+                    cs.url,
+                    cs.version if version else None,
+                    concept.code,
+                    display or concept.display,
+                    concept.inactive,
+                    concept.abstract,
+                    des + concept.designations,
+                    concept,
+                )
+            )
+        if listed:  # keep the order the value set lists its concepts in
+            order = {code: i for i, code in enumerate(listed)}
+            out.sort(key=lambda e: order.get(e.code, 0))
+        return out
+
+    async def _query(
+        self,
+        cs: LoadedSystem,
+        part: dict[str, Any],
+        listed: dict[str, tuple[str | None, list[dict[str, Any]]]] | None,
+        where: str,
+        options: Options,
+    ) -> dict[str, Any]:
+        clauses: list[dict[str, Any]] = [{"k": cs.key}]
+        if listed is not None:
+            clauses.append({"c": {"$in": list(listed)}})
+        for i, f in enumerate(part.get("filter") or []):
+            clauses.append(await self._filter(cs, f, f"{where}.filter[{i}]"))
+        if options.probe is not None:
+            clauses.append({"c": options.probe.code})
+        if options.within is not None:
+            clauses.append({"c": {"$in": sorted(options.within)}})
+        if options.text:
+            clauses.append({"w": {"$all": [re.compile("^" + re.escape(w)) for w in options.text]}})
+        if options.active_only:
+            clauses.append({"a": {"$ne": True}})
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    async def _filter(self, cs: LoadedSystem, f: Any, where: str) -> dict[str, Any]:
+        """One compose filter as a concept-store query (valueset-filter-operator)."""
+        if not isinstance(f, dict):
+            raise bad_request("a filter must be an object", where)
+        prop, op, value = f.get("property"), f.get("op"), f.get("value")
+        if not isinstance(prop, str) or not isinstance(op, str) or not isinstance(value, str):
+            raise bad_request("a filter needs property, op and value", where)
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if prop in _CONCEPT_PROPERTIES:
+            if op == "=":
+                return {"c": value}
+            if op == "is-a":
+                return {"$or": [{"c": value}, {"anc": value}]}
+            if op == "descendent-of":
+                return {"anc": value}
+            if op == "is-not-a":
+                return {"c": {"$ne": value}, "anc": {"$ne": value}}
+            if op == "generalizes":
+                return {"c": {"$in": [value, *await self.store.ancestors(cs.key, value)]}}
+            if op == "in":
+                return {"c": {"$in": values}}
+            if op == "not-in":
+                return {"c": {"$nin": values}}
+            if op == "regex":
+                return {"c": {"$regex": _regex(value, f"{where}.value")}}
+        elif prop == "display":
+            if op == "=":
+                return {"d": value}
+            if op == "regex":
+                return {"d": {"$regex": _regex(value, f"{where}.value")}}
+            if op == "in":
+                return {"d": {"$in": values}}
+            if op == "not-in":
+                return {"d": {"$nin": values}}
+            if op == "exists":
+                return {"d": {"$exists": _truth(value, f"{where}.value")}}
+        elif prop in ("parent", "child") and op == "exists":
+            has = _truth(value, f"{where}.value")
+            if prop == "parent":
+                return {"par.0": {"$exists": has}}
+            parents = await self.store.concepts.distinct("par", {"k": cs.key})
+            return {"c": {"$in" if has else "$nin": parents}}
+        elif prop == "parent" and op in ("=", "in"):
+            return {"par": {"$in": values}}
+        else:
+            text = {"$in": values} if op in ("in", "not-in") else value
+            if op in ("=", "in"):
+                return {"p": {"$elemMatch": {"c": prop, "s": text}}}
+            if op == "not-in":
+                return {"p": {"$not": {"$elemMatch": {"c": prop, "s": text}}}}
+            if op == "regex":
+                rx = _regex(value, f"{where}.value")
+                return {"p": {"$elemMatch": {"c": prop, "s": {"$regex": rx}}}}
+            if op == "exists":
+                has = _truth(value, f"{where}.value")
+                return {"p.c": prop} if has else {"p.c": {"$ne": prop}}
+        raise FhirError.of(
+            422,
+            "not-supported",
+            f"The filter operator {op!r} is not supported on property {prop!r}",
+            f"{where}.op",
+        )
+
+    # --- $validate-code ------------------------------------------------------------------
+
+    async def validate_code(
+        self, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
+        vs = await self.target(inp, rid, restrictions["ValueSet"])
+        language = inp.text("displayLanguage")
+        active_only = False
+        messages: list[str] = []
+        url = vs.get("url") or "the value set"
+        for c in codings_of(inp):
+            version = c.version or inp.text("systemVersion") or inp.text("version")
+            c = replace(c, version=version)
+            options = Options(active_only=active_only, probe=c, limit=0)
+            entries = await self.evaluate(vs, options, restrictions, ())
+            if entries:
+                e = entries[0]
+                concept = e.concept or Concept(
+                    e.code, e.display, e.inactive, e.abstract, e.designations
+                )
+                return validation_result(concept, e.system, c, language).json()
+            messages.append(
+                f"The code {c.system or ''}#{c.code} is not in {url}"
+                + await self._why(c, restrictions)
+            )
+        out = Output().add("result", "Boolean", False).add("message", "String", "; ".join(messages))
+        return out.json()
+
+    async def _why(self, c: Coded, restrictions: dict[str, Filter]) -> str:
+        if c.system is None:
+            return " (no system given)"
+        cs = await self.resolver.code_system(c.system, c.version, restrictions["CodeSystem"])
+        if cs is None:
+            return f" (the code system {c.system} is not known)"
+        if await self.store.get(cs.key, c.code) is None:
+            return f" (it is not a code of {c.system})"
+        return ""
+
+
+def _listed(
+    part: dict[str, Any], where: str
+) -> dict[str, tuple[str | None, list[dict[str, Any]]]] | None:
+    """The include's concept list: code -> (display, designations), in order."""
+    concepts = part.get("concept")
+    if concepts is None:
+        return None
+    if not isinstance(concepts, list):
+        raise bad_request("concept must be an array", f"{where}.concept")
+    out: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
+    for i, c in enumerate(concepts):
+        if not isinstance(c, dict) or not isinstance(c.get("code"), str):
+            raise bad_request("a listed concept needs a code", f"{where}.concept[{i}]")
+        des = [
+            {"v": d["value"], **({"l": d["language"]} if d.get("language") else {})}
+            for d in c.get("designation") or []
+            if isinstance(d, dict) and isinstance(d.get("value"), str)
+        ]
+        out[c["code"]] = (c.get("display"), des)
+    return out
+
+
+def _regex(value: str, where: str) -> str:
+    """The whole property must match (valueset-filter-operator: regex)."""
+    if len(value) > 500:
+        raise bad_request("the regex is too long", where)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise bad_request(f"invalid regex: {exc}", where) from None
+    return f"^(?:{value})$"
+
+
+def _truth(value: str, where: str) -> bool:
+    if value not in ("true", "false"):
+        raise bad_request("exists takes true or false", where)
+    return value == "true"
