@@ -32,6 +32,7 @@ from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
 from fhir_server.workflows import rules
 from fhir_server.workflows.pipeline import WritePipeline
+from fhir_server.workflows.scheduling.operations import router as scheduling_router
 from smart_auth.mount import close_auth, install_auth, open_auth
 from smart_auth.tokens import TokenVerifier
 
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
     app.include_router(terminology_router, prefix=BASE_PATH)  # before router: $ paths
+    app.include_router(scheduling_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         "context) may still change or cancel it; staff may at any time. An ISO 8601 "
         "duration (PT24H) or seconds.",
     )
+    appointment_hold: timedelta = Field(
+        timedelta(minutes=10),
+        gt=timedelta(0),
+        description="How long a held (pending) appointment keeps its slot and times: "
+        "after that a booking of them succeeds. An ISO 8601 duration (PT10M) or seconds.",
+    )
     conditional_delete: Literal["single", "multiple"] = Field(
         "single",
         description="Conditional delete matching several resources: 'single' answers 412, "

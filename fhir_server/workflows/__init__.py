@@ -13,10 +13,12 @@ def rules(settings: Settings) -> list[Rule]:
     from fhir_server.workflows.scheduling.actions import ActionLog
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
     from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
+    from fhir_server.workflows.scheduling.slots import SlotStatus
 
     return [
         StatusTransitions(),
         MinimumNotice(settings.appointment_min_notice),
-        NoDoubleBooking(),
+        NoDoubleBooking(settings.appointment_hold),
+        SlotStatus(),
         ActionLog(),
     ]

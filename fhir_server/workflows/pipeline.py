@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from fhir_server.datetimes import after
 from fhir_server.jsonio import load_stored
 from fhir_server.service.context import request_access
-from fhir_server.storage.documents import VersionWrite, history_key
+from fhir_server.storage.documents import StoredVersion, VersionWrite, history_key
 from fhir_server.storage.store import Session, Storage
 from smart_auth.tokens import AccessToken
 
@@ -122,6 +123,21 @@ class Transaction:
             raw=None,
             previous=None,
             created=True,
+        )
+        self.render(write, resource)
+        self.created.append(write)
+        return write
+
+    def update(self, current: StoredVersion, resource: dict[str, Any]) -> VersionWrite:
+        """Queue a new version of a stored resource (a Slot's status, say)."""
+        write = VersionWrite(
+            type=current.type,
+            id=current.id,
+            version=current.version + 1,
+            last_updated=after(current.last_updated),
+            method="PUT",
+            raw=None,
+            previous=current.version,
         )
         self.render(write, resource)
         self.created.append(write)

@@ -108,27 +108,44 @@ def conflict(key: str, where: str) -> FhirError:
 
 
 class NoDoubleBooking(Rule):
+    """``hold``: how long a ``pending`` appointment (a temporary hold, the clinics'
+    "reserva temporal") keeps its keys. Its keys carry the expiry; a booking that
+    collides with an expired one removes it, so an expired hold never blocks anyone."""
+
     types: ClassVar[frozenset[str]] = frozenset({"Appointment"})
     collections: ClassVar[dict[str, list[IndexModel]]] = {
         KEYS: [IndexModel([("a", ASCENDING)], name="appointment")]
     }
 
+    def __init__(self, hold: timedelta = timedelta(minutes=10)) -> None:
+        self.hold = hold
+
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         keys = tx.db[KEYS]
-        await keys.delete_many({"a": {"$in": [w.key for w in writes]}}, session=tx.session)
+        mine = [w.key for w in writes]
+        held: dict[str, datetime | None] = {}
+        async for doc in keys.find({"a": {"$in": mine}}, {"a": 1, "exp": 1}, session=tx.session):
+            held[doc["a"]] = doc.get("exp")
+        await keys.delete_many({"a": {"$in": mine}}, session=tx.session)
+        now = datetime.now(UTC)
         where: dict[str, str] = {}
         docs: list[dict[str, Any]] = []
         for w in writes:
             if not is_active(w.new):
                 continue
             assert w.new is not None
+            expires = self._expiry(w, held.get(w.key), now)
             for key, expression in booking_keys(w.new):
                 if key in where:  # the same key twice in one request
                     raise conflict(key, expression)
                 where[key] = expression
-                docs.append({"_id": key, "a": w.key})
+                docs.append({"_id": key, "a": w.key, "exp": expires})
         if not docs:
             return
+        # expired holds give way (in this transaction: a concurrent booking conflicts)
+        await keys.delete_many(
+            {"_id": {"$in": list(where)}, "exp": {"$lte": now}}, session=tx.session
+        )
         try:
             await keys.insert_many(docs, ordered=True, session=tx.session)
         except BulkWriteError as exc:
@@ -137,3 +154,12 @@ class NoDoubleBooking(Rule):
                 raise
             key = (errors[0].get("keyValue") or {}).get("_id", "")
             raise conflict(key, where.get(key, "Appointment")) from None
+
+    def _expiry(self, w: Write, current: datetime | None, now: datetime) -> datetime | None:
+        """A hold keeps the expiry it was given; a new hold gets ``now + hold``."""
+        assert w.new is not None
+        if w.new.get("status") != "pending":
+            return None
+        if current is not None and (w.previous or {}).get("status") == "pending":
+            return current if current.tzinfo else current.replace(tzinfo=UTC)
+        return now + self.hold

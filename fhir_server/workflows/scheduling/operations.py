@@ -1,0 +1,90 @@
+"""``POST [base]/Appointment/$hold`` and ``$book`` (Argonaut Scheduling, R4 form): the
+body is a Parameters whose ``appointment`` is a proposed (or, for $book, a held or
+booked) Appointment; the answer is a searchset Bundle with the resulting Appointment.
+
+Both are ordinary writes of the Appointment with the status set (``pending`` for a
+hold, ``booked`` for a booking), so every rule of the write pipeline applies: the slot
+and times are claimed by unique keys (409 ``conflict`` naming the slot when taken), the
+Slot's status follows, the action log records it. A held appointment's keys expire
+after FHIR_APPOINTMENT_HOLD; booking an existing Appointment id is a confirmation, or,
+onto another slot, a reschedule that frees the old one in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from fhir_server.api import negotiation as neg
+from fhir_server.api.operations import optional_body
+from fhir_server.api.rendering import json_response
+from fhir_server.api.routes import base_url, bind_base_url, services
+from fhir_server.authz.context import request_policy
+from fhir_server.jsonio import load_stored
+from fhir_server.outcome import bad_request
+from fhir_server.service.parameters import is_parameters, read_parameters
+from fhir_server.service.resources import check_id
+
+router = APIRouter(dependencies=[Depends(bind_base_url)])
+
+
+def appointment_parameter(body: Any) -> dict[str, Any]:
+    """The one ``appointment`` parameter, an Appointment resource (400 otherwise)."""
+    if not is_parameters(body):
+        raise bad_request("The body must be a Parameters resource", "Parameters")
+    found = [p for p in read_parameters(body) if p.name == "appointment"]
+    if len(found) != 1:
+        raise bad_request("Exactly one 'appointment' parameter is needed", "Parameters.parameter")
+    resource = found[0].resource
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
+        raise bad_request(
+            "The 'appointment' parameter must hold an Appointment resource",
+            f"{found[0].path}.resource",
+        )
+    return resource
+
+
+async def _write(request: Request, status: str) -> Response:
+    out = neg.negotiate(request)
+    appointment = {**appointment_parameter(await optional_body(request)), "status": status}
+    policy = request_policy(request)
+    resources = services(request).resources
+    rid = appointment.get("id")
+    if isinstance(rid, str):
+        check_id(rid)
+        policy.require("Appointment", "u")
+        await resources.read("Appointment", rid)  # 404/410: $book does not create ids
+        result = await resources.update("Appointment", rid, appointment, None, policy)
+    else:
+        policy.require("Appointment", "c")
+        result = await resources.create("Appointment", appointment, None, policy)
+    stored = result.stored
+    assert stored.raw is not None
+    url = f"{base_url(request)}/Appointment/{stored.id}"
+    body = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 1,
+        "entry": [
+            {"fullUrl": url, "resource": load_stored(stored.raw), "search": {"mode": "match"}}
+        ],
+    }
+    headers = {
+        "Location": f"{url}/_history/{stored.version}",
+        "ETag": f'W/"{stored.version}"',
+    }
+    return json_response(body, out, 201 if result.created else 200, headers)
+
+
+@router.post("/Appointment/$hold")
+async def hold(request: Request) -> Response:
+    """A ``pending`` Appointment holding its slot (``busy-tentative``) for a while."""
+    return await _write(request, "pending")
+
+
+@router.post("/Appointment/$book")
+async def book(request: Request) -> Response:
+    """A ``booked`` Appointment; its slot becomes ``busy``."""
+    return await _write(request, "booked")

@@ -1,0 +1,126 @@
+"""``Appointment/$hold`` and ``$book`` (issue 12, Argonaut Scheduling R4 form), the
+Slot status that follows the appointments on it, and hold expiry enforced at booking
+time: an expired hold never blocks anyone."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from fhir_helpers import FHIR_JSON, app_client, assert_outcome, diagnostics, expressions, put
+from scheduling_helpers import appointment, seed_slots
+
+
+def operation(client: TestClient, name: str, resource: Any) -> Any:
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "appointment", "resource": resource}],
+    }
+    return client.post(f"/fhir/Appointment/${name}", json=body, headers={"Content-Type": FHIR_JSON})
+
+
+def booked(r: Any, status: int = 201) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    bundle = r.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+    (only,) = bundle["entry"]
+    return only["resource"]  # type: ignore[no-any-return]
+
+
+def slot_status(client: TestClient, sid: str) -> str:
+    return client.get(f"/fhir/Slot/{sid}").json()["status"]  # type: ignore[no-any-return]
+
+
+def proposed(sid: str, patient: str = "pa") -> dict[str, Any]:
+    return appointment(slot=sid, practitioner="dr", patient=patient, status="proposed")
+
+
+def test_hold_then_book_marks_the_slot_and_logs_both(client):
+    seed_slots(client, "s1")
+    held = booked(operation(client, "hold", proposed("s1")))
+    assert held["status"] == "pending"
+    assert slot_status(client, "s1") == "busy-tentative"
+    done = booked(operation(client, "book", held), 200)
+    assert done["status"] == "booked" and done["id"] == held["id"]
+    assert slot_status(client, "s1") == "busy"
+    log = client.get("/fhir/Provenance", params={"target": f"Appointment/{held['id']}"}).json()
+    assert [e["resource"]["activity"]["text"] for e in log["entry"]] == ["hold", "confirm"]
+
+
+def test_a_held_slot_cannot_be_booked_by_another(client):
+    seed_slots(client, "s1")
+    booked(operation(client, "hold", proposed("s1")))
+    r = operation(client, "book", proposed("s1", patient="pb"))
+    issues = assert_outcome(r, 409)
+    assert issues[0]["code"] == "conflict" and "Slot/s1" in diagnostics(issues)
+
+
+def test_book_onto_another_slot_reschedules_and_frees_the_old_one(client):
+    seed_slots(client, "s1", "s2")
+    first = booked(operation(client, "book", proposed("s1")))
+    moved = {
+        **first,
+        "slot": [{"reference": "Slot/s2"}],
+        "start": "2030-03-04T09:15:00Z",
+        "end": "2030-03-04T09:30:00Z",
+    }
+    booked(operation(client, "book", moved), 200)
+    assert (slot_status(client, "s1"), slot_status(client, "s2")) == ("free", "busy")
+    booked(operation(client, "book", proposed("s1", patient="pb")))
+
+
+def test_cancelling_frees_the_slot_resource(client):
+    seed_slots(client, "s1")
+    made = booked(operation(client, "book", proposed("s1")))
+    assert put(client, {**made, "status": "cancelled"}).status_code == 200
+    assert slot_status(client, "s1") == "free"
+
+
+def test_fifty_concurrent_books_on_one_slot(client):
+    seed_slots(client, "hot")
+
+    def attempt(n: int) -> int:
+        return operation(client, "book", proposed("hot", patient=f"p{n}")).status_code
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        statuses = list(pool.map(attempt, range(50)))
+    assert sorted(statuses) == [201] + [409] * 49, statuses
+    assert slot_status(client, "hot") == "busy"
+
+
+def test_an_expired_hold_gives_way_at_booking_time(settings):
+    with app_client(settings, appointment_hold=timedelta(seconds=1)) as client:
+        seed_slots(client, "s1")
+        booked(operation(client, "hold", proposed("s1")))
+        assert_outcome(operation(client, "book", proposed("s1", patient="pb")), 409)
+        time.sleep(1.2)
+        done = booked(operation(client, "book", proposed("s1", patient="pb")))
+        assert done["status"] == "booked"
+        assert slot_status(client, "s1") == "busy"
+
+
+def test_editing_a_hold_does_not_extend_it(settings):
+    with app_client(settings, appointment_hold=timedelta(seconds=1)) as client:
+        held = booked(operation(client, "hold", proposed("s1")))
+        time.sleep(0.6)
+        assert put(client, {**held, "comment": "still deciding"}).status_code == 200
+        time.sleep(0.6)
+        booked(operation(client, "book", proposed("s1", patient="pb")))
+
+
+def test_book_without_an_appointment_is_400(client):
+    r = client.post(
+        "/fhir/Appointment/$book",
+        json={"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": "y"}]},
+        headers={"Content-Type": FHIR_JSON},
+    )
+    assert expressions(assert_outcome(r, 400)) == ["Parameters.parameter"]
+    r = operation(client, "book", {"resourceType": "Patient"})
+    assert expressions(assert_outcome(r, 400)) == ["Parameters.parameter[0].resource"]
+
+
+def test_book_of_an_unknown_id_is_404(client):
+    assert_outcome(operation(client, "book", {**proposed("s1"), "id": "nope"}), 404)
