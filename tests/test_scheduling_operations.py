@@ -11,15 +11,17 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from fhir_helpers import FHIR_JSON, app_client, assert_outcome, diagnostics, expressions, put
-from scheduling_helpers import appointment, seed_slots
+from scheduling_helpers import appointment, seed_slots, slot, smart
 
 
-def operation(client: TestClient, name: str, resource: Any) -> Any:
+def operation(client: TestClient, name: str, resource: Any, **headers: str) -> Any:
     body = {
         "resourceType": "Parameters",
         "parameter": [{"name": "appointment", "resource": resource}],
     }
-    return client.post(f"/fhir/Appointment/${name}", json=body, headers={"Content-Type": FHIR_JSON})
+    return client.post(
+        f"/fhir/Appointment/${name}", json=body, headers={"Content-Type": FHIR_JSON, **headers}
+    )
 
 
 def booked(r: Any, status: int = 201) -> dict[str, Any]:
@@ -124,3 +126,26 @@ def test_book_without_an_appointment_is_400(client):
 
 def test_book_of_an_unknown_id_is_404(client):
     assert_outcome(operation(client, "book", {**proposed("s1"), "id": "nope"}), 404)
+
+
+def test_a_patient_app_books_only_for_its_own_patient(mongo_url):
+    with smart(mongo_url) as (client, mint):
+        admin = mint.headers("system/*.cruds")
+        assert put(client, slot("s1"), **admin).status_code == 201
+        assert put(client, slot("s2", begin=15), **admin).status_code == 201
+        app = mint.headers("patient/Appointment.cruds patient/Slot.rs", patient="pa")
+        r = operation(client, "book", proposed("s1", patient="pb"), **app)
+        assert_outcome(r, 403)
+        assert client.get("/fhir/Slot/s1", headers=admin).json()["status"] == "free"
+        mine = booked(operation(client, "book", proposed("s1", patient="pa"), **app))
+        # another patient's booking of the same slot: 409 naming the slot, not the holder
+        other = mint.headers("patient/Appointment.cruds", patient="pb")
+        issues = assert_outcome(
+            operation(client, "book", proposed("s1", patient="pb"), **other), 409
+        )
+        assert mine["id"] not in diagnostics(issues)
+        # the patient sees the slots' status, but not the other patient's appointments
+        assert client.get("/fhir/Slot/s1", headers=app).json()["status"] == "busy"
+        later = appointment(slot="s2", patient="pb", begin=15, status="proposed")
+        theirs = booked(operation(client, "book", later, **other))
+        assert client.get(f"/fhir/Appointment/{theirs['id']}", headers=app).status_code == 404
