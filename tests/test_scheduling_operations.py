@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -149,3 +149,57 @@ def test_a_patient_app_books_only_for_its_own_patient(mongo_url):
         later = appointment(slot="s2", patient="pb", begin=15, status="proposed")
         theirs = booked(operation(client, "book", later, **other))
         assert client.get(f"/fhir/Appointment/{theirs['id']}", headers=app).status_code == 404
+
+
+def cancel(client: TestClient, aid: str, reason: Any = None, **headers: str) -> Any:
+    params = [] if reason is None else [{"name": "reason", **reason}]
+    body = {"resourceType": "Parameters", "parameter": params}
+    return client.post(
+        f"/fhir/Appointment/{aid}/$cancel",
+        json=body,
+        headers={"Content-Type": FHIR_JSON, **headers},
+    )
+
+
+def test_cancel_with_a_reason_frees_the_slot_and_logs_the_reason(client):
+    seed_slots(client, "s1")
+    made = booked(operation(client, "book", proposed("s1")))
+    r = cancel(client, made["id"], {"valueString": "patient is travelling"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["cancelationReason"] == {"text": "patient is travelling"}
+    assert slot_status(client, "s1") == "free"
+    log = client.get("/fhir/Provenance", params={"target": f"Appointment/{made['id']}"}).json()
+    last = log["entry"][-1]["resource"]
+    assert last["activity"]["text"] == "cancel"
+    assert last["reason"] == [{"text": "patient is travelling"}]
+    booked(operation(client, "book", proposed("s1", patient="pb")))
+
+
+def test_cancel_of_a_fulfilled_appointment_is_422(client):
+    made = booked(operation(client, "book", proposed("s1")))
+    assert put(client, {**made, "status": "fulfilled"}).status_code == 200
+    issues = assert_outcome(cancel(client, made["id"]), 422)
+    assert issues[0]["code"] == "business-rule"
+
+
+def test_cancel_errors(client):
+    assert_outcome(cancel(client, "nope"), 404)
+    made = booked(operation(client, "book", proposed("s1")))
+    r = cancel(client, made["id"], {"valueInteger": 3})
+    assert expressions(assert_outcome(r, 400)) == ["Parameters.parameter[0].value[x]"]
+
+
+def test_a_patient_cannot_cancel_late_through_the_operation(mongo_url):
+    with smart(mongo_url) as (client, mint):
+        admin = mint.headers("system/*.cruds")
+        soon = datetime.now(UTC) + timedelta(hours=2)
+        late = appointment(slot="s1", patient="pa", status="proposed")
+        late["start"] = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+        late["end"] = (soon + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        made = booked(operation(client, "book", late, **admin))
+        app = mint.headers("patient/Appointment.cruds", patient="pa")
+        issues = assert_outcome(cancel(client, made["id"], **app), 422)
+        assert expressions(issues) == ["Appointment.start"]
+        staff = mint.headers("user/Appointment.cruds", fhir_user="Practitioner/dr")
+        assert cancel(client, made["id"], **staff).status_code == 200

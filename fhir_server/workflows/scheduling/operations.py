@@ -8,6 +8,8 @@ and times are claimed by unique keys (409 ``conflict`` naming the slot when take
 Slot's status follows, the action log records it. A held appointment's keys expire
 after FHIR_APPOINTMENT_HOLD; booking an existing Appointment id is a confirmation, or,
 onto another slot, a reschedule that frees the old one in the same transaction.
+
+``POST [base]/Appointment/[id]/$cancel`` (optional Parameters ``reason``) cancels one.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from fhir_server.api.rendering import json_response
 from fhir_server.api.routes import base_url, bind_base_url, services
 from fhir_server.authz.context import request_policy
 from fhir_server.jsonio import load_stored
-from fhir_server.outcome import bad_request
+from fhir_server.outcome import bad_request, not_found
 from fhir_server.service.parameters import is_parameters, read_parameters
-from fhir_server.service.resources import check_id
+from fhir_server.service.resources import WriteOutcome, check_id
 
 router = APIRouter(dependencies=[Depends(bind_base_url)])
 
@@ -71,11 +73,55 @@ async def _write(request: Request, status: str) -> Response:
             {"fullUrl": url, "resource": load_stored(stored.raw), "search": {"mode": "match"}}
         ],
     }
-    headers = {
-        "Location": f"{url}/_history/{stored.version}",
-        "ETag": f'W/"{stored.version}"',
-    }
-    return json_response(body, out, 201 if result.created else 200, headers)
+    return json_response(body, out, 201 if result.created else 200, _headers(request, result))
+
+
+def _headers(request: Request, result: WriteOutcome) -> dict[str, str]:
+    stored = result.stored
+    url = f"{base_url(request)}/Appointment/{stored.id}"
+    return {"Location": f"{url}/_history/{stored.version}", "ETag": f'W/"{stored.version}"'}
+
+
+def cancel_reason(body: Any) -> dict[str, Any] | None:
+    """The optional ``reason`` parameter (a string or a CodeableConcept) as a
+    CodeableConcept for ``Appointment.cancelationReason``."""
+    if body is None:
+        return None
+    if not is_parameters(body):
+        raise bad_request("The body must be a Parameters resource", "Parameters")
+    for p in read_parameters(body):
+        if p.name != "reason":
+            continue
+        if isinstance(p.value, str) and p.value.strip():
+            return {"text": p.value}
+        if isinstance(p.value, dict) and p.value:
+            return p.value
+        raise bad_request(
+            "'reason' must be a valueString or a valueCodeableConcept", f"{p.path}.value[x]"
+        )
+    return None
+
+
+@router.post("/Appointment/{rid}/$cancel")
+async def cancel(request: Request, rid: str) -> Response:
+    """``cancelled``, with the reason given: frees the slot and times, and the action
+    log records the reason (Provenance.reason). The minimum notice applies."""
+    out = neg.negotiate(request)
+    reason = cancel_reason(await optional_body(request))
+    check_id(rid)
+    policy = request_policy(request)
+    policy.require("Appointment", "u")
+    resources = services(request).resources
+    current = await resources.read("Appointment", rid)
+    if not await policy.sees(current):
+        raise not_found(f"Appointment/{rid} is not known")
+    assert current.raw is not None
+    appointment = {**load_stored(current.raw), "status": "cancelled"}
+    if reason is not None:
+        appointment["cancelationReason"] = reason
+    result = await resources.update("Appointment", rid, appointment, current.version, policy)
+    assert result.stored.raw is not None
+    return json_response(load_stored(result.stored.raw), out, 200, _headers(request, result))
 
 
 @router.post("/Appointment/$hold")
