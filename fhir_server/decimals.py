@@ -38,7 +38,9 @@ def in_range(value: Decimal | int) -> bool:
             return True
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
-    return exponent >= MIN_EXPONENT and (not value or value.adjusted() <= MAX_ADJUSTED)
+    # A zero's adjusted exponent is its exponent: "0e6146" is refused too, since its
+    # implied range (half its last digit, search.html#number) is beyond Decimal128.
+    return exponent >= MIN_EXPONENT and value.adjusted() <= MAX_ADJUSTED
 
 
 def bounded(value: Decimal) -> Decimal:

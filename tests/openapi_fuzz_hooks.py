@@ -7,46 +7,15 @@ that causes it. Every entry names its finding and is to be removed when that fix
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import schemathesis
 
-# Issue 11 finding 5 (decimal overflow / huge exponents), a case the merged fix misses:
-# a number or quantity search value of zero with an exponent beyond Decimal128
-# ("value-quantity=0e7000"): decimals.in_range accepts any zero, so its implied range
-# becomes (-inf, +inf) and compile.range_match computes (-inf + inf) / 2, or, past the
-# decimal context's exponent limit ("0e999999999"), parse.decimal_range's half of the
-# last digit overflows: a 500 either way.
-_PREFIX = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+.0-9])")
-
-
-def _zero_with_huge_exponent(case: Any) -> bool:
-    """A zero whose exponent puts half its last digit (the implied range) beyond
-    Decimal128: "0e6146", "gt0e7000|http://unitsofmeasure.org|mg"."""
-    for value in (case.query or {}).values():
-        for item in value if isinstance(value, list) else [value]:
-            text = _PREFIX.sub("", str(item), count=1).split("|")[0]
-            try:
-                number = Decimal(text)
-            except (InvalidOperation, ValueError):
-                continue
-            exponent = number.as_tuple().exponent
-            if number.is_zero() and isinstance(exponent, int) and exponent > 6145:
-                return True
-    return False
-
-
-KNOWN_CLASSES: list[tuple[str, Callable[[Any], bool]]] = [
-    ("zero with a huge exponent in a number/quantity search", _zero_with_huge_exponent),
-]
+# No known 5xx class is left (the zero with a huge exponent, "0e6146", was the last).
+KNOWN_CLASSES: list[tuple[str, Callable[[Any], bool]]] = []
 # The same classes in the server's log: (a frame of the traceback, its last line's start).
-KNOWN_TRACEBACKS: list[tuple[str, str]] = [
-    ("in range_match", "decimal.InvalidOperation"),  # "0e6146": (-inf + inf) / 2
-    ("in decimal_range", "decimal.InvalidOperation"),  # "0e999999999": 5e999999998
-]
+KNOWN_TRACEBACKS: list[tuple[str, str]] = []
 
 
 def unexplained_tracebacks(log: str) -> list[str]:

@@ -163,6 +163,11 @@ def test_conditional_criteria_near_the_range_ends_are_not_a_500(
         ("Observation", "component-value-quantity", "-1e9999"),
         ("Observation", "code-value-quantity", "http://loinc.org|1$1e999999999"),
         ("RiskAssessment", "probability", "1e999999999"),
+        # a zero's implied range is half its last digit (search.html#number): found by
+        # schemathesis, "0e6146" gave (-inf + inf) / 2 and "0e999999999" overflowed
+        ("RiskAssessment", "probability", "0e6146"),
+        ("Observation", "value-quantity", "gt0e7000|http://unitsofmeasure.org|mg"),
+        ("RiskAssessment", "probability", "0e999999999"),
     ],
 )
 def test_a_search_number_beyond_decimal128_is_a_400(
