@@ -203,3 +203,9 @@ def test_a_patient_cannot_cancel_late_through_the_operation(mongo_url):
         assert expressions(issues) == ["Appointment.start"]
         staff = mint.headers("user/Appointment.cruds", fhir_user="Practitioner/dr")
         assert cancel(client, made["id"], **staff).status_code == 200
+
+
+def test_the_capability_statement_declares_the_operations(client):
+    found = client.get("/fhir/metadata").json()
+    (appointment,) = [r for r in found["rest"][0]["resource"] if r["type"] == "Appointment"]
+    assert [op["name"] for op in appointment["operation"]] == ["hold", "book", "cancel"]

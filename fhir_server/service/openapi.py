@@ -471,8 +471,34 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
                 )
     elif name == "export":
         _export_paths(add, definition)
+    elif definition.endswith(("/appointment-hold", "/appointment-book", "/appointment-cancel")):
+        _scheduling_path(add, name, definition)
     else:
         raise ValueError(f"no OpenAPI description for operation {definition}")
+
+
+def _scheduling_path(add: Adder, name: str, definition: str) -> None:
+    """Appointment $hold and $book (a Parameters with the appointment; a searchset
+    Bundle back) and Appointment/[id]/$cancel (optional reason; the Appointment back),
+    fhir_server/workflows/scheduling/operations.py."""
+    instance = name == "cancel"
+    path = "/Appointment/{id}/$cancel" if instance else f"/Appointment/${name}"
+    schema = _ref("schemas", "Appointment" if instance else "Bundle")
+    add(
+        path,
+        "post",
+        {
+            "operationId": f"{name}-Appointment",
+            "tags": ["Appointment"],
+            "summary": f"Appointment ${name} ({definition})",
+            "parameters": [_path_param("id")] if instance else [],
+            "requestBody": {
+                "required": not instance,
+                "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+            },
+            "responses": _fhir_body(schema),
+        },
+    )
 
 
 def _export_paths(add: Adder, definition: str) -> None:
