@@ -21,6 +21,7 @@ from fhir_helpers import (
     put,
     urn,
 )
+from pymongo import MongoClient
 from scheduling_helpers import appointment, at, smart
 
 REASON = {"coding": [{"code": "pat"}], "text": "patient asked"}
@@ -104,3 +105,29 @@ def test_the_agent_is_the_tokens_user_or_client(mongo_url: str) -> None:
             {"reference": "Practitioner/dr"},
             {"identifier": {"system": "urn:smart:client_id", "value": "call-centre"}},
         ]
+
+
+def outbox(settings) -> list[dict[str, Any]]:
+    with MongoClient(settings.mongo_url) as mc:
+        return list(mc[settings.database]["outbox"].find({}, {"_id": 0, "created": 0}))
+
+
+def test_actions_are_announced_in_the_outbox_only_when_committed(client, settings):
+    # write-pipeline.md: after_commit only enqueues, in the same transaction, so a
+    # refused write (rolled back) announces nothing
+    made = create(client, appointment(slot="s1"))
+    assert_outcome(post(client, appointment(slot="s1", patient="pb")), 409)
+    put(client, {**made, "comment": "an edit, not an action"})
+    put(client, {**made, "comment": "x", "status": "cancelled"})
+    assert outbox(settings) == [
+        {
+            "topic": "appointment",
+            "activity": "book",
+            "target": f"Appointment/{made['id']}/_history/1",
+        },
+        {
+            "topic": "appointment",
+            "activity": "cancel",
+            "target": f"Appointment/{made['id']}/_history/3",
+        },
+    ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from fhir_server.datetimes import format_instant
@@ -75,8 +76,25 @@ def provenance(w: Write, action: str) -> dict[str, Any]:
 
 
 class ActionLog(Rule):
+    """Also announces each action in the outbox (topic ``appointment``), for the
+    notifications the clinics send (WhatsApp, e-mail): a worker delivers them once
+    the change has committed; a refused or rolled-back change announces nothing."""
+
     types: ClassVar[frozenset[str]] = frozenset({"Appointment"})
     creates: ClassVar[frozenset[str]] = frozenset({"Provenance"})
+
+    def after_commit(self, writes: Sequence[Write]) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        return [
+            {
+                "topic": "appointment",
+                "activity": action,
+                "target": f"Appointment/{w.id}/_history/{w.version}",
+                "created": now,
+            }
+            for w in writes
+            if not w.rewrite and (action := activity(w)) is not None
+        ]
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         for w in writes:
