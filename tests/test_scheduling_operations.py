@@ -208,4 +208,112 @@ def test_a_patient_cannot_cancel_late_through_the_operation(mongo_url):
 def test_the_capability_statement_declares_the_operations(client):
     found = client.get("/fhir/metadata").json()
     (appointment,) = [r for r in found["rest"][0]["resource"] if r["type"] == "Appointment"]
-    assert [op["name"] for op in appointment["operation"]] == ["hold", "book", "cancel"]
+    assert [op["name"] for op in appointment["operation"]] == ["find", "hold", "book", "cancel"]
+
+
+# --- $find ------------------------------------------------------------------------------
+
+
+def seed_schedules(client: TestClient) -> None:
+    """dr in room1 (cardiology) and dr2 in room2; four 15-minute slots each from START."""
+    for sid, doctor, room, specialty in (
+        ("sch1", "dr", "room1", "card"),
+        ("sch2", "dr2", "room2", "derm"),
+    ):
+        schedule = {
+            "resourceType": "Schedule",
+            "id": sid,
+            "actor": [{"reference": f"Practitioner/{doctor}"}, {"reference": f"Location/{room}"}],
+            "specialty": [{"coding": [{"system": "urn:spec", "code": specialty}]}],
+        }
+        assert put(client, schedule).status_code == 201
+        for i in range(4):
+            found = {
+                **slot(f"{sid}-{i}", begin=15 * i),
+                "schedule": {"reference": f"Schedule/{sid}"},
+            }
+            found["specialty"] = schedule["specialty"]
+            assert put(client, found).status_code == 201
+
+
+def proposals(r: Any) -> list[dict[str, Any]]:
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert bundle["type"] == "searchset"
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+WINDOW = {"start": "2030-03-04T09:00:00Z", "end": "2030-03-04T10:00:00Z"}
+
+
+def test_find_proposes_free_slots_of_a_practitioner_earliest_first(client):
+    seed_schedules(client)
+    found = proposals(
+        client.get("/fhir/Appointment/$find", params={**WINDOW, "practitioner": "dr"})
+    )
+    assert [p["slot"] for p in found] == [[{"reference": f"Slot/sch1-{i}"}] for i in range(4)]
+    first = found[0]
+    assert first["status"] == "proposed" and first["start"] == "2030-03-04T09:00:00Z"
+    assert [p["actor"]["reference"] for p in first["participant"]] == [
+        "Practitioner/dr",
+        "Location/room1",
+    ]
+    # booking a proposal takes the slot out of the next $find
+    booked(
+        operation(
+            client,
+            "book",
+            {
+                **first,
+                "participant": [
+                    *first["participant"],
+                    {"actor": {"reference": "Patient/pa"}, "status": "accepted"},
+                ],
+            },
+        )
+    )
+    again = proposals(
+        client.get("/fhir/Appointment/$find", params={**WINDOW, "practitioner": "dr"})
+    )
+    assert [p["slot"][0]["reference"] for p in again] == [f"Slot/sch1-{i}" for i in (1, 2, 3)]
+
+
+def test_find_by_location_specialty_window_and_count(client):
+    seed_schedules(client)
+    by_room = proposals(
+        client.get("/fhir/Appointment/$find", params={**WINDOW, "location": "Location/room2"})
+    )
+    assert {p["slot"][0]["reference"] for p in by_room} == {f"Slot/sch2-{i}" for i in range(4)}
+    by_specialty = proposals(
+        client.get("/fhir/Appointment/$find", params={**WINDOW, "specialty": "urn:spec|card"})
+    )
+    assert {p["slot"][0]["reference"] for p in by_specialty} == {f"Slot/sch1-{i}" for i in range(4)}
+    narrow = {"start": "2030-03-04T09:15:00Z", "end": "2030-03-04T09:45:00Z"}
+    both = proposals(client.get("/fhir/Appointment/$find", params=narrow))
+    assert (
+        sorted(p["start"] for p in both)
+        == ["2030-03-04T09:15:00Z"] * 2 + ["2030-03-04T09:30:00Z"] * 2
+    )
+    counted = proposals(client.get("/fhir/Appointment/$find", params={**WINDOW, "_count": "3"}))
+    assert len(counted) == 3
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "start", "valueDateTime": WINDOW["start"]},
+            {"name": "end", "valueDateTime": WINDOW["end"]},
+            {"name": "practitioner", "valueString": "dr2"},
+        ],
+    }
+    posted = proposals(
+        client.post("/fhir/Appointment/$find", json=body, headers={"Content-Type": FHIR_JSON})
+    )
+    assert len(posted) == 4 and all(
+        p["slot"][0]["reference"].startswith("Slot/sch2") for p in posted
+    )
+
+
+def test_find_errors(client):
+    r = client.get("/fhir/Appointment/$find", params={"start": WINDOW["start"]})
+    assert expressions(assert_outcome(r, 400)) == ["end"]
+    r = client.get("/fhir/Appointment/$find", params={**WINDOW, "colour": "blue"})
+    assert expressions(assert_outcome(r, 400)) == ["colour"]

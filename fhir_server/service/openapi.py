@@ -471,6 +471,31 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
                 )
     elif name == "export":
         _export_paths(add, definition)
+    elif definition.endswith("/appointment-find"):
+        params = [
+            _query(p, {"type": "string"})
+            for p in ("start", "end", "practitioner", "location", "specialty", "service-type")
+        ]
+        params += [_query("visit-type", {"type": "string"}), _query("_count", {"type": "integer"})]
+        for method in ("get", "post"):
+            body = {
+                "requestBody": {
+                    "required": False,
+                    "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+                }
+            }
+            add(
+                "/Appointment/$find",
+                method,
+                {
+                    "operationId": f"find-Appointment-{method}",
+                    "tags": ["Appointment"],
+                    "summary": f"Appointment $find ({definition})",
+                    "parameters": params if method == "get" else [],
+                    "responses": _fhir_body(_ref("schemas", "Bundle")),
+                    **(body if method == "post" else {}),
+                },
+            )
     elif definition.endswith(("/appointment-hold", "/appointment-book", "/appointment-cancel")):
         _scheduling_path(add, name, definition)
     else:

@@ -1,4 +1,5 @@
-"""``POST [base]/Appointment/$hold`` and ``$book`` (Argonaut Scheduling, R4 form): the
+"""``GET|POST [base]/Appointment/$find``, ``POST [base]/Appointment/$hold`` and ``$book``
+(Argonaut Scheduling, R4 form). $hold and $book: the
 body is a Parameters whose ``appointment`` is a proposed (or, for $book, a held or
 booked) Appointment; the answer is a searchset Bundle with the resulting Appointment.
 
@@ -14,6 +15,7 @@ onto another slot, a reschedule that frees the old one in the same transaction.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -122,6 +124,105 @@ async def cancel(request: Request, rid: str) -> Response:
     result = await resources.update("Appointment", rid, appointment, current.version, policy)
     assert result.stored.raw is not None
     return json_response(load_stored(result.stored.raw), out, 200, _headers(request, result))
+
+
+# $find parameter -> Slot search parameter (the free slots are searched, their
+# Schedule's actors become the proposed Appointment's participants)
+_FIND_PARAMS = {
+    "specialty": "specialty",
+    "service-type": "service-type",
+    "visit-type": "appointment-type",
+}
+
+
+def _reference(kind: str, value: str) -> str:
+    return value if value.startswith(f"{kind}/") else f"{kind}/{value}"
+
+
+async def _find_params(request: Request) -> list[tuple[str, str]]:
+    """The operation's parameters, from the query (GET) or a Parameters body (POST)."""
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if v != ""]
+    if request.method == "POST":
+        body = await optional_body(request)
+        if body is not None:
+            if not is_parameters(body):
+                raise bad_request("The body must be a Parameters resource", "Parameters")
+            for p in read_parameters(body):
+                if not isinstance(p.value, str | int):
+                    raise bad_request(f"{p.name} must be a primitive value", f"{p.path}.value[x]")
+                pairs.append((p.name, str(p.value)))
+    return pairs
+
+
+@router.api_route("/Appointment/$find", methods=["GET", "POST"])
+async def find(request: Request) -> Response:
+    """Argonaut $find (R4 form): free Slots in [start, end) of the practitioner /
+    location / specialty / service / visit type asked, earliest first, each as a
+    ``proposed`` Appointment referencing exactly that Slot, with the Schedule's actors
+    as participants. Book one by sending it to $hold or $book."""
+    out = neg.negotiate(request)
+    svc = services(request)
+    criteria: list[tuple[str, str]] = [("status", "free"), ("_sort", "start")]
+    criteria.append(("_include", "Slot:schedule"))
+    params = await _find_params(request)
+    for needed in ("start", "end"):
+        if needed not in {name for name, _ in params}:
+            raise bad_request(f"$find needs {needed}", needed)
+    for name, value in params:
+        if name == "start":
+            criteria.append(("start", f"ge{value}"))
+        elif name == "end":
+            criteria.append(("start", f"lt{value}"))
+        elif name == "practitioner":
+            criteria.append(("schedule.actor", _reference("Practitioner", value)))
+        elif name == "location":
+            criteria.append(("schedule.actor", _reference("Location", value)))
+        elif name in _FIND_PARAMS:
+            criteria.append((_FIND_PARAMS[name], value))
+        elif name == "_count":
+            criteria.append(("_count", value))
+        elif name not in ("_format", "_pretty"):
+            raise bad_request(f"$find has no parameter {name!r}", name)
+    base = base_url(request)
+    plan = svc.search.parser(base).parse(
+        ["Slot"],
+        criteria,
+        default_count=svc.settings.search_default_count,
+        max_count=svc.settings.search_max_count,
+    )
+    result = await svc.search.search(plan, request_policy(request))
+    schedules = {
+        s.id: load_stored(s.raw) for s in result.included if s.type == "Schedule" and s.raw
+    }
+    entries = []
+    for match in result.matches:
+        assert match.raw is not None
+        slot = load_stored(match.raw)
+        ref = (slot.get("schedule") or {}).get("reference", "")
+        schedule = schedules.get(ref.rsplit("/", 1)[-1], {})
+        proposal: dict[str, Any] = {
+            "resourceType": "Appointment",
+            "status": "proposed",
+            "start": slot.get("start"),
+            "end": slot.get("end"),
+            "slot": [{"reference": f"Slot/{match.id}"}],
+            "participant": [
+                {"actor": actor, "required": "required", "status": "needs-action"}
+                for actor in schedule.get("actor", [])
+            ],
+        }
+        for field in ("serviceType", "specialty", "appointmentType"):
+            if slot.get(field):
+                proposal[field] = slot[field]
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": proposal,
+                "search": {"mode": "match"},
+            }
+        )
+    body = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    return json_response(body, out)
 
 
 @router.post("/Appointment/$hold")
