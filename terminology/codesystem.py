@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.outcome import FhirError, bad_request
-from terminology.concepts import Concept, ConceptStore, LoadedSystem
+from terminology.concepts import Concept, ConceptStore, LoadedSystem, property_json
 from terminology.params import Inputs, Output, part
 from terminology.resolve import Filter, Resolver
 
@@ -155,7 +155,7 @@ class CodeSystemOperations:
             if p["c"] in ("parent", "child"):
                 continue  # answered from the hierarchy below
             if asked(p["c"]):
-                found.append((p["c"], p["t"], p["v"]))
+                found.append((p["c"], p["t"], property_json(p)))
         if asked("inactive"):
             found.append(("inactive", "Boolean", concept.inactive))
         if asked("parent"):

@@ -37,7 +37,10 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from fhir_server.jsonio import dumps, load_stored
+
 SYSTEMS = "terminology_systems"
+QUERY_MS = 10_000  # a filter query (say, a pathological regex) stops here: too-costly
 CONCEPTS = "terminology_concepts"
 _BATCH = 5000
 _INACTIVE_STATUS = frozenset({"retired", "inactive"})
@@ -139,6 +142,35 @@ def property_value(prop: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
+def stored_property(code: str, kind: str, value: Any) -> dict[str, Any]:
+    """A concept property as the store keeps it: strings, booleans and integers as they
+    are; anything else (a decimal, a Coding with extensions) as its JSON text under
+    ``j``, since BSON has no exact decimal of FHIR's kind."""
+    out: dict[str, Any] = {"c": code, "t": kind, "s": value_text(kind, value)}
+    if isinstance(value, str | bool) or (isinstance(value, int) and abs(value) < 2**63):
+        out["v"] = value
+    else:
+        out["j"] = dumps(value).decode()
+    return out
+
+
+def property_json(p: dict[str, Any]) -> Any:
+    """The value of a stored property, as FHIR JSON writes it."""
+    return load_stored(p["j"].encode()) if "j" in p else p.get("v")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return (
+        value is None
+        or isinstance(value, str | bool)
+        or (isinstance(value, int) and abs(value) < 2**63)
+    )
+
+
 def value_text(kind: str, value: Any) -> str:
     """A property value as filter operators compare it (a Coding by its code)."""
     if kind == "Coding" and isinstance(value, dict):
@@ -188,7 +220,7 @@ def _concept(item: dict[str, Any]) -> Concept:
             des: dict[str, Any] = {"v": d["value"]}
             if d.get("language"):
                 des["l"] = d["language"]
-            if isinstance(d.get("use"), dict):
+            if isinstance(d.get("use"), dict) and _plain(d["use"]):
                 des["u"] = d["use"]
             concept.designations.append(des)
     for prop in item.get("property") or []:
@@ -199,7 +231,7 @@ def _concept(item: dict[str, Any]) -> Concept:
             continue
         kind, value = typed
         code = prop["code"]
-        concept.properties.append({"c": code, "t": kind, "v": value, "s": value_text(kind, value)})
+        concept.properties.append(stored_property(code, kind, value))
         text = value_text(kind, value)
         if (code == "inactive" and value is True) or (
             code == "status" and text in _INACTIVE_STATUS
@@ -293,7 +325,9 @@ async def build_from_resource(
         return loaded(entry)
     key = f"cs:{gen}"
     concepts = concepts_of(resource)
-    await drop_generation(db, key)  # leftovers of a build that died half-way
+    # No clean-up first: leftovers of a build that died half-way, or a concurrent build
+    # of the same generation, hold the same documents, and the unique index on (k, c)
+    # turns the repeats into no-ops.
     hierarchical = await write_concepts(db, key, concepts)
     doc = {
         "_id": rid,
@@ -343,7 +377,7 @@ class ConceptStore:
         self.concepts = db[CONCEPTS]
 
     async def get(self, key: str, code: str) -> Concept | None:
-        doc = await self.concepts.find_one({"k": key, "c": code})
+        doc = await self.concepts.find_one({"k": key, "c": code}, {"w": 0, "anc": 0})
         return Concept.from_document(doc) if doc else None
 
     async def descendants(self, key: str, code: str) -> list[str]:
@@ -372,12 +406,17 @@ class ConceptStore:
         skip: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:
         cursor = self.concepts.find(
-            query, projection, limit=limit, skip=skip, sort=[("k", 1), ("o", 1)]
+            query,
+            projection,
+            limit=limit,
+            skip=skip,
+            sort=[("k", 1), ("o", 1)],
+            max_time_ms=QUERY_MS,
         )
         async for doc in cursor:
             yield doc
 
     async def count(self, query: dict[str, Any], limit: int = 0) -> int:
         if limit:
-            return await self.concepts.count_documents(query, limit=limit)
-        return await self.concepts.count_documents(query)
+            return await self.concepts.count_documents(query, limit=limit, maxTimeMS=QUERY_MS)
+        return await self.concepts.count_documents(query, maxTimeMS=QUERY_MS)

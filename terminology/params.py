@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_server.outcome import FhirError, bad_request
+from fhir_server.validation import validate_resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,11 @@ class Inputs:
             return None
         if v.kind != "resource" or v.value.get("resourceType") != rtype:
             raise bad_request(f"{name} must be a {rtype} resource", v.where)
+        # an inline resource is checked as a write would check it, so the operation
+        # reads only well-formed content (issue expressions are relative to it)
+        errors = [i for i in validate_resource(v.value, rtype) if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(400, errors)
         resource: dict[str, Any] = v.value
         return resource
 

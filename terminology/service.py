@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from pymongo.errors import ExecutionTimeout, OperationFailure
+
+from fhir_server.outcome import FhirError
 from fhir_server.storage import Storage
 from terminology import codesystem, conceptmap, valueset
 from terminology.concepts import ConceptStore, ensure_indexes
@@ -15,6 +18,7 @@ from terminology.params import Inputs
 from terminology.resolve import Filter, Resolver
 
 _DEF = "http://hl7.org/fhir/OperationDefinition"
+_BAD_REGEX = 51091
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,22 @@ class TerminologyService:
         if not self._indexed:
             await ensure_indexes(self._storage.db)
             self._indexed = True
+        try:
+            return await self._run(op, inp, rid, restrictions)
+        except ExecutionTimeout:
+            raise FhirError.of(
+                422, "too-costly", "The operation's concept query ran too long; narrow it"
+            ) from None
+        except OperationFailure as exc:
+            if exc.code == _BAD_REGEX:  # a regex filter Python accepts and MongoDB does not
+                raise FhirError.of(
+                    400, "invalid", f"The regex is not valid: {exc.details}"
+                ) from None
+            raise
+
+    async def _run(
+        self, op: Operation, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
         key = (op.type, op.name)
         if key == ("CodeSystem", "lookup"):
             return await self.codesystems.lookup(inp, rid, restrictions["CodeSystem"])

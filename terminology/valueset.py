@@ -161,9 +161,13 @@ class ValueSetOperations:
             limit=self.max_expansion,
         )
         inp.boolean("excludeNested")  # expansions are always flat (no contains.contains)
-        entries = await self.evaluate(vs, options, restrictions, ())
-        total = len(entries)
-        page = entries[offset : offset + count if count is not None else None]
+        paged = await self._paged(vs, options, restrictions, offset, count)
+        if paged is not None:
+            page, total = paged
+        else:
+            entries = await self.evaluate(vs, options, restrictions, ())
+            total = len(entries)
+            page = entries[offset : offset + count if count is not None else None]
         parameters: list[dict[str, Any]] = []
         for name, kind, value in (
             ("filter", "String", text),
@@ -189,6 +193,53 @@ class ValueSetOperations:
         if not page:
             del out["expansion"]["contains"]
         return out
+
+    async def _paged(
+        self,
+        vs: dict[str, Any],
+        options: Options,
+        restrictions: dict[str, Filter],
+        offset: int,
+        count: int | None,
+    ) -> tuple[list[Entry], int] | None:
+        """A page read straight from the concept store, when the value set is one
+        include of a stored code system (filters allowed; no concept list, nested value
+        set or exclude) and a count is asked: then a value set of any size (all of
+        SNOMED CT's findings) pages by index instead of answering too-costly. None: the
+        general evaluation applies."""
+        compose = vs.get("compose")
+        if count is None or not isinstance(compose, dict) or compose.get("exclude"):
+            return None
+        includes = compose.get("include")
+        if not isinstance(includes, list) or len(includes) != 1:
+            return None
+        part = includes[0]
+        if (
+            not isinstance(part, dict)
+            or not isinstance(part.get("system"), str)
+            or part.get("concept") is not None
+            or part.get("valueSet")
+        ):
+            return None
+        cs = await self.resolver.code_system(
+            part["system"], part.get("version"), restrictions["CodeSystem"]
+        )
+        if cs is None or cs.content == "not-present" or cs.count == 0:
+            return None
+        if compose.get("inactive") is False:
+            options = replace(options, active_only=True)
+        query = await self._query(cs, part, None, "ValueSet.compose.include[0]", options)
+        total = await self.store.count(query)
+        version = part.get("version")
+        page = (
+            [
+                _entry(cs, version, Concept.from_document(doc), None, [])
+                async for doc in self.store.find(query, _fields(options), skip=offset, limit=count)
+            ]
+            if count
+            else []
+        )
+        return page, total
 
     async def evaluate(
         self,
@@ -343,21 +394,10 @@ class ValueSetOperations:
                     where,
                 )
         out = []
-        async for doc in self.store.find(query):
+        async for doc in self.store.find(query, _fields(options)):
             concept = Concept.from_document(doc)
             display, des = (listed or {}).get(concept.code, (None, []))
-            out.append(
-                Entry(
-                    cs.url,
-                    cs.version if version else None,
-                    concept.code,
-                    display or concept.display,
-                    concept.inactive,
-                    concept.abstract,
-                    des + concept.designations,
-                    concept,
-                )
-            )
+            out.append(_entry(cs, version, concept, display, des))
         if listed:  # keep the order the value set lists its concepts in
             order = {code: i for i, code in enumerate(listed)}
             out.sort(key=lambda e: order.get(e.code, 0))
@@ -486,6 +526,37 @@ class ValueSetOperations:
         if await self.store.get(cs.key, c.code) is None:
             return f" (it is not a code of {c.system})"
         return ""
+
+
+def _fields(options: Options) -> dict[str, int]:
+    """What an expansion reads of each concept document: never the search words,
+    ancestors or properties (most of a document's bytes), designations only when they
+    are shown or a display has to be checked or chosen."""
+    fields = {"_id": 0, "c": 1, "d": 1, "a": 1, "ab": 1}
+    if options.designations or options.language or options.probe is not None:
+        fields["des"] = 1
+    return fields
+
+
+def _entry(
+    cs: LoadedSystem,
+    version: Any,
+    concept: Concept,
+    display: str | None,
+    designations: list[dict[str, Any]],
+) -> Entry:
+    """An expansion entry for a stored concept (the value set's display and
+    designations, when it lists the concept with its own, first)."""
+    return Entry(
+        cs.url,
+        cs.version if version else None,
+        concept.code,
+        display or concept.display,
+        concept.inactive,
+        concept.abstract,
+        designations + concept.designations,
+        concept,
+    )
 
 
 def _listed(

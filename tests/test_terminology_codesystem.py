@@ -4,6 +4,7 @@ the R4 core code systems after `load-core`."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -219,3 +220,63 @@ def test_core_v3_hierarchy_and_v2_codes(client: TestClient, settings: Settings) 
         code="MR",
     )
     assert values(v2.json())["result"] is True
+
+
+def test_decimal_and_coding_properties_keep_their_exact_json(client: TestClient) -> None:
+    """A valueDecimal keeps its digits (datatypes.html#decimal: 1.50 is not 1.5), a
+    valueCoding comes back whole; the concept store holds neither as BSON numbers."""
+    cs = {
+        "resourceType": "CodeSystem",
+        "url": "http://example.org/fhir/CodeSystem/weights",
+        "status": "active",
+        "content": "complete",
+        "property": [{"code": "weight", "type": "decimal"}, {"code": "kind", "type": "Coding"}],
+        "concept": [
+            {
+                "code": "a",
+                "property": [
+                    {"code": "weight", "valueDecimal": 1.50},
+                    {"code": "kind", "valueCoding": {"system": "http://x", "code": "k"}},
+                ],
+                "designation": [
+                    {
+                        "use": {
+                            "system": "http://x",
+                            "code": "u",
+                            "extension": [{"url": "http://x/e", "valueDecimal": 2.0}],
+                        },
+                        "value": "A",
+                    }
+                ],
+            }
+        ],
+    }
+    raw = json.dumps(cs).replace('"valueDecimal": 1.5', '"valueDecimal": 1.50')
+    created = client.post(
+        "/fhir/CodeSystem", content=raw, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert created.status_code == 201, created.text
+    r = get(client, "CodeSystem/$lookup", system=cs["url"], code="a")
+    assert r.status_code == 200, r.text
+    assert '"valueDecimal":1.50' in r.text.replace(" ", "")
+    assert {"name": "value", "valueCoding": {"system": "http://x", "code": "k"}} in [
+        q for p in r.json()["parameter"] if p["name"] == "property" for q in p["part"]
+    ]
+    assert parts(r.json(), "designation") == [{"value": "A"}]  # a use BSON cannot hold is dropped
+    weighed = value_set_expand_with(client, cs["url"], "weight", "1.50")
+    assert weighed == ["a"]
+
+
+def value_set_expand_with(client: TestClient, system: str, prop: str, value: str) -> list[str]:
+    vs = {
+        "resourceType": "ValueSet",
+        "status": "active",
+        "compose": {
+            "include": [
+                {"system": system, "filter": [{"property": prop, "op": "=", "value": value}]}
+            ]
+        },
+    }
+    r = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
+    assert r.status_code == 200, r.text
+    return [c["code"] for c in r.json()["expansion"].get("contains", [])]

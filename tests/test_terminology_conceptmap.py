@@ -202,3 +202,17 @@ def test_operations_need_read_scopes_on_what_they_read(mongo_url: str) -> None:
         assert hidden.status_code == 404 and outcome(hidden)["expression"] == ["system"]
         instance = client.get(f"/fhir/CodeSystem/{cs['id']}/$lookup?code=dm1", headers=other)
         assert instance.status_code == 404
+
+
+def test_inline_concept_map_is_validated_like_a_write(client: TestClient) -> None:
+    """An inline conceptMap is checked as a POST of it would be, so a malformed one is a
+    400 naming the element, never a crash while translating."""
+    broken = {"resourceType": "ConceptMap", "status": "active", "group": [{"element": ["x"]}]}
+    r = post(
+        client,
+        "ConceptMap/$translate",
+        {"name": "conceptMap", "resource": broken},
+        {"name": "code", "valueCode": "a"},
+    )
+    assert r.status_code == 400
+    assert outcome(r)["expression"][0].startswith("ConceptMap.group[0].element[0]")

@@ -5,10 +5,15 @@ designations, $subsumes over the transitive closure, $expand with is-a)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from pymongo import MongoClient
 from terminology_helpers import codes, get, parts, post, value_set, values
 
 from fhir_server.cli import main
@@ -555,3 +560,74 @@ def test_icd10_tabular_csv_import(client: TestClient, settings: Settings, tmp_pa
     args[4] = str(bad)
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "not ClaML" in refused.output
+
+
+# --- a real kill -----------------------------------------------------------------------------
+
+
+def write_big_rf2(root: Path, n: int) -> Path:
+    """n concepts in a ternary is-a tree, one English FSN each: enough batches to kill."""
+    root.mkdir()
+    concepts = ["id\teffectiveTime\tactive\tmoduleId\tdefinitionStatusId"]
+    descriptions = [
+        "id\teffectiveTime\tactive\tmoduleId\tconceptId\tlanguageCode\ttypeId\tterm\tcaseSignificanceId"
+    ]
+    relationships = [
+        "id\teffectiveTime\tactive\tmoduleId\tsourceId\tdestinationId\trelationshipGroup\ttypeId"
+        "\tcharacteristicTypeId\tmodifierId"
+    ]
+    for i in range(n):
+        cid = f"{1000000 + i}00"
+        concepts.append(f"{cid}\t{DATE}\t1\t{CORE}\t900000000000074008")
+        descriptions.append(
+            f"{i}1011\t{DATE}\t1\t{CORE}\t{cid}\ten\t900000000000003001\tConcept {i} (finding)"
+            "\t900000000000448009"
+        )
+        if i:
+            parent = f"{1000000 + (i - 1) // 3}00"
+            relationships.append(
+                f"{i}1021\t{DATE}\t1\t{CORE}\t{cid}\t{parent}\t0\t116680003"
+                "\t900000000000011006\t900000000000451002"
+            )
+    for name, lines in (
+        (f"sct2_Concept_Snapshot_INT_{DATE}.txt", concepts),
+        (f"sct2_Description_Snapshot-en_INT_{DATE}.txt", descriptions),
+        (f"sct2_Relationship_Snapshot_INT_{DATE}.txt", relationships),
+    ):
+        (root / name).write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_snomed_import_killed_with_sigkill_resumes(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """The import process is SIGKILLed once it has written a few batches; started again
+    it continues from the recorded batch and ends with every concept exactly once."""
+    n = 30_000
+    release = write_big_rf2(tmp_path / "rf2", n)
+    command = [sys.executable, "-m", "fhir_server", "terminology", "import", "--format"]
+    command += ["snomed", str(release), "--no-progress", "--batch-size", "500"]
+    command += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
+    with MongoClient(settings.mongo_url) as mc:
+        imports = mc[settings.database]["terminology_imports"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = imports.find_one() or {}
+            if state.get("done", 0) >= 3:
+                break
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+        killed_at = (imports.find_one() or {}).get("done", 0)
+        assert 3 <= killed_at < n // 500  # killed part-way
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert f"resumed after {killed_at} batches" in resumed.stdout
+        assert mc[settings.database]["terminology_concepts"].count_documents({}) == n
+    r = get(
+        client, "CodeSystem/$subsumes", system=SCT, codeA="100000000", codeB=f"{1000000 + n - 1}00"
+    )
+    assert values(r.json())["outcome"] == "subsumes"

@@ -104,6 +104,16 @@ def test_paging_with_count_and_offset(client: TestClient, loaded: dict[str, Any]
     assert pages == ALL_CODES
     empty = get(client, "ValueSet/$expand", url=VS_ALL, count=3, offset=9).json()
     assert codes(empty) == []
+    # paging an expansion evaluated in memory (two includes) works the same way
+    two = value_set(
+        VS + "two",
+        {"system": SYSTEM, "concept": [{"code": "hta"}]},
+        {"system": SYSTEM, "concept": [{"code": "tos"}, {"code": "dm1"}]},
+    )
+    out = expand_inline(
+        client, two, {"name": "count", "valueInteger": 2}, {"name": "offset", "valueInteger": 1}
+    )
+    assert codes(out) == ["tos", "dm1"] and out["expansion"]["total"] == 3
     bad = get(client, "ValueSet/$expand", url=VS_ALL, count=-1)
     assert bad.status_code == 400 and outcome(bad)["expression"] == ["count"]
 
@@ -256,6 +266,9 @@ def test_too_large_expansion_is_too_costly(small_limit_client: TestClient) -> No
     assert r.status_code == 422
     assert outcome(r)["code"] == "too-costly"
     assert outcome(r)["expression"] == ["ValueSet.compose.include[0]"]
+    # with a count, a one-include value set pages straight from the concept store
+    page = get(client, "ValueSet/$expand", url=VS_ALL, count=3, offset=3).json()
+    assert page["expansion"]["total"] == 8 and codes(page) == ALL_CODES[3:6]
     # narrowed by a filter it fits
     assert codes(get(client, "ValueSet/$expand", url=VS_ALL, filter="diabetes").json()) == [
         "diabetes",
@@ -360,3 +373,12 @@ def test_validate_code_in_a_listed_value_set_of_an_unknown_system(client: TestCl
     )
     out = values(r.json())
     assert out["result"] is True and out["display"] == "Glucose" and "Warning" in out["message"]
+
+
+def test_regex_mongodb_refuses_is_a_400_not_a_500(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    """Python's re accepts \\N{...} escapes; MongoDB's PCRE does not."""
+    vs = with_filter("concept", "regex", "\\N{DIGIT ONE}")
+    r = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
+    assert r.status_code == 400 and outcome(r)["code"] == "invalid"

@@ -24,6 +24,7 @@ from fhir_server.service.everything import PARAMS as EVERYTHING_PARAMS
 from fhir_server.subsetting import SUMMARY_MODES
 from fhir_server.validation.model import raw_definitions
 from smart_auth.discovery import SCOPES
+from terminology.service import OPERATIONS as TERMINOLOGY_OPERATIONS
 
 OPENAPI_VERSION = "3.1.0"
 FHIR_JSON = "application/fhir+json"
@@ -498,6 +499,8 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
             )
     elif definition.endswith(("/appointment-hold", "/appointment-book", "/appointment-cancel")):
         _scheduling_path(add, name, definition)
+    elif definition in TERMINOLOGY:
+        _terminology_paths(add, TERMINOLOGY[definition])
     else:
         raise ValueError(f"no OpenAPI description for operation {definition}")
 
@@ -524,6 +527,64 @@ def _scheduling_path(add: Adder, name: str, definition: str) -> None:
             "responses": _fhir_body(schema),
         },
     )
+
+
+TERMINOLOGY = {op.definition["definition"]: op for op in TERMINOLOGY_OPERATIONS}
+# inputs that only a POSTed Parameters resource can carry (a Coding, a resource ...)
+_COMPLEX_INPUTS = frozenset(
+    {"coding", "codingA", "codingB", "codeableConcept", "valueSet", "conceptMap", "codeSystem"}
+)
+_INPUT_SCHEMAS: Mapping[str, Json] = {
+    "count": {"type": "integer", "minimum": 0},
+    "offset": {"type": "integer", "minimum": 0},
+    **{
+        b: {"type": "boolean"}
+        for b in (
+            "activeOnly",
+            "includeDesignations",
+            "includeDefinition",
+            "excludeNested",
+            "excludeNotForUI",
+            "excludePostCoordinated",
+            "limitedExpansion",
+            "abstract",
+            "reverse",
+        )
+    },
+}
+
+
+def _terminology_paths(add: Adder, op: Any) -> None:
+    """A terminology operation (terminology/service.py) at type and instance level, GET
+    with its primitive inputs as query parameters or POST with a Parameters body."""
+    params = [
+        _query(name, dict(_INPUT_SCHEMAS.get(name, {"type": "string"})))
+        for name in op.params
+        if name not in _COMPLEX_INPUTS
+    ]
+    params += _rendering()
+    result = "ValueSet" if op.name == "expand" else "Parameters"
+    body = {
+        "required": False,
+        "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+    }
+    for path, level, extra in (
+        (f"/{op.type}/${op.name}", "type", []),
+        (f"/{op.type}/{{id}}/${op.name}", "instance", [_path_param("id")]),
+    ):
+        for method in ("get", "post"):
+            add(
+                path,
+                method,
+                {
+                    "operationId": f"{op.name}-{level}-{op.type}-{method}",
+                    "tags": [op.type],
+                    "summary": f"{op.type} ${op.name} ({level} level)",
+                    "parameters": [*extra, *params],
+                    "responses": _fhir_body(_ref("schemas", result)),
+                    **({"requestBody": body} if method == "post" else {}),
+                },
+            )
 
 
 def _export_paths(add: Adder, definition: str) -> None:
