@@ -96,12 +96,22 @@ def test_fifty_concurrent_books_on_one_slot(client):
 def test_an_expired_hold_gives_way_at_booking_time(settings):
     with app_client(settings, appointment_hold=timedelta(seconds=1)) as client:
         seed_slots(client, "s1")
-        booked(operation(client, "hold", proposed("s1")))
+        held = booked(operation(client, "hold", proposed("s1")))
         assert_outcome(operation(client, "book", proposed("s1", patient="pb")), 409)
         time.sleep(1.2)
         done = booked(operation(client, "book", proposed("s1", patient="pb")))
         assert done["status"] == "booked"
         assert slot_status(client, "s1") == "busy"
+        # the expired hold was cancelled in the same transaction, by the server
+        hold = client.get(f"/fhir/Appointment/{held['id']}").json()
+        assert hold["status"] == "cancelled"
+        assert hold["cancelationReason"] == {"text": "hold expired"}
+        log = client.get("/fhir/Provenance", params={"target": f"Appointment/{held['id']}"})
+        last = log.json()["entry"][-1]["resource"]
+        assert (last["activity"]["text"], last["agent"][0]["who"]) == (
+            "cancel",
+            {"display": "fhir-server"},
+        )
 
 
 def test_editing_a_hold_does_not_extend_it(settings):
@@ -317,3 +327,24 @@ def test_find_errors(client):
     assert expressions(assert_outcome(r, 400)) == ["end"]
     r = client.get("/fhir/Appointment/$find", params={**WINDOW, "colour": "blue"})
     assert expressions(assert_outcome(r, 400)) == ["colour"]
+
+
+def test_a_patient_booking_over_an_expired_hold_close_to_its_start(mongo_url):
+    # the hold's cancellation is the server's doing: the patient's minimum notice does
+    # not apply to it (it would refuse the booking with 422 otherwise)
+    with smart(mongo_url, appointment_hold=timedelta(seconds=1)) as (client, mint):
+        admin = mint.headers("system/*.cruds")
+        soon = datetime.now(UTC) + timedelta(hours=2)
+
+        def near(patient: str) -> dict[str, Any]:
+            found = appointment(slot="s1", patient=patient, status="proposed")
+            found["start"] = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+            found["end"] = (soon + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return found
+
+        held = booked(operation(client, "hold", near("pb"), **admin))
+        time.sleep(1.2)
+        app = mint.headers("patient/Appointment.cruds", patient="pa")
+        booked(operation(client, "book", near("pa"), **app))
+        after = client.get(f"/fhir/Appointment/{held['id']}", headers=admin).json()
+        assert after["status"] == "cancelled"

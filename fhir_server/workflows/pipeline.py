@@ -255,6 +255,13 @@ class _Prepared:
             await rule.in_transaction(tx, writes)
             messages.extend(rule.after_commit(writes))
         if tx.created:
-            await p.storage.write(tx.created, session)
+            # What rules write (a Slot's status, a Provenance, an expired hold's
+            # cancellation) is the server's doing, not the requester's: the rules on
+            # those writes see the server as the writer (no patient notice applies).
+            reset = request_access.set(None)
+            try:
+                await p.storage.write(tx.created, session)
+            finally:
+                request_access.reset(reset)
         if messages:
             await p.storage.db[OUTBOX].insert_many(messages, session=session)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import BulkWriteError
 
+from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
 
@@ -142,10 +143,7 @@ class NoDoubleBooking(Rule):
                 docs.append({"_id": key, "a": w.key, "exp": expires})
         if not docs:
             return
-        # expired holds give way (in this transaction: a concurrent booking conflicts)
-        await keys.delete_many(
-            {"_id": {"$in": list(where)}, "exp": {"$lte": now}}, session=tx.session
-        )
+        await self._expire(tx, list(where), now)
         try:
             await keys.insert_many(docs, ordered=True, session=tx.session)
         except BulkWriteError as exc:
@@ -154,6 +152,26 @@ class NoDoubleBooking(Rule):
                 raise
             key = (errors[0].get("keyValue") or {}).get("_id", "")
             raise conflict(key, where.get(key, "Appointment")) from None
+
+    @staticmethod
+    async def _expire(tx: Transaction, wanted: list[str], now: datetime) -> None:
+        """Expired holds give way, in this transaction (a concurrent booking of the
+        same keys conflicts with it): their keys go, and each such hold is cancelled
+        ("hold expired"), which frees its Slot and is logged."""
+        keys = tx.db[KEYS]
+        expired = {"_id": {"$in": wanted}, "exp": {"$lte": now}}
+        holders = await keys.distinct("a", expired, session=tx.session)
+        if not holders:
+            return
+        await keys.delete_many(expired, session=tx.session)
+        ids = [h.split("/", 1)[1] for h in holders]
+        for current in await tx.storage.read_many("Appointment", ids, tx.session):
+            if current.raw is None:
+                continue
+            held = load_stored(current.raw)
+            if held.get("status") == "pending":
+                reason = {"text": "hold expired"}
+                tx.update(current, {**held, "status": "cancelled", "cancelationReason": reason})
 
     def _expiry(self, w: Write, current: datetime | None, now: datetime) -> datetime | None:
         """A hold keeps the expiry it was given; a new hold gets ``now + hold``."""

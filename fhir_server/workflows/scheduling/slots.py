@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from fhir_server.jsonio import load_stored
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
-from fhir_server.workflows.scheduling.booking import is_active, local_reference
+from fhir_server.workflows.scheduling.booking import KEYS, is_active, local_reference
 
 TENTATIVE = frozenset({"pending", "proposed", "waitlist"})
 _MANAGED = frozenset({"free", "busy", "busy-tentative"})
@@ -39,6 +39,14 @@ class SlotStatus(Rule):
             status = "busy-tentative" if (w.new or {}).get("status") in TENTATIVE else "busy"
             for sid in slots_of(w.new):
                 wanted[sid] = status
+        if not wanted:
+            return
+        # a slot another appointment holds now (its booking key) stays as it is
+        freed = [f"slot|Slot/{sid}" for sid, status in wanted.items() if status == "free"]
+        if freed:
+            taken = await tx.db[KEYS].distinct("_id", {"_id": {"$in": freed}}, session=tx.session)
+            for key in taken:
+                del wanted[key.removeprefix("slot|Slot/")]
         if not wanted:
             return
         stored = await tx.storage.read_many("Slot", sorted(wanted), tx.session)
