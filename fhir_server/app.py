@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,6 +33,7 @@ from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
 from fhir_server.workflows import rules
 from fhir_server.workflows.pipeline import WritePipeline
+from fhir_server.workflows.scheduling.holds import sweep_forever
 from fhir_server.workflows.scheduling.operations import router as scheduling_router
 from smart_auth.mount import close_auth, install_auth, open_auth
 from smart_auth.tokens import TokenVerifier
@@ -70,9 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage.hook = pipeline
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
+        sweep = asyncio.create_task(sweep_forever(resources, settings.appointment_hold_sweep))
         try:
             yield
         finally:
+            sweep.cancel()
             offload.close()
             close_auth(app)
             await client.close()

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         description="How long a held (pending) appointment keeps its slot and times: "
         "after that a booking of them succeeds. An ISO 8601 duration (PT10M) or seconds.",
     )
+    appointment_hold_sweep: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Seconds between sweeps that cancel expired holds nobody displaced yet.",
+    )
     conditional_delete: Literal["single", "multiple"] = Field(
         "single",
         description="Conditional delete matching several resources: 'single' answers 412, "

@@ -348,3 +348,20 @@ def test_a_patient_booking_over_an_expired_hold_close_to_its_start(mongo_url):
         booked(operation(client, "book", near("pa"), **app))
         after = client.get(f"/fhir/Appointment/{held['id']}", headers=admin).json()
         assert after["status"] == "cancelled"
+
+
+def test_the_sweep_cancels_an_expired_hold_nobody_displaced(settings):
+    with app_client(
+        settings, appointment_hold=timedelta(seconds=1), appointment_hold_sweep=0.2
+    ) as client:
+        seed_slots(client, "s1")
+        held = booked(operation(client, "hold", proposed("s1")))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = client.get(f"/fhir/Appointment/{held['id']}").json()
+            if found["status"] != "pending":
+                break
+            time.sleep(0.2)
+        assert found["status"] == "cancelled"
+        assert found["cancelationReason"] == {"text": "hold expired"}
+        assert slot_status(client, "s1") == "free"

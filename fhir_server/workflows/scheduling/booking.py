@@ -115,7 +115,10 @@ class NoDoubleBooking(Rule):
 
     types: ClassVar[frozenset[str]] = frozenset({"Appointment"})
     collections: ClassVar[dict[str, list[IndexModel]]] = {
-        KEYS: [IndexModel([("a", ASCENDING)], name="appointment")]
+        KEYS: [
+            IndexModel([("a", ASCENDING)], name="appointment"),
+            IndexModel([("exp", ASCENDING)], name="expiry", sparse=True),
+        ]
     }
 
     def __init__(self, hold: timedelta = timedelta(minutes=10)) -> None:
