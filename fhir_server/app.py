@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,10 @@ from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage
+from fhir_server.workflows import rules
+from fhir_server.workflows.pipeline import WritePipeline
+from fhir_server.workflows.scheduling.holds import sweep_forever
+from fhir_server.workflows.scheduling.operations import router as scheduling_router
 from smart_auth.mount import close_auth, install_auth, open_auth
 from smart_auth.tokens import TokenVerifier
 
@@ -61,11 +66,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         offload = Offload.start(size, settings.parse_in_processes)
         resources = ResourceService(storage, settings, search, offload)
         app.state.services = Services(settings, resources, HistoryService(storage), search)
+        # Every write goes through the rules (fhir_server/workflows/pipeline.py).
+        pipeline = WritePipeline(storage, resources.render, rules(settings))
+        await pipeline.start()
+        storage.hook = pipeline
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
+        sweep = asyncio.create_task(sweep_forever(resources, settings.appointment_hold_sweep))
         try:
             yield
         finally:
+            sweep.cancel()
             offload.close()
             close_auth(app)
             await client.close()
@@ -92,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
     app.include_router(terminology_router, prefix=BASE_PATH)  # before router: $ paths
+    app.include_router(scheduling_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
     app.include_router(router, prefix=BASE_PATH)
     return app

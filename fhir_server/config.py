@@ -6,6 +6,7 @@ description of each field is also its user-facing help text.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +63,25 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
     allow_update_create: bool = Field(
         True, description="Allow PUT to create a resource with a client-chosen id."
+    )
+    appointment_min_notice: timedelta = Field(
+        timedelta(hours=24),
+        ge=timedelta(0),
+        description="How long before an appointment's start a patient (a token in patient "
+        "context) may still change or cancel it; staff may at any time. An ISO 8601 "
+        "duration (PT24H) or seconds.",
+    )
+    appointment_hold: timedelta = Field(
+        timedelta(minutes=10),
+        gt=timedelta(0),
+        description="How long a held (pending) appointment keeps its slot and times: "
+        "after that a booking of them succeeds. An ISO 8601 duration (PT10M) or seconds.",
+    )
+    appointment_hold_sweep: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Seconds between sweeps that cancel expired holds nobody displaced yet.",
     )
     conditional_delete: Literal["single", "multiple"] = Field(
         "single",

@@ -423,6 +423,8 @@ class Generator:
 
         appts: list[Row] = []
         actions: list[Row] = []
+        taken: set[tuple[int, datetime]] = set()  # (doctor, start)
+        rooms: set[tuple[int, datetime]] = set()  # (room, start)
         records: list[Row] = []
         vitals: list[Row] = []
         rx: list[Row] = []
@@ -437,6 +439,12 @@ class Generator:
             when = datetime.combine(sched["date"], sched["start_time"]) + timedelta(
                 minutes=20 * start_slot
             )
+            # The clinic system never booked a doctor or a room twice (nor does the
+            # server: docs/scheduling.md); a taken time moves on, without drawing again.
+            while (sched["doctor_id"], when) in taken or (sched["room_id"], when) in rooms:
+                when += timedelta(minutes=20)
+            taken.add((sched["doctor_id"], when))
+            rooms.add((sched["room_id"], when))
             created = when - timedelta(days=rng.randrange(1, 30))
             appts.append(
                 {

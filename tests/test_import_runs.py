@@ -47,7 +47,8 @@ def test_rerun_creates_nothing_and_incremental_updates_only_changes(
     assert written == first.total("mapped") > 500
     assert first.total("updated") == first.total("unchanged") == 0
     versions = history_total(fhir_base)
-    assert versions == written
+    # each new appointment also gets its action-log Provenance (docs/scheduling.md)
+    assert versions == written + stats(first, "appointments").created
 
     # http.html#update: the server keeps an identical update without a new version; the
     # re-run must neither create resources nor make versions.
@@ -226,7 +227,9 @@ def test_resume_after_a_killed_run(mariadb_url: str, fhir_base: str, tmp_path: P
     check = run(mariadb_url, "clinica", fhir_base, tmp_path, restart=True)
     assert check.total("created") == 0
     assert check.total("unchanged") == check.total("mapped")
-    assert history_total(fhir_base) == check.total("mapped") + check.total("updated")
+    # (+ the action-log Provenance of each appointment, docs/scheduling.md)
+    logged = count(fhir_base, "Appointment")
+    assert history_total(fhir_base) == check.total("mapped") + check.total("updated") + logged
 
 
 def _builtin(name: str) -> str:

@@ -12,6 +12,7 @@ from fastapi import Request
 from starlette.datastructures import State
 
 from fhir_server.outcome import FhirError
+from fhir_server.service.context import request_access
 from smart_auth.tokens import InvalidToken, TokenVerifier
 
 FHIR_PREFIX = "/fhir"
@@ -72,6 +73,7 @@ async def authenticate(request: Request) -> None:
     from fhir_server.api.routes import base_url, services
 
     request.state.access = None
+    request_access.set(None)
     if not services(request).settings.auth_enabled:
         return
     if is_public(request.method, request.url.path):
@@ -90,3 +92,4 @@ async def authenticate(request: Request) -> None:
             headers={"WWW-Authenticate": _challenge("invalid_token", reason)},
         ) from None
     request.state.access = access
+    request_access.set(access)  # for the write pipeline (service/context.py)

@@ -472,10 +472,61 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
                 )
     elif name == "export":
         _export_paths(add, definition)
+    elif definition.endswith("/appointment-find"):
+        params = [
+            _query(p, {"type": "string"})
+            for p in ("start", "end", "practitioner", "location", "specialty", "service-type")
+        ]
+        params += [_query("visit-type", {"type": "string"}), _query("_count", {"type": "integer"})]
+        for method in ("get", "post"):
+            body = {
+                "requestBody": {
+                    "required": False,
+                    "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+                }
+            }
+            add(
+                "/Appointment/$find",
+                method,
+                {
+                    "operationId": f"find-Appointment-{method}",
+                    "tags": ["Appointment"],
+                    "summary": f"Appointment $find ({definition})",
+                    "parameters": params if method == "get" else [],
+                    "responses": _fhir_body(_ref("schemas", "Bundle")),
+                    **(body if method == "post" else {}),
+                },
+            )
+    elif definition.endswith(("/appointment-hold", "/appointment-book", "/appointment-cancel")):
+        _scheduling_path(add, name, definition)
     elif definition in TERMINOLOGY:
         _terminology_paths(add, TERMINOLOGY[definition])
     else:
         raise ValueError(f"no OpenAPI description for operation {definition}")
+
+
+def _scheduling_path(add: Adder, name: str, definition: str) -> None:
+    """Appointment $hold and $book (a Parameters with the appointment; a searchset
+    Bundle back) and Appointment/[id]/$cancel (optional reason; the Appointment back),
+    fhir_server/workflows/scheduling/operations.py."""
+    instance = name == "cancel"
+    path = "/Appointment/{id}/$cancel" if instance else f"/Appointment/${name}"
+    schema = _ref("schemas", "Appointment" if instance else "Bundle")
+    add(
+        path,
+        "post",
+        {
+            "operationId": f"{name}-Appointment",
+            "tags": ["Appointment"],
+            "summary": f"Appointment ${name} ({definition})",
+            "parameters": [_path_param("id")] if instance else [],
+            "requestBody": {
+                "required": not instance,
+                "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+            },
+            "responses": _fhir_body(schema),
+        },
+    )
 
 
 TERMINOLOGY = {op.definition["definition"]: op for op in TERMINOLOGY_OPERATIONS}

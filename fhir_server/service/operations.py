@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from fhir_server.workflows.scheduling.definitions import APPOINTMENT_OPERATIONS
 from terminology.service import capability_operations
 
 PATIENT_EVERYTHING: Mapping[str, str] = MappingProxyType(
@@ -33,6 +34,7 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
     {
         "Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT),
         "Group": (GROUP_EXPORT,),
+        "Appointment": APPOINTMENT_OPERATIONS,  # fhir_server/workflows/scheduling
         # terminology/: CodeSystem, ValueSet and ConceptMap operations
         **capability_operations(),
     }

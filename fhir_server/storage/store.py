@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -88,6 +88,24 @@ class HistoryQuery:
         return f
 
 
+class PreparedWrites(Protocol):
+    async def apply(self, session: Session) -> None:
+        """Run after the versions are stored, in the same transaction."""
+
+
+class WriteHook(Protocol):
+    """What storage calls on every write (the write pipeline,
+    fhir_server/workflows/pipeline.py): storage is the one place every write path
+    (REST, conditional, transaction, batch, importers) goes through, so a rule hooked
+    here cannot be missed by a new path. Storage itself knows nothing of the rules."""
+
+    async def prepare(
+        self, writes: Sequence[VersionWrite], session: Session, rewrite: bool = False
+    ) -> PreparedWrites | None:
+        """Before the versions are stored (may refuse by raising); None: nothing to do.
+        ``rewrite``: the versions correct ones written earlier in the transaction."""
+
+
 class _Unreachable(Exception):
     """Carries a connection failure out of ``with_transaction`` unretried."""
 
@@ -113,6 +131,7 @@ class Storage:
         )
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
         self._ready: set[str] = set()
+        self.hook: WriteHook | None = None
 
     def current(self, resource_type: str) -> AsyncCollection[dict[str, Any]]:
         return self.db[resource_type]
@@ -266,7 +285,10 @@ class Storage:
         Each write replaces the current document only if it is still at ``previous``
         (compare-and-set), records the version in history, and closes the previous
         history version's validity interval (``ut``) for ``_at`` queries.
+
+        The write pipeline (``hook``) runs around it, in the same transaction.
         """
+        prepared = await self.hook.prepare(writes, session) if self.hook else None
         created: dict[str, list[dict[str, Any]]] = defaultdict(list)
         replaced: dict[str, list[ReplaceOne[dict[str, Any]]]] = defaultdict(list)
         closed: list[UpdateOne] = []
@@ -292,10 +314,15 @@ class Storage:
         if closed:
             await self.history.bulk_write(closed, session=session)
         await self.history.insert_many([w.history_document() for w in writes], session=session)
+        if prepared is not None:
+            await prepared.apply(session)
 
     async def rewrite(self, writes: Sequence[VersionWrite], session: Session) -> None:
         """Replace versions written earlier in the same transaction (same version
-        number): for content that could only be settled after the writes."""
+        number): for content that could only be settled after the writes. The write
+        pipeline sees the corrected content as well (its rules are idempotent for a
+        version they have seen)."""
+        prepared = await self.hook.prepare(writes, session, True) if self.hook else None
         by_type: dict[str, list[VersionWrite]] = defaultdict(list)
         for w in writes:
             by_type[w.type].append(w)
@@ -311,6 +338,8 @@ class Storage:
             ],
             session=session,
         )
+        if prepared is not None:
+            await prepared.apply(session)
 
 
 def _keyset(cursor: HistoryCursor, op: str) -> dict[str, Any]:

@@ -1,0 +1,267 @@
+"""The write pipeline: one place where rules act on every write, whatever its path
+(docs of the design: ../shared/docs/write-pipeline.md).
+
+Storage calls it from ``Storage.write`` (and ``rewrite``), which every write path
+reaches: REST create, update, patch and delete and their conditional forms,
+transaction and batch entries (a batch entry is a REST request), the operations and
+the importers. So a rule registered here is enforced on a path added tomorrow too.
+
+For the versions one storage write produces, inside the request's MongoDB transaction:
+
+    before_write(writes)            may refuse (raise FhirError), before anything is stored
+    <the versions are stored>
+    in_transaction(tx, writes)      may read/write other collections through tx.session
+    after_commit(writes)            messages, put in the ``outbox`` collection in the same
+                                    transaction: sent only if the write commits, never lost
+
+A rule declares the resource types it watches; a write of another type costs one set
+lookup. ``Write.previous`` is the content it replaces (read from history, one query for
+all watched writes), ``Write.context`` who writes (the access token of the request).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from fhir_server.datetimes import after
+from fhir_server.jsonio import load_stored
+from fhir_server.service.context import request_access
+from fhir_server.storage.documents import StoredVersion, VersionWrite, history_key
+from fhir_server.storage.store import Session, Storage
+from smart_auth.tokens import AccessToken
+
+OUTBOX = "outbox"
+_STAFF_USERS = ("Practitioner/", "PractitionerRole/")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """Who writes: the request's access token (None: authorization off, or the server
+    itself, e.g. an importer)."""
+
+    access: AccessToken | None
+
+    @property
+    def patient_side(self) -> bool:
+        """Does a patient (or an app acting for one) write, rather than staff or the
+        server? A ``Patient/`` user; or a token without a staff user whose clinical
+        scopes are all ``patient/`` ones (a patient-facing app)."""
+        a = self.access
+        if a is None:
+            return False
+        user = a.fhir_user or ""
+        if user.startswith(("Patient/", "RelatedPerson/")):
+            return True
+        if user.startswith(_STAFF_USERS):
+            return False
+        contexts = a.scopes.contexts
+        return bool(contexts) and contexts <= {"patient"}
+
+    @property
+    def agent(self) -> dict[str, Any]:
+        """The agent as a Provenance.agent.who: the user, else the client."""
+        a = self.access
+        if a is None:
+            return {"display": "fhir-server"}
+        if a.fhir_user:
+            return {"reference": a.fhir_user}
+        return {"identifier": {"system": "urn:smart:client_id", "value": a.client_id}}
+
+
+@dataclass(slots=True)
+class Write:
+    """One new version as the rules see it. ``new`` None: a deletion; ``previous``
+    None: nothing live before (a create, or a write over a deletion)."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: str
+    previous: dict[str, Any] | None
+    new: dict[str, Any] | None
+    context: WriteContext
+    rewrite: bool = False  # corrects a version written earlier in the same transaction
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}/{self.id}"
+
+
+@dataclass(slots=True)
+class Transaction:
+    """What ``in_transaction`` may use: the session and the database, and ``create``
+    to add a resource (a Provenance, say) to the same transaction."""
+
+    session: Session
+    storage: Storage
+    render: Callable[[VersionWrite, dict[str, Any]], None]
+    created: list[VersionWrite] = field(default_factory=list)
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.storage.db
+
+    def create(
+        self, resource: dict[str, Any], when: datetime, resource_id: str | None = None
+    ) -> VersionWrite:
+        """Queue a new resource (stored after every rule has run, in one write)."""
+        write = VersionWrite(
+            type=resource["resourceType"],
+            id=resource_id or str(uuid.uuid4()),
+            version=1,
+            last_updated=when,
+            method="POST",
+            raw=None,
+            previous=None,
+            created=True,
+        )
+        self.render(write, resource)
+        self.created.append(write)
+        return write
+
+    def update(self, current: StoredVersion, resource: dict[str, Any]) -> VersionWrite:
+        """Queue a new version of a stored resource (a Slot's status, say)."""
+        write = VersionWrite(
+            type=current.type,
+            id=current.id,
+            version=current.version + 1,
+            last_updated=after(current.last_updated),
+            method="PUT",
+            raw=None,
+            previous=current.version,
+        )
+        self.render(write, resource)
+        self.created.append(write)
+        return write
+
+
+class Rule:
+    """A rule of the pipeline. Subclasses set ``types`` and override what they need."""
+
+    types: ClassVar[frozenset[str]] = frozenset()
+    # Collections the rule writes, with their indexes (created at start-up, because
+    # a transaction cannot create indexes).
+    collections: ClassVar[dict[str, list[IndexModel]]] = {}
+    # Resource types the rule creates (their collections must exist before a transaction).
+    creates: ClassVar[frozenset[str]] = frozenset()
+
+    async def before_write(self, writes: Sequence[Write]) -> None:
+        """Refuse a write by raising FhirError."""
+
+    async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
+        """Read and write through ``tx.session``: all or nothing with the write."""
+
+    def after_commit(self, writes: Sequence[Write]) -> list[dict[str, Any]]:
+        """Messages to deliver once the write has committed (put in the outbox)."""
+        return []
+
+
+class WritePipeline:
+    """The registered rules; ``Storage.hook``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        render: Callable[[VersionWrite, dict[str, Any]], None],
+        rules: Iterable[Rule],
+    ) -> None:
+        self.storage = storage
+        self.render = render
+        self.rules = list(rules)
+        self.watching: dict[str, list[Rule]] = defaultdict(list)
+        for rule in self.rules:
+            for t in rule.types:
+                self.watching[t].append(rule)
+
+    async def start(self) -> None:
+        """Create what the rules write into (run once at start-up)."""
+        await self.storage.db[OUTBOX].create_indexes(
+            [IndexModel([("created", ASCENDING)], name="created")]
+        )
+        for rule in self.rules:
+            for name, indexes in rule.collections.items():
+                if indexes:
+                    await self.storage.db[name].create_indexes(indexes)
+                else:
+                    await self.storage.db[name].create_index("_id")
+            for t in rule.creates:
+                await self.storage.ensure_type(t)
+
+    async def prepare(
+        self, versions: Sequence[VersionWrite], session: Session, rewrite: bool = False
+    ) -> _Prepared | None:
+        watched = [v for v in versions if v.type in self.watching]
+        if not watched:
+            return None
+        previous = await self._previous(watched, session)
+        context = WriteContext(request_access.get())
+        writes = [
+            Write(
+                type=v.type,
+                id=v.id,
+                version=v.version,
+                last_updated=v.last_updated,
+                method=v.method,
+                previous=previous.get(history_key(v.type, v.id, v.previous))
+                if v.previous is not None
+                else None,
+                new=load_stored(v.raw) if v.raw is not None else None,
+                context=context,
+                rewrite=rewrite,
+            )
+            for v in watched
+        ]
+        by_rule: list[tuple[Rule, list[Write]]] = []
+        for rule in self.rules:
+            mine = [w for w in writes if w.type in rule.types]
+            if mine:
+                await rule.before_write(mine)
+                by_rule.append((rule, mine))
+        return _Prepared(self, by_rule)
+
+    async def _previous(
+        self, versions: Sequence[VersionWrite], session: Session
+    ) -> dict[str, dict[str, Any]]:
+        keys = [history_key(v.type, v.id, v.previous) for v in versions if v.previous]
+        if not keys:
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        cursor = self.storage.history.find({"_id": {"$in": keys}}, session=session)
+        async for doc in cursor:
+            if doc.get("raw") is not None:
+                found[doc["_id"]] = load_stored(doc["raw"])
+        return found
+
+
+@dataclass(slots=True)
+class _Prepared:
+    pipeline: WritePipeline
+    by_rule: list[tuple[Rule, list[Write]]]
+
+    async def apply(self, session: Session) -> None:
+        p = self.pipeline
+        tx = Transaction(session, p.storage, p.render)
+        messages: list[dict[str, Any]] = []
+        for rule, writes in self.by_rule:
+            await rule.in_transaction(tx, writes)
+            messages.extend(rule.after_commit(writes))
+        if tx.created:
+            # What rules write (a Slot's status, a Provenance, an expired hold's
+            # cancellation) is the server's doing, not the requester's: the rules on
+            # those writes see the server as the writer (no patient notice applies).
+            reset = request_access.set(None)
+            try:
+                await p.storage.write(tx.created, session)
+            finally:
+                request_access.reset(reset)
+        if messages:
+            await p.storage.db[OUTBOX].insert_many(messages, session=session)

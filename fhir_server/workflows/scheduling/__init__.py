@@ -1,0 +1,2 @@
+"""Scheduling (issue 12): rules on Appointment writes. See README.md and
+docs/scheduling.md."""
