@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from pymongo import AsyncMongoClient
 
-from fhir_server import __version__
+from fhir_server import __version__, heap
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
@@ -63,9 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(settings, resources, HistoryService(storage), search)
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
+        heap.settle()  # last: the collector never walks what start-up built (heap.py)
         try:
             yield
         finally:
+            heap.release()
             offload.close()
             close_auth(app)
             await client.close()
