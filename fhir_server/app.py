@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(settings, resources, HistoryService(storage), search)
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
-        heap.settle()  # last: the collector never walks what start-up built (heap.py)
+        heap.settle(search.registry)  # last: the collector never walks it again (heap.py)
         try:
             yield
         finally:
