@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            heap.release()
+            heap.release(offload.busy())
             offload.close()
             close_auth(app)
             await client.close()

@@ -14,7 +14,7 @@ for its whole length (py-spy: ``gc_collect_main`` under ``JsonDecimal.__new__`` 
 ``settle()`` builds those structures and moves them to the permanent generation
 (``gc.freeze``): a full collection then walks only what was allocated since (~14,000
 objects, 4 ms). ``release()`` hands them back at shutdown, so that an app created and
-stopped within a longer-lived process (the tests') can still be collected.
+stopped within a longer-lived process (one per test) can still be collected.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def settle(registry: Registry) -> None:
     gc.freeze()
 
 
-def release() -> None:
-    """Undo ``settle``: the frozen objects go back to the oldest generation."""
-    gc.unfreeze()
+def release(busy: bool) -> None:
+    """Undo ``settle``: the frozen objects go back to the oldest generation. Not while
+    pool threads still run (``busy``: a server stopping with heavy requests in flight,
+    which exits next anyway): the collector's count of long-lived objects is still the
+    small post-freeze one, so their allocations would trigger full collections of the
+    whole heap, each holding the GIL, one after another while the server stops."""
+    if not busy:
+        gc.unfreeze()
