@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from pymongo import AsyncMongoClient
 
-from fhir_server import __version__
+from fhir_server import __version__, heap
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
@@ -73,10 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         sweep = asyncio.create_task(sweep_forever(resources, settings.appointment_hold_sweep))
+        heap.settle(search.registry)  # last: the collector never walks it again (heap.py)
         try:
             yield
         finally:
             sweep.cancel()
+            heap.release(offload.busy())
             offload.close()
             close_auth(app)
             await client.close()

@@ -136,22 +136,23 @@ def parse_json(
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
-        raise bad_request(f"The {what} is not valid UTF-8 (byte {exc.start})") from None
+        message = f"The {what} is not valid UTF-8 (byte {exc.start})"
+        raise bad_request(message, "$this") from None
     try:
         decoder = _Decoder(limits)
         value = decoder.decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            "$this",
             code="structure",
         ) from None
     except RecursionError:
         message = f"The {what} nests deeper than {limits.max_depth} levels"
         raise bad_request(message, "$this", code="too-costly") from None
-    except DuplicateKeyError as exc:
-        raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
-    except ValueError as exc:  # NaN, Infinity
-        raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+    except ValueError as exc:  # a duplicate key, NaN, Infinity
+        message = f"The {what} is not valid JSON: {exc}"
+        raise bad_request(message, "$this", code="structure") from None
     scalars = decoder.flagged or len(text) > limits.max_string_chars
     containers = text.count("[") + text.count("{")
     if scalars or containers > limits.max_depth or len(text) > 2 * limits.max_array_length:

@@ -57,6 +57,7 @@ class DaemonThreads(Executor):
             queue.SimpleQueue()
         )
         self._size = size
+        self.running = 0  # work items being run now (read without a lock: a hint)
         for i in range(size):
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
 
@@ -70,10 +71,13 @@ class DaemonThreads(Executor):
             future, work = item
             if not future.set_running_or_notify_cancel():
                 continue
+            self.running += 1
             try:
                 future.set_result(work())
             except BaseException as exc:
                 future.set_exception(exc)
+            finally:
+                self.running -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if cancel_futures:
@@ -147,6 +151,10 @@ class Offload:
                 self.processes = None
             pool.shutdown(wait=False, cancel_futures=True)
             return await self.call(parse_json, body, what, limits)
+
+    def busy(self) -> bool:
+        """Whether a pool thread is running work now (cancelled requests' included)."""
+        return isinstance(self.threads, DaemonThreads) and self.threads.running > 0
 
     def close(self) -> None:
         """Stop both pools now: queued work is cancelled, children are terminated (a

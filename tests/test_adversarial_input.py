@@ -11,6 +11,7 @@ range and precision of numbers ... on the length and character contents of strin
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from fhir_server.testing import ServerProcess
+from fhir_server.validation.model import model
 from fhir_server.validation.primitives import XHTML_NS
 
 pytestmark = pytest.mark.slow
@@ -238,6 +241,26 @@ def test_limits_do_not_refuse_ordinary_resources(http: httpx.Client, tmp_path: P
         ],
     }
     assert http.post("/Observation", json=observation).status_code == 201
+
+
+def test_collections_during_a_large_body_do_not_walk_the_start_up_heap(
+    client: TestClient,
+) -> None:
+    """2 MB of decimals or extensions, parsed and validated in a pool thread, allocate
+    enough objects to trigger full garbage collections there, and each walked the whole
+    start-up heap (the R4 model, the routes, pydantic's schemas) holding the GIL:
+    `/metadata` waited 130-900 ms behind each (py-spy, docs/benchmarks.md). Loop lag is
+    not timed here (this machine's load makes timings flaky either way); what is checked
+    is the cause: after start-up those objects are frozen, so a collection, which walks
+    exactly what ``gc.get_objects()`` lists, no longer walks them."""
+    client.get("/metadata")
+    frozen = gc.get_freeze_count()
+    assert frozen > 50_000, frozen
+    walked = {id(o) for o in gc.get_objects()}
+    assert id(model().types) not in walked
+    assert id(client.app.router.routes) not in walked  # type: ignore[attr-defined]
+    some_type = next(iter(model().types.values()))
+    assert id(some_type.elements) not in walked
 
 
 # --- authorization before validation, and SIGTERM --------------------------------------------

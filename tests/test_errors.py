@@ -63,7 +63,8 @@ def assert_nothing_stored(client: TestClient, settings) -> None:
     ],
 )
 def test_unparseable_body_is_400(client, settings, body):
-    assert_outcome(post_raw(client, body), 400)
+    issues = assert_outcome(post_raw(client, body), 400)
+    assert expressions(issues) == ["$this"], issues  # the body as a whole
     assert_nothing_stored(client, settings)
 
 
@@ -98,15 +99,17 @@ def small_client(settings) -> Iterator[TestClient]:
 
 
 def test_body_over_the_limit_is_413(small_client):
+    """Each 413 names the body as a whole (`$this`): every error has an expression."""
     big = json.dumps(patient(name=[{"family": "x" * 4000}]))
-    assert_outcome(post_raw(small_client, big), 413)
+    issues = assert_outcome(post_raw(small_client, big), 413)
+    assert expressions(issues) == ["$this"], issues
     # also when streamed without a Content-Length (chunked)
     r = small_client.post(
         "/fhir/Patient",
         content=iter([big[:1000].encode(), big[1000:].encode()]),
         headers={"Content-Type": FHIR_JSON},
     )
-    assert_outcome(r, 413)
+    assert expressions(assert_outcome(r, 413)) == ["$this"]
     ops = [{"op": "add", "path": "/name/0/given/-", "value": "y" * 4000}]
     rid = create(small_client, patient())["id"]
     r = small_client.patch(

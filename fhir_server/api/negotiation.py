@@ -171,12 +171,14 @@ async def read_body(request: Request, limit: int, allowed: frozenset[str], kind:
         )
     body = await read_bounded(request, limit)
     if not body.strip():
-        raise bad_request("The request body is empty")
+        raise bad_request("The request body is empty", "$this")
     return body
 
 
 def _too_large(limit: int) -> FhirError:
-    return FhirError.of(413, "too-costly", f"The request body exceeds the limit of {limit} bytes")
+    """The expression is `$this`, the body as a whole (as for the JSON limits)."""
+    message = f"The request body exceeds the limit of {limit} bytes"
+    return FhirError.of(413, "too-costly", message, "$this")
 
 
 RESOURCE_BODY = _JSON_TYPES

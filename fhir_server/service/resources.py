@@ -163,7 +163,7 @@ class ResourceService:
         Base-specification validation failures are 400 (http.html#2.21.0.16: "failed
         basic FHIR validation rules"); 422 is for profile and business rules."""
         if not isinstance(body, dict):
-            raise bad_request(f"The {where} must be a JSON object holding a resource")
+            raise bad_request(f"The {where} must be a JSON object holding a resource", "$this")
         actual = body.get("resourceType")
         if actual != resource_type:
             raise bad_request(
