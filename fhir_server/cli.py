@@ -152,20 +152,10 @@ def mongo_url(settings: Settings) -> Iterator[str]:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
-    from fhir_server.supervisor import Supervisor
+    from fhir_server.supervisor import supervised
 
-    supervisor = Supervisor(
-        "embedded mongod",
-        lambda: embedded.alive,
-        embedded.restart,
-        backoff=settings.supervisor_backoff_seconds,
-        max_backoff=settings.supervisor_backoff_max_seconds,
-    ).start()
-    try:
+    with supervised("embedded mongod", embedded, settings):
         yield url
-    finally:
-        supervisor.stop()  # first, or it would restart the mongod stopped below
-        embedded.stop()
 
 
 @main.command()

@@ -28,6 +28,7 @@ each worker process reads the deadline from its ``FHIR_*`` environment (Settings
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -107,6 +108,11 @@ def body_timeout() -> float:
     return _read_timeouts()[1]
 
 
+def _cancel(deadline: asyncio.TimerHandle | None) -> None:
+    if deadline is not None:
+        deadline.cancel()
+
+
 class _Deadlines:
     """Mixin over uvicorn's protocols; the subclasses say when headers are pending."""
 
@@ -132,14 +138,21 @@ class _Deadlines:
         """Headers complete, body not yet complete."""
         raise NotImplementedError
 
+    def _armed(
+        self,
+        deadline: asyncio.TimerHandle | None,
+        seconds: Callable[[], float],
+        expired: Callable[[], None],
+    ) -> asyncio.TimerHandle:
+        """``deadline`` if it is running, else a new one calling ``expired`` in ``seconds()``."""
+        return deadline if deadline is not None else self.loop.call_later(seconds(), expired)
+
     def _arm(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(header_timeout(), self._expired)
+        self._header_deadline = self._armed(self._header_deadline, header_timeout, self._expired)
 
     def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        _cancel(self._header_deadline)
+        self._header_deadline = None
 
     def _expired(self) -> None:
         self._header_deadline = None
@@ -149,13 +162,11 @@ class _Deadlines:
             self.transport.close()
 
     def _arm_body(self) -> None:
-        if self._body_deadline is None:
-            self._body_deadline = self.loop.call_later(body_timeout(), self._body_expired)
+        self._body_deadline = self._armed(self._body_deadline, body_timeout, self._body_expired)
 
     def _disarm_body(self) -> None:
-        if self._body_deadline is not None:
-            self._body_deadline.cancel()
-            self._body_deadline = None
+        _cancel(self._body_deadline)
+        self._body_deadline = None
 
     def _body_expired(self) -> None:
         self._body_deadline = None

@@ -14,9 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+if TYPE_CHECKING:
+    from fhir_server.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +89,32 @@ class Supervisor:
                 log.warning("%s restarted", self.name)
             started = time.monotonic()
             delay = min(delay * 2, self.max_backoff)
+
+
+class Child(Protocol):
+    """What ``supervised`` watches: a process that can say it runs, be restarted and stopped."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def restart(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def supervised(name: str, child: Child, settings: Settings) -> Iterator[None]:
+    """Keep ``child`` running for the block, with the configured backoff; on exit stop the
+    supervisor first (or it would restart the child) and then the child."""
+    supervisor = Supervisor(
+        name,
+        lambda: child.alive,
+        child.restart,
+        backoff=settings.supervisor_backoff_seconds,
+        max_backoff=settings.supervisor_backoff_max_seconds,
+    ).start()
+    try:
+        yield
+    finally:
+        supervisor.stop()
+        child.stop()

@@ -123,19 +123,19 @@ class Inputs:
 
     def coding(self, name: str) -> tuple[dict[str, Any], str] | None:
         """A Coding input and its expression."""
-        v = self.one(name)
-        if v is None:
-            return None
-        if v.kind != "Coding" or not isinstance(v.value, dict):
-            raise bad_request(f"{name} must be a Coding (valueCoding)", v.where)
-        return v.value, v.where
+        return self._datatype(name, "Coding", "a Coding (valueCoding)")
 
     def codeable(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """A CodeableConcept input and its expression."""
+        return self._datatype(name, "CodeableConcept", "a CodeableConcept")
+
+    def _datatype(self, name: str, kind: str, what: str) -> tuple[dict[str, Any], str] | None:
+        """A complex-typed input of ``kind`` and its expression; any other type is refused."""
         v = self.one(name)
         if v is None:
             return None
-        if v.kind != "CodeableConcept" or not isinstance(v.value, dict):
-            raise bad_request(f"{name} must be a CodeableConcept", v.where)
+        if v.kind != kind or not isinstance(v.value, dict):
+            raise bad_request(f"{name} must be {what}", v.where)
         return v.value, v.where
 
     def resource(self, name: str, rtype: str) -> dict[str, Any] | None:

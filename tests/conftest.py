@@ -69,3 +69,12 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
     with MongoClient(settings.mongo_url) as mc:
         mc.drop_database(settings.database)
+
+
+@pytest.fixture
+def database(mongo_url: str) -> Iterator[str]:
+    """A fresh database name for a server started as a process; dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with MongoClient(mongo_url) as mc:
+        mc.drop_database(name)

@@ -265,6 +265,11 @@ def entry(
     return out
 
 
+def patch_request(ops: Any) -> dict[str, Any]:
+    """Keyword arguments of a JSON Patch request: ``client.patch(url, **patch_request(ops))``."""
+    return {"content": json.dumps(ops), "headers": {"Content-Type": JSON_PATCH}}
+
+
 def binary_patch(ops: Any) -> dict[str, Any]:
     """A JSON Patch as a bundle entry carries it: a Binary, base64 (http.html#transaction)."""
     data = base64.b64encode(json.dumps(ops).encode()).decode()

@@ -28,14 +28,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from openapi_fuzz_hooks import unexplained_tracebacks
-from pymongo import MongoClient
 from smart_helpers import TokenMint
 
 from fhir_server.testing import ServerProcess
@@ -47,14 +44,6 @@ MAX_EXAMPLES = 10  # generated cases per operation in the fuzzing phase
 MAX_SECONDS = 140  # schemathesis' own budget; with the server start the test takes ~3 min
 HERE = Path(__file__).parent
 SEED = int(os.environ.get("FHIR_FUZZ_SEED", "11"))
-
-
-@pytest.fixture
-def database(mongo_url: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with MongoClient(mongo_url) as mc:
-        mc.drop_database(name)
 
 
 def _seed(base: str, headers: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from process_helpers import descendant_pids
 
 from fhir_server.testing import ServerProcess
 
@@ -113,18 +114,7 @@ def test_concurrent_patches_lose_no_update(tmp_path: Path) -> None:
 def _connection_owners(server_pid: int, port: int) -> dict[int, int]:
     """How many established connections to ``port`` each descendant of ``server_pid``
     holds (from /proc: the socket inodes a process has open, matched to /proc/net/tcp)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    family, todo = [], [server_pid]
-    while todo:
-        pid = todo.pop()
-        family.append(pid)
-        todo.extend(children.get(pid, []))
+    family = [server_pid, *descendant_pids(server_pid)]
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import patch_request
 from smart_helpers import ADMIN, IDENT, TokenMint, ids, observation, smart_client
 
 World = tuple[TestClient, TokenMint]
@@ -43,10 +44,6 @@ def new_obs(patient: str, category: str = "laboratory") -> dict[str, Any]:
     del resource["id"]
     resource["identifier"] = [{"system": IDENT, "value": f"new-{patient}"}]
     return resource
-
-
-def patch_body(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"content": json.dumps(ops), "headers": {"Content-Type": "application/json-patch+json"}}
 
 
 # (scope, method, url, body, status)
@@ -161,16 +158,16 @@ def test_refused_writes_change_nothing(world: World) -> None:
 def test_patch(world: World) -> None:
     scope = "patient/Observation.ru"  # a PATCH reads what it changes
     ok = [{"op": "replace", "path": "/status", "value": "amended"}]
-    assert call(world, scope, "PATCH", "Observation/oa-lab", **patch_body(ok)).status_code == 200
+    assert call(world, scope, "PATCH", "Observation/oa-lab", **patch_request(ok)).status_code == 200
     # a "test" op must not probe another patient's resource
     probe = [{"op": "test", "path": "/status", "value": "final"}]
-    r = call(world, scope, "PATCH", "Observation/ob-lab", **patch_body(probe))
+    r = call(world, scope, "PATCH", "Observation/ob-lab", **patch_request(probe))
     assert r.status_code == 404, r.text  # as for a missing id
     move = [{"op": "replace", "path": "/subject/reference", "value": "Patient/pb"}]
-    r = call(world, scope, "PATCH", "Observation/oa-vital", **patch_body(move))
+    r = call(world, scope, "PATCH", "Observation/oa-vital", **patch_request(move))
     assert r.status_code == 403, r.text
     assert admin_read(world, "Observation/oa-vital").json()["subject"]["reference"] == "Patient/pa"
-    r = call(world, "patient/Observation.rs", "PATCH", "Observation/oa-lab", **patch_body(ok))
+    r = call(world, "patient/Observation.rs", "PATCH", "Observation/oa-lab", **patch_request(ok))
     assert r.status_code == 403
 
 
@@ -207,7 +204,7 @@ def test_conditional_update_and_patch_cannot_reach_other_patients(world: World) 
     assert r.json()["id"] != "ob-lab"
     assert admin_read(world, "Observation/ob-lab").json()["subject"]["reference"] == "Patient/pb"
     ops = [{"op": "replace", "path": "/status", "value": "amended"}]
-    r = call(world, scope, "PATCH", f"Observation?identifier={IDENT}|ob-lab", **patch_body(ops))
+    r = call(world, scope, "PATCH", f"Observation?identifier={IDENT}|ob-lab", **patch_request(ops))
     assert r.status_code == 404, r.text
     r = call(world, scope, "PUT", f"Observation?identifier={IDENT}|oa-vital", json=body)
     assert r.status_code == 200 and r.json()["id"] == "oa-vital"

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -19,7 +18,6 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from pymongo import MongoClient
 from smart_as_helpers import pkce
 
 from fhir_server.testing import ServerProcess
@@ -45,14 +43,6 @@ def cli(mongo_url: str, database: str, *args: str) -> subprocess.CompletedProces
         text=True,
         timeout=60,
     )
-
-
-@pytest.fixture
-def database(mongo_url: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with MongoClient(mongo_url) as mc:
-        mc.drop_database(name)
 
 
 def test_cli_and_real_server_end_to_end(mongo_url: str, database: str, tmp_path: Path) -> None:

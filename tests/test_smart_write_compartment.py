@@ -11,13 +11,13 @@ that writes."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import binary_patch, patch_request
 from smart_helpers import ADMIN, ids, smart_client
 
 World = tuple[TestClient, Any]
@@ -80,18 +80,6 @@ def allergy() -> dict[str, Any]:
 ATTACKS = [condition, observation, allergy]
 
 
-def patch_ops(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"content": json.dumps(ops), "headers": {"Content-Type": "application/json-patch+json"}}
-
-
-def binary(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Binary",
-        "contentType": "application/json-patch+json",
-        "data": base64.b64encode(json.dumps(ops).encode()).decode(),
-    }
-
-
 def bundle(kind: str, method: str, url: str, resource: dict[str, Any], **req: Any) -> Any:
     entry = {"request": {"method": method, "url": url, **req}, "resource": resource}
     return {"resourceType": "Bundle", "type": kind, "entry": [entry]}
@@ -128,12 +116,12 @@ def attempt(world: World, path: str, resource: dict[str, Any]) -> tuple[int, str
         r = as_pa(world, "PUT", f"{t}?{query}", json=resource)
     elif path == "PATCH":
         rid = own(world, resource)
-        r = as_pa(world, "PATCH", f"{t}/{rid}", **patch_ops(moved_ops(resource)))
+        r = as_pa(world, "PATCH", f"{t}/{rid}", **patch_request(moved_ops(resource)))
     elif path == "transaction":
         r = as_pa(world, "POST", "", json=bundle("transaction", "POST", t, resource))
     elif path == "transaction PATCH":
         rid = own(world, resource)
-        tx = bundle("transaction", "PATCH", f"{t}/{rid}", binary(moved_ops(resource)))
+        tx = bundle("transaction", "PATCH", f"{t}/{rid}", binary_patch(moved_ops(resource)))
         r = as_pa(world, "POST", "", json=tx)
     elif path == "batch":
         r = as_pa(world, "POST", "", json=bundle("batch", "POST", t, resource))

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import patch_request
 from smart_helpers import ADMIN, CATEGORY, observation, smart_client
 
 World = tuple[TestClient, Any]
@@ -50,10 +51,6 @@ def version(world: World, rid: str) -> str:
     client, mint = world
     r = client.get(f"/fhir/Observation/{rid}", headers=mint.headers(ADMIN))
     return str(r.json()["meta"]["versionId"])
-
-
-def patch_ops(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"content": json.dumps(ops), "headers": {"Content-Type": "application/json-patch+json"}}
 
 
 def new_obs() -> dict[str, Any]:
@@ -101,7 +98,7 @@ def test_update_only_token_cannot_probe_with_patch(world: World) -> None:
     }
     answers = {}
     for name, (rid, ops) in probes.items():
-        r = send(world, scope, "PATCH", f"Observation/{rid}", **patch_ops(ops))
+        r = send(world, scope, "PATCH", f"Observation/{rid}", **patch_request(ops))
         assert r.status_code == 403, (name, r.text)
         secret_free(r)
         answers[name] = r.json()
@@ -109,7 +106,7 @@ def test_update_only_token_cannot_probe_with_patch(world: World) -> None:
     issue = answers["missing id"]["issue"][0]
     assert issue["code"] == "forbidden" and issue["expression"] == ["Observation"]
     # conditional PATCH: refused before its criteria are evaluated
-    r = send(world, "system/Observation.us", "PATCH", "Observation?_id=oa-lab", **patch_ops([]))
+    r = send(world, "system/Observation.us", "PATCH", "Observation?_id=oa-lab", **patch_request([]))
     assert r.status_code == 403 and r.json() == answers["missing id"], r.text
     assert version(world, "oa-lab") == "1"
     assert "encounter" in send(world, ADMIN, "GET", "Observation/oa-lab").json()
@@ -123,15 +120,15 @@ def test_patch_of_a_resource_the_token_may_change_but_not_read_is_as_missing(
     scope = f"system/Observation.u system/Observation.r?category={CATEGORY}|vital-signs"
     present = [{"op": "remove", "path": "/encounter"}]
     absent = [{"op": "remove", "path": "/valueString"}]
-    a = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(present))
-    b = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(absent))
-    c = send(world, scope, "PATCH", "Observation/no-such-obs", **patch_ops(present))
+    a = send(world, scope, "PATCH", "Observation/oa-lab", **patch_request(present))
+    b = send(world, scope, "PATCH", "Observation/oa-lab", **patch_request(absent))
+    c = send(world, scope, "PATCH", "Observation/no-such-obs", **patch_request(present))
     assert a.status_code == b.status_code == c.status_code == 404, (a.text, b.text, c.text)
     assert a.text == b.text == c.text.replace("no-such-obs", "oa-lab")
     assert version(world, "oa-lab") == "1"
     # within what it may read, the patch applies and answers with the result
     same = [{"op": "replace", "path": "/status", "value": "final"}]
-    r = send(world, scope, "PATCH", "Observation/oa-vital", **patch_ops(same))
+    r = send(world, scope, "PATCH", "Observation/oa-vital", **patch_request(same))
     assert r.status_code == 200 and r.json()["id"] == "oa-vital", r.text
 
 
@@ -140,11 +137,11 @@ def test_a_token_that_may_read_patches_and_gets_the_reasons(world: World) -> Non
     missing = [{"op": "replace", "path": "/nothing/here", "value": 1}]
     moved = [{"op": "copy", "from": "/code/coding/0/code", "path": "/issued"}]
     scope = "system/Observation.ru"
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(same))
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_request(same))
     assert r.status_code == 200 and r.json()["id"] == "oa-lab"
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(missing))
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_request(missing))
     assert r.status_code == 422 and "code-oa-lab" in r.text
-    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_ops(moved))
+    r = send(world, scope, "PATCH", "Observation/oa-lab", **patch_request(moved))
     assert r.status_code in (400, 422) and "code-oa-lab" in r.text
     assert version(world, "oa-lab") == "1"
 
@@ -160,7 +157,7 @@ LAB = f"category={CATEGORY}|laboratory"  # oa-lab and ob-lab: several matches
             "system/Observation.ru",
             "PATCH",
             f"Observation?{LAB}",
-            patch_ops([{"op": "replace", "path": "/status", "value": "final"}]),
+            patch_request([{"op": "replace", "path": "/status", "value": "final"}]),
         ),
         ("system/Observation.d", "DELETE", f"Observation?{LAB}", {}),
         ("system/Observation.write", "PUT", f"Observation?{LAB}", {"json": new_obs()}),

@@ -12,13 +12,13 @@ another record uses it)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import binary_patch, patch_request
 from smart_helpers import ADMIN, observation, smart_client
 
 World = tuple[TestClient, Any]
@@ -32,18 +32,6 @@ def world(mongo_url: str) -> Iterator[World]:
     """One world for the module: every attempt below must leave it unchanged (checked)."""
     with smart_client(mongo_url) as found:
         yield found
-
-
-def patch_ops(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"content": json.dumps(ops), "headers": {"Content-Type": "application/json-patch+json"}}
-
-
-def binary(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Binary",
-        "contentType": "application/json-patch+json",
-        "data": base64.b64encode(json.dumps(ops).encode()).decode(),
-    }
 
 
 PROBE = [{"op": "test", "path": "/status", "value": "final"}]
@@ -60,9 +48,9 @@ def tx(kind: str, method: str, url: str, resource: Any = None, **req: Any) -> di
 def request_for(kind: str, rid: str) -> tuple[str, str, dict[str, Any]]:
     mine = observation(rid, "pa", "laboratory")
     if kind == "PATCH test":
-        return "PATCH", f"Observation/{rid}", patch_ops(PROBE)
+        return "PATCH", f"Observation/{rid}", patch_request(PROBE)
     if kind == "PATCH":
-        return "PATCH", f"Observation/{rid}", patch_ops(REPLACE)
+        return "PATCH", f"Observation/{rid}", patch_request(REPLACE)
     if kind == "DELETE":
         return "DELETE", f"Observation/{rid}", {}
     if kind == "DELETE If-Match":
@@ -79,7 +67,7 @@ def request_for(kind: str, rid: str) -> tuple[str, str, dict[str, Any]]:
             return (
                 "POST",
                 "",
-                {"json": tx(bundle_kind, "PATCH", f"Observation/{rid}", binary(PROBE))},
+                {"json": tx(bundle_kind, "PATCH", f"Observation/{rid}", binary_patch(PROBE))},
             )
         if kind == f"{bundle_kind} PUT":
             return "POST", "", {"json": tx(bundle_kind, "PUT", f"Observation/{rid}", mine)}

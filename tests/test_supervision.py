@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from process_helpers import descendant_pids
 from pymongo import MongoClient
 
 from fhir_server.testing import ServerProcess
@@ -36,23 +37,13 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 def descendants(pid: int) -> dict[int, str]:
     """Command lines of every descendant of ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     found: dict[int, str] = {}
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
+    for child in descendant_pids(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
         found[child] = cmdline.decode(errors="replace")
-        todo.extend(children.get(child, []))
     return found
 
 

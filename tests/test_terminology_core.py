@@ -4,14 +4,10 @@ the core concept maps) as ordinary resources, once: by url + version, never twic
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from pymongo import MongoClient
 
 from fhir_server.app import create_app
 from fhir_server.cli import main
@@ -31,14 +27,6 @@ CANONICALS = {
     ),
     "ConceptMap": ("http://hl7.org/fhir/ConceptMap/cm-administrative-gender-v2",),
 }
-
-
-@pytest.fixture
-def database(mongo_url: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with MongoClient(mongo_url) as mc:
-        mc.drop_database(name)
 
 
 def totals(http: httpx.Client | TestClient, prefix: str = "") -> dict[str, int]:

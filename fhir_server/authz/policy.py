@@ -174,14 +174,12 @@ class Policy:
         200 against 422. It needs the read scope on the type besides update; without
         it, 403 before anything is loaded, whether the target exists or not."""
         self.require(resource_type, "u")
-        if not self.allows(resource_type, "r"):
-            raise FhirError.of(
-                403,
-                "forbidden",
-                f"The access token does not permit read on {resource_type}, and a PATCH "
-                "reads the resource it changes (use update, PUT, to write without reading)",
-                where or resource_type,
-            )
+        self._require_implied(
+            resource_type,
+            "r",
+            "a PATCH reads the resource it changes (use update, PUT, to write without reading)",
+            where or resource_type,
+        )
 
     async def within_reach(
         self,
@@ -226,12 +224,17 @@ class Policy:
         URL, a transaction entry's) are a search: whether they match one, several or no
         resources tells what exists. Without a search scope on the type: 403, before
         they are evaluated."""
-        if not self.allows(resource_type, "s"):
+        self._require_implied(resource_type, "s", "conditional criteria are a search", where)
+
+    def _require_implied(self, resource_type: str, interaction: str, why: str, where: str) -> None:
+        """403 unless the token has ``interaction`` on the type, which the request implies
+        besides the one it names (``why`` says how), with ``where`` as the expression."""
+        if not self.allows(resource_type, interaction):
             raise FhirError.of(
                 403,
                 "forbidden",
-                f"The access token does not permit search on {resource_type}, and "
-                "conditional criteria are a search",
+                f"The access token does not permit {_WORDS.get(interaction, interaction)} on "
+                f"{resource_type}, and {why}",
                 where,
             )
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from fhir_server.config import Settings
 from fhir_server.embedded_mongo import _die_with_parent
-from fhir_server.supervisor import Supervisor
+from fhir_server.supervisor import supervised
 
 
 class EmbeddedWorker:
@@ -61,15 +61,5 @@ def embedded_worker(settings: Settings, mongo_url: str) -> Iterator[EmbeddedWork
         yield None
         return
     worker = EmbeddedWorker(settings, mongo_url)
-    supervisor = Supervisor(
-        "export worker",
-        lambda: worker.alive,
-        worker.restart,
-        backoff=settings.supervisor_backoff_seconds,
-        max_backoff=settings.supervisor_backoff_max_seconds,
-    ).start()
-    try:
+    with supervised("export worker", worker, settings):
         yield worker
-    finally:
-        supervisor.stop()  # first, or it would restart the worker stopped below
-        worker.stop()
