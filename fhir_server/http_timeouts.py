@@ -28,6 +28,7 @@ each worker process reads the deadline from its ``FHIR_*`` environment (Settings
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -131,12 +132,13 @@ class _Deadlines:
         # Checked here, answered as an OperationOutcome; uvicorn's own check is disabled.
         self._limit, self.limit_concurrency = self.limit_concurrency, None
 
+    @abstractmethod
     def _headers_pending(self) -> bool:
-        raise NotImplementedError
+        """A request has begun and its headers are not complete (per protocol)."""
 
+    @abstractmethod
     def _body_pending(self) -> bool:
-        """Headers complete, body not yet complete."""
-        raise NotImplementedError
+        """Headers complete, body not yet complete (per protocol)."""
 
     def _armed(
         self,
