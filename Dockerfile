@@ -5,6 +5,8 @@ COPY pyproject.toml README.md NOTICE ./
 COPY fhir_server ./fhir_server
 COPY smart_auth ./smart_auth
 COPY importers ./importers
+COPY terminology ./terminology
+COPY profiles ./profiles
 RUN pip install --no-cache-dir .
 ENV FHIR_HOST=0.0.0.0 FHIR_PORT=8080
 EXPOSE 8080

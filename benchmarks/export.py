@@ -29,9 +29,10 @@ import httpx
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import BulkWriteError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthea import SYNTHEA, _rewrite
-
+# Run as a script: the project's packages (and benchmarks.*) come from the checkout, ahead
+# of benchmarks/, whose terminology.py would shadow the terminology package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.synthea import SYNTHEA, _rewrite
 from fhir_server.config import Settings
 from fhir_server.embedded_mongo import EmbeddedMongo
 from fhir_server.jsonio import parse_json

@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/ingest.py                        # workers 1 2 x concurrency 1 4
     .venv/bin/python benchmarks/ingest.py --workers 2 --concurrency 4 --profile
     .venv/bin/python benchmarks/ingest.py --url http://127.0.0.1:8080/fhir --concurrency 4
+    .venv/bin/python benchmarks/ingest.py --terminology --env FHIR_VALIDATE_BINDINGS=false
 
 Every run starts its own ``fhir-server serve`` (uvicorn ``--workers N``) with a fresh
 embedded mongod in a new data dir, so each run starts from an empty database and a cold
-mongod cache. The upload is ``fhir_server.loader`` itself, as ``fhir-server load`` runs it.
+mongod cache (``--terminology``: with the R4 core terminology loaded at start, as
+``serve`` does by default, so that bindings are checked; ``--env``: server settings).
+The upload is ``fhir_server.loader`` itself, as ``fhir-server load`` runs it.
 Peak RSS is the largest sum seen while sampling /proc every 0.1 s, over the server's
 Python processes (uvicorn supervisor and workers) and over mongod, separately. The loader
 runs on the same 2-core machine as the server and mongod, so its CPU cost is included.
@@ -31,10 +34,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: the project's packages (and benchmarks.*) come from the checkout, ahead
+# of benchmarks/, whose terminology.py would shadow the terminology package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthea import SYNTHEA
-
+from benchmarks.synthea import SYNTHEA
 from fhir_server import loader
 from fhir_server.testing import ServerProcess
 
@@ -243,7 +247,10 @@ def report(row: dict[str, object], summary: loader.Summary) -> None:
 
 def own_server_run(args: argparse.Namespace, workers: int, concurrency: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp) / "data", workers=workers).start(timeout=120)
+        env = dict(item.split("=", 1) for item in args.env)
+        server = ServerProcess(
+            Path(tmp) / "data", workers=workers, terminology=args.terminology, env=env
+        ).start(timeout=120)
         try:
             assert server.pid is not None
             sampler = RssSampler(server.pid)
@@ -281,6 +288,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the server per run")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile table")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--terminology", action="store_true", help="load the R4 core terminology at start"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a server setting"
+    )
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
     if args.url:

@@ -24,11 +24,12 @@ from typing import Any
 import httpx
 from pymongo import AsyncMongoClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: the project's packages (and benchmarks.*) come from the checkout, ahead
+# of benchmarks/, whose terminology.py would shadow the terminology package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search_shapes import DEEP_PAGE, SHAPES
-from synthea import load_url
-
+from benchmarks.search_shapes import DEEP_PAGE, SHAPES
+from benchmarks.synthea import load_url
 from fhir_server.embedded_mongo import EmbeddedMongo
 from fhir_server.jsonio import load_stored
 from fhir_server.search.registry import Registry

@@ -8,7 +8,6 @@ references to them are rewritten to ``Type/id``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -92,9 +91,3 @@ async def load_url(mongo_url: str, database: str, directory: Path = SYNTHEA) -> 
         return await load(storage, directory)
     finally:
         await client.close()
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(asyncio.run(load_url(sys.argv[1], sys.argv[2])))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from pymongo import AsyncMongoClient
 
+import profiles
 from fhir_server import __version__, heap
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
@@ -17,8 +18,10 @@ from fhir_server.api.head import HeadAsGet
 from fhir_server.api.nul import RefuseNul
 from fhir_server.api.openapi import router as openapi_router
 from fhir_server.api.operations import router as operations_router
+from fhir_server.api.paths import unknown_operations
 from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
+from fhir_server.api.snapshot import router as snapshot_router
 from fhir_server.api.terminology import router as terminology_router
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
@@ -30,13 +33,18 @@ from fhir_server.search.registry import Registry
 from fhir_server.service.history import HistoryService
 from fhir_server.service.resources import ResourceService
 from fhir_server.service.search import SearchService
+from fhir_server.service.shipped import install
 from fhir_server.storage import Storage
 from fhir_server.workflows import rules
 from fhir_server.workflows.pipeline import WritePipeline
+from fhir_server.workflows.scheduling import definitions as scheduling_definitions
 from fhir_server.workflows.scheduling.holds import sweep_forever
 from fhir_server.workflows.scheduling.operations import router as scheduling_router
-from smart_auth.mount import close_auth, install_auth, open_auth
+from profiles.registry import ProfileRegistry, warn_unheld_required
+from smart_auth.mount import close_auth, install_auth, install_smart_configuration, open_auth
 from smart_auth.tokens import TokenVerifier
+from terminology.membership import Membership
+from terminology.service import TerminologyService
 
 BASE_PATH = "/fhir"
 
@@ -62,9 +70,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())
+        # one terminology service per app (it caches definitions): for the operations
+        # (api/terminology.py) and the token modifiers :in/:not-in/:below/:above
+        app.state.terminology = TerminologyService(storage, settings.terminology_max_expansion)
+        search.terminology = app.state.terminology.for_search
+        # the conformance resources the server's own declarations point at (together:
+        # on a fresh database each creates its type's collection and indexes)
+        await asyncio.gather(
+            install(storage, search.registry, scheduling_definitions.shipment()),
+            install(storage, search.registry, profiles.shipment()),
+        )
         size = settings.cpu_pool_size or pool_size(settings.workers)
         offload = Offload.start(size, settings.parse_in_processes)
-        resources = ResourceService(storage, settings, search, offload)
+        bindings = (
+            Membership(storage, settings.terminology_max_expansion)
+            if settings.validate_bindings
+            else None
+        )
+        registry = ProfileRegistry(storage)
+        resources = ResourceService(storage, settings, search, offload, bindings, registry)
+        await warn_unheld_required(registry, resources.enforcement.all_required())
         app.state.services = Services(settings, resources, HistoryService(storage), search)
         # Every write goes through the rules (fhir_server/workflows/pipeline.py).
         pipeline = WritePipeline(storage, resources.render, rules(settings))
@@ -99,15 +124,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # CORS answers preflights before auth; only the FHIR API and the token endpoint.
     install_cors(app, settings.cors_origins, (BASE_PATH, "/auth/token"))
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
-    install_auth(app, settings)  # /auth/... and /fhir/.well-known/smart-configuration
-    app.include_router(health_router)  # /health/live, /health/ready (no token)
-    app.include_router(openapi_router, prefix=BASE_PATH)  # before router: not a type
-    app.include_router(bundles_router, prefix=BASE_PATH)
-    app.include_router(bulk_router, prefix=BASE_PATH)  # before router: $export paths
-    app.include_router(terminology_router, prefix=BASE_PATH)  # before router: $ paths
-    app.include_router(scheduling_router, prefix=BASE_PATH)  # before router: $ paths
-    app.include_router(operations_router, prefix=BASE_PATH)  # before router: $ paths
+    # Routers in the order of fhir_server/api/paths.py: the REST routes first (none
+    # matches a $operation path), then the operations, then what a FHIR request never
+    # needs; each route tried costs a FHIR request microseconds.
+    install_smart_configuration(app, settings)  # before /fhir/{type}/{id}
+    app.include_router(openapi_router, prefix=BASE_PATH)  # before /fhir/{type}
     app.include_router(router, prefix=BASE_PATH)
+    app.include_router(terminology_router, prefix=BASE_PATH)
+    app.include_router(scheduling_router, prefix=BASE_PATH)
+    app.include_router(operations_router, prefix=BASE_PATH)
+    app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
+    app.include_router(bulk_router, prefix=BASE_PATH)
+    app.include_router(bundles_router, prefix=BASE_PATH)
+    app.include_router(unknown_operations, prefix=BASE_PATH)  # last of the FHIR routes
+    app.include_router(health_router)  # /health/live, /health/ready (no token)
+    install_auth(app, settings)  # /auth/...
     return app
 
 

@@ -16,6 +16,7 @@ import click
 
 from fhir_server.config import Settings
 from importers.cli import import_group
+from profiles.cli import profiles_group
 from smart_auth.cli import auth as auth_group
 from terminology.cli import terminology_group
 
@@ -343,7 +344,8 @@ async def _run_load(files: list[Path], skipped: int, options: Options, progress:
 @setting_option("celery_queue", "--queue")
 @setting_option("log_level", "--log-level")
 def worker(**options: Any) -> None:
-    """Run a bulk export worker (Celery, one task at a time; start more to go faster).
+    """Run a worker (Celery, one task at a time; start more to go faster): bulk export,
+    and slot generation from Schedules' hours (a beat thread queues it when due).
 
     It needs the server's MongoDB (--mongo-url) and, unless the server uses MongoDB as
     its broker (no FHIR_CELERY_BROKER_URL), the same --broker-url as the server.
@@ -359,6 +361,7 @@ def worker(**options: Any) -> None:
 main.add_command(import_group)
 main.add_command(auth_group)
 main.add_command(terminology_group)
+main.add_command(profiles_group)
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fhir_server.input_limits import InputLimits
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     appointment_hold: timedelta = Field(
         timedelta(minutes=10),
         gt=timedelta(0),
-        description="How long a held (pending) appointment keeps its slot and times: "
+        description="How long a hold ($hold, or a pending appointment tagged "
+        "urn:fhir-server:appointment-hold|hold) keeps its slot and times: "
         "after that a booking of them succeeds. An ISO 8601 duration (PT10M) or seconds.",
     )
     appointment_hold_sweep: float = Field(
@@ -82,6 +84,30 @@ class Settings(BaseSettings):
         gt=0,
         le=86400,
         description="Seconds between sweeps that cancel expired holds nobody displaced yet.",
+    )
+    slot_horizon: timedelta = Field(
+        timedelta(weeks=8),
+        gt=timedelta(0),
+        description="How far ahead Slots are generated from a Schedule's hours when its "
+        "planningHorizon has no end. An ISO 8601 duration (P56D) or seconds.",
+    )
+    slot_timezone: str = Field(
+        "UTC",
+        description="IANA time zone in which the hours of a Schedule without the timezone "
+        "extension are read.",
+    )
+    slot_roll_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between runs that roll a Schedule's generated Slots on over "
+        "its horizon (a change of hours is generated at the next check).",
+    )
+    slot_check_interval: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between a worker's checks for Schedules whose Slots are due "
+        "to be generated (after a change of hours, or to roll on).",
     )
     conditional_delete: Literal["single", "multiple"] = Field(
         "single",
@@ -164,6 +190,44 @@ class Settings(BaseSettings):
         description="Also run the fhir.resources R4B models over every write (slower; the "
         "definition-driven pass already covers what they catch for R4).",
     )
+    validate_invariants: bool = Field(
+        False,
+        description="Evaluate the FHIRPath invariants (constraints) of the R4 base definitions "
+        "(dom-2..dom-6, obs-6, ref-1, ...) on every write and $validate: a failed error "
+        "invariant refuses the write, a warning one is a $validate warning. Opt-in while "
+        "it is new.",
+    )
+    validate_bindings: bool = Field(
+        True,
+        description="Check the required and extensible bindings of the R4 base definitions "
+        "against the value sets this server holds: a code outside a required one refuses "
+        "the write, an extensible one is a $validate warning (false: only the required "
+        "bindings of code elements, from the definitions).",
+    )
+    profile_enforcement: Literal["reject", "warn"] = Field(
+        "reject",
+        description="What a create or update does when the resource breaks a profile in its "
+        "meta.profile that the server holds: reject (422) or warn (accept it; $validate "
+        "reports the issues as warnings). Profiles the server does not hold are ignored.",
+    )
+    profile_enforcement_overrides: str = Field(
+        "",
+        description="Per-profile exceptions to FHIR_PROFILE_ENFORCEMENT, comma-separated "
+        "url=reject or url=warn pairs (e.g. http://x/StructureDefinition/p=warn).",
+    )
+    required_profiles: str = Field(
+        "",
+        description="Profiles every resource of a type must conform to, with or without "
+        "meta.profile: comma-separated Type=url pairs (a type may repeat: all apply). A "
+        "violation is refused (422); a required profile the server does not hold refuses "
+        "the writes of its type (and is logged as a warning at start).",
+    )
+    unknown_extensions: Literal["warn", "error", "ignore"] = Field(
+        "warn",
+        description="An extension whose url names no StructureDefinition the server holds: "
+        "warn (accepted; $validate reports a warning), error (refused, 422; an R4 core "
+        "extension stays a warning) or ignore.",
+    )
     history_max_count: int = Field(1000, ge=1, description="Largest _count honoured on _history.")
     history_default_count: int = Field(50, ge=1, description="Default page size of _history.")
     bundle_max_entries: int = Field(
@@ -237,6 +301,45 @@ class Settings(BaseSettings):
         ge=1,
         description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
     )
+
+    @field_validator("appointment_min_notice", "appointment_hold", "slot_horizon", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """The environment gives strings: "90" means 90 seconds, as the descriptions
+        say (pydantic reads only ISO 8601 or [-][DD]D[,][HH:MM:]SS from a string)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    @field_validator("slot_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        """A zone the generator can read hours in (refused at start, not at each run)."""
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+    @field_validator("profile_enforcement_overrides")
+    @classmethod
+    def _overrides(cls, value: str) -> str:
+        """Malformed pairs stop the server at start, not at the first write."""
+        from profiles.enforcement import parse_overrides
+
+        parse_overrides(value)
+        return value
+
+    @field_validator("required_profiles")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        from profiles.enforcement import parse_required
+
+        parse_required(value)
+        return value
 
     def input_limits(self) -> InputLimits:
         """The bounds on one request's JSON."""

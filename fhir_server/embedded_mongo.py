@@ -187,6 +187,11 @@ class EmbeddedMongo:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """mongod's exit code once it has exited (negative: the signal that ended it)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def restart(self, timeout: float = 60.0) -> None:
         """Start mongod again after it died, on the same port, so that every client (the
         API's, the workers') reconnects to the URL it already has. Raises if it cannot

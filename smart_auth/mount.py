@@ -11,11 +11,16 @@ from smart_auth.routes import router, smart_configuration_router
 from smart_auth.state import AuthState
 
 
-def install_auth(app: FastAPI, settings: Settings) -> None:
-    """Mount ``/auth/...`` and ``/fhir/.well-known/smart-configuration`` (call before the
-    FHIR routers, whose ``/fhir/{type}/{id}`` would otherwise match the latter)."""
+def install_smart_configuration(app: FastAPI, settings: Settings) -> None:
+    """Mount ``/fhir/.well-known/smart-configuration`` (call before the FHIR routers,
+    whose ``/fhir/{type}/{id}`` would otherwise match it)."""
     if settings.auth_enabled:
         app.include_router(smart_configuration_router)
+
+
+def install_auth(app: FastAPI, settings: Settings) -> None:
+    """Mount ``/auth/...`` (after the FHIR routers: a FHIR request need not try them)."""
+    if settings.auth_enabled:
         app.include_router(router)
 
 

@@ -5,6 +5,9 @@
   its ancestors (the transitive closure), so lookups, is-a and subsumption are index
   lookups.
 - resolve.py finds the stored CodeSystem/ValueSet/ConceptMap a request names.
+- membership.py caches, per process, the members of the value sets the R4 base
+  definitions bind, for the validator's binding checks (fhir_server/validation/
+  bindings.py).
 - operations.py implements $lookup, $validate-code, $subsumes, $expand and $translate;
   fhir_server/api/terminology.py serves them over HTTP.
 """

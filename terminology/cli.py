@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -128,23 +128,43 @@ async def _run_import(
     from terminology.importing import import_release
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
-    bar = click.progressbar(length=1, label="importing", file=sys.stderr) if progress else None
-
-    def show(stage: str, done: int, total: int) -> None:
-        if bar is not None:
-            bar.length = total
-            bar.update(done - bar.pos)
-
+    shown = ImportProgress(sys.stderr) if progress else None
     try:
         return await import_release(
             Storage(client, database),
             Registry.from_definitions(),
             release,
             batch_size=batch_size,
-            progress=show,
+            progress=shown,
             stop_after=stop_after,
         )
     finally:
-        if bar is not None:
-            bar.render_finish()
+        if shown is not None:
+            shown.close()
         await client.close()
+
+
+class ImportProgress:
+    """The import's progress on ``out``: click's bar on a terminal; elsewhere (a log
+    file, CI) a line at each tenth of the batches, since click's bar off a terminal
+    prints only its label once."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.bar: Any = None
+        self.tenths = -1
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.out.isatty():
+            if self.bar is None:
+                self.bar = click.progressbar(length=total, label="importing", file=self.out)
+            self.bar.update(done - self.bar.pos)
+            return
+        tenths = done * 10 // max(total, 1)
+        if tenths > self.tenths:
+            self.tenths = tenths
+            click.echo(f"importing: {done}/{total} {stage} ({done * 100 // total}%)", self.out)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir_server.outcome import FhirError, bad_request
 from terminology.concepts import Concept, ConceptStore, LoadedSystem, property_json
@@ -25,6 +26,7 @@ VALIDATE_PARAMS = (
     "displayLanguage",
 )
 SUBSUMES_PARAMS = ("codeA", "codeB", "system", "version", "codingA", "codingB")
+T = TypeVar("T")
 # properties every concept has, beyond those its CodeSystem declares
 _INTRINSIC = ("display", "definition", "designation", "parent", "child", "inactive")
 
@@ -91,19 +93,41 @@ class CodeSystemOperations:
     ) -> LoadedSystem:
         """The code system the request is about: the instance, or the one ``system``
         names; 404 (with the expression of the system) when none is stored."""
+        cs, _ = await self.system_and(c, rid, restriction, system_where, _nothing)
+        return cs
+
+    async def system_and_concept(
+        self, c: Coded, rid: str | None, restriction: Filter, system_where: str
+    ) -> tuple[LoadedSystem, Concept | None]:
+        """The code system (as ``system_for``) and the concept ``c`` names in it (None
+        when it has no such code), the two looked up at once where possible."""
+
+        async def concept(cs: LoadedSystem) -> Concept | None:
+            return await self.store.get(cs.key, c.code)
+
+        return await self.system_and(c, rid, restriction, system_where, concept)
+
+    async def system_and(
+        self,
+        c: Coded,
+        rid: str | None,
+        restriction: Filter,
+        system_where: str,
+        then: Callable[[LoadedSystem], Awaitable[T]],
+    ) -> tuple[LoadedSystem, T]:
         if rid is not None:
-            cs = await self.resolver.code_system_by_id(rid, restriction)
+            cs, out = await self.resolver.with_code_system_by_id(rid, restriction, then)
             if c.system is not None and c.system != cs.url:
                 raise bad_request(
                     f"system {c.system!r} is not the url of CodeSystem/{rid} ({cs.url})",
                     system_where,
                 )
-            return cs
+            return cs, out
         if c.system is None:
             raise bad_request(
                 "system is required (or call the operation on a CodeSystem)", system_where
             )
-        found = await self.resolver.code_system(c.system, c.version, restriction)
+        found = await self.resolver.with_code_system(c.system, c.version, restriction, then)
         if found is None:
             what = f"{c.system}|{c.version}" if c.version else c.system
             raise FhirError.of(404, "not-found", f"CodeSystem {what} is not known", system_where)
@@ -111,8 +135,8 @@ class CodeSystemOperations:
 
     async def lookup(self, inp: Inputs, rid: str | None, restriction: Filter) -> dict[str, Any]:
         c = coded(inp, "code", "system", "coding")
-        cs = await self.system_for(c, rid, restriction, _system_where(inp, c, "system"))
-        concept = await self.store.get(cs.key, c.code)
+        where = _system_where(inp, c, "system")
+        cs, concept = await self.system_and_concept(c, rid, restriction, where)
         if concept is None:
             if cs.content == "not-present":
                 raise FhirError.of(
@@ -161,9 +185,7 @@ class CodeSystemOperations:
         if asked("parent"):
             found += [("parent", "Code", p) for p in concept.parents]
         if asked("child"):
-            found += [
-                ("child", "Code", ch) for ch in await self.store.children(cs.key, concept.code)
-            ]
+            found += [("child", "Code", ch) for ch in await self.store.children(cs, concept)]
         return found
 
     async def validate_code(
@@ -186,8 +208,8 @@ class CodeSystemOperations:
             if url is not None and c.system != url:
                 messages.append(f"{c.system} is not the code system {url}")
                 continue
-            cs = await self.system_for(c, rid, restriction, _system_where(inp, c, "url"))
-            concept = await self.store.get(cs.key, c.code)
+            where = _system_where(inp, c, "url")
+            cs, concept = await self.system_and_concept(c, rid, restriction, where)
             if concept is None:
                 known = (
                     " (its concepts are not on this server)" if cs.content == "not-present" else ""
@@ -224,6 +246,10 @@ class CodeSystemOperations:
         else:
             outcome = "not-subsumed"
         return Output().add("outcome", "Code", outcome).json()
+
+
+async def _nothing(cs: LoadedSystem) -> None:
+    return None
 
 
 def validation_result(concept: Concept, system: str, c: Coded, language: str | None) -> Output:

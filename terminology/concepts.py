@@ -42,6 +42,7 @@ from fhir_server.jsonio import dumps, load_stored
 SYSTEMS = "terminology_systems"
 QUERY_MS = 10_000  # a filter query (say, a pathological regex) stops here: too-costly
 CONCEPTS = "terminology_concepts"
+_BIG_BATCH = 100_000  # documents per reply when all are wanted (the 16 MB cap applies)
 _BATCH = 5000
 _INACTIVE_STATUS = frozenset({"retired", "inactive"})
 _PARENT_PROPERTIES = frozenset({"parent", "subsumedBy"})
@@ -91,6 +92,7 @@ class Concept:
     properties: list[dict[str, Any]] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
     definition: str | None = None
+    children: list[str] = field(default_factory=list)
 
     def document(
         self, key: str, order: int = 0, ancestors: frozenset[str] = frozenset()
@@ -116,6 +118,8 @@ class Concept:
             doc["p"] = self.properties
         if self.parents:
             doc["par"] = self.parents
+        if self.children:
+            doc["ch"] = self.children
         if ancestors:
             doc["anc"] = sorted(ancestors)
         return doc
@@ -131,6 +135,7 @@ class Concept:
             doc.get("p", []),
             doc.get("par", []),
             doc.get("def"),
+            doc.get("ch", []),
         )
 
 
@@ -244,6 +249,19 @@ def _concept(item: dict[str, Any]) -> Concept:
     return concept
 
 
+def link_children(concepts: list[Concept]) -> None:
+    """Give each concept its children (the concepts naming it a parent, in definition
+    order), kept in its document so $lookup's child property needs no second query."""
+    by_code = {c.code: c for c in concepts}
+    for c in concepts:
+        c.children = []
+    for c in concepts:
+        for p in c.parents:
+            parent = by_code.get(p)
+            if parent is not None and c.code not in parent.children and p != c.code:
+                parent.children.append(c.code)
+
+
 def ancestor_sets(concepts: Iterable[Concept]) -> dict[str, frozenset[str]]:
     """Every concept's proper ancestors (parents from nesting and properties, their
     parents, ...), computed bottom-up without recursion (SNOMED CT is deep and wide);
@@ -286,12 +304,14 @@ class LoadedSystem:
     hierarchical: bool
     name: str | None = None
     content: str | None = None  # CodeSystem.content: complete, fragment, not-present ...
+    children: bool = False  # its concept documents carry their children (``ch``)
 
 
 async def write_concepts(db: Db, key: str, found: list[Concept]) -> bool:
     """Insert one generation's concepts with their ancestors; True when it has a
     hierarchy."""
     ancestors = ancestor_sets(found)
+    link_children(found)
     docs = [c.document(key, i, ancestors.get(c.code, frozenset())) for i, c in enumerate(found)]
     for i in range(0, len(docs), _BATCH):
         try:
@@ -340,6 +360,7 @@ async def build_from_resource(
         "content": resource.get("content"),
         "count": len(concepts),
         "hierarchical": hierarchical,
+        "children": True,
     }
     await db[SYSTEMS].replace_one({"_id": rid}, doc, upsert=True)
     if entry is not None and entry.get("k") != key:
@@ -356,6 +377,7 @@ def loaded(doc: dict[str, Any]) -> LoadedSystem:
         bool(doc.get("hierarchical")),
         doc.get("name"),
         doc.get("content"),
+        bool(doc.get("children")),
     )
 
 
@@ -388,8 +410,12 @@ class ConceptStore:
         doc = await self.concepts.find_one({"k": key, "c": code}, {"_id": 0, "anc": 1})
         return list(doc.get("anc", [])) if doc else []
 
-    async def children(self, key: str, code: str) -> list[str]:
-        cursor = self.concepts.find({"k": key, "par": code}, {"_id": 0, "c": 1})
+    async def children(self, cs: LoadedSystem, concept: Concept) -> list[str]:
+        """The concept's children: from its document, or (a generation written before
+        documents held them) by query."""
+        if cs.children:
+            return concept.children
+        cursor = self.concepts.find({"k": cs.key, "par": concept.code}, {"_id": 0, "c": 1})
         return [d["c"] async for d in cursor]
 
     async def is_ancestor(self, key: str, ancestor: str, descendant: str) -> bool:
@@ -404,14 +430,22 @@ class ConceptStore:
         projection: dict[str, int] | None = None,
         limit: int = 0,
         skip: int = 0,
+        ordered: bool = True,
+        batch: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
+        """Concepts in definition order; ``ordered`` False: in whatever order the
+        query's own indexes give them (asked for order, MongoDB may answer an is-a by
+        walking the whole system's order index rather than sorting the subtree).
+        ``batch``: in as few replies as fit (up to ``limit``), rather than a first reply
+        of 101 and then getMores."""
         cursor = self.concepts.find(
             query,
             projection,
             limit=limit,
             skip=skip,
-            sort=[("k", 1), ("o", 1)],
+            sort=[("k", 1), ("o", 1)] if ordered else None,
             max_time_ms=QUERY_MS,
+            batch_size=(limit or _BIG_BATCH) if batch else 0,
         )
         async for doc in cursor:
             yield doc

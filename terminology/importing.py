@@ -26,9 +26,10 @@ from fhir_server.service.resources import with_meta
 from fhir_server.storage import Storage, VersionWrite
 from fhir_server.storage.store import Session
 from terminology import concepts
-from terminology.concepts import Concept, ancestor_sets, ensure_indexes
+from terminology.concepts import Concept, ancestor_sets, ensure_indexes, link_children
 
 IMPORTS = "terminology_imports"
+LAYOUT = 2  # 2: concept documents carry their children; an import begun before is redone
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -82,8 +83,16 @@ async def import_release(
     key = f"import:{release.url}|{release.version}"
     report = ImportReport()
     state = await db[IMPORTS].find_one({"_id": key}) or {}
-    if state.get("fingerprint") != release.fingerprint:
-        state = {"_id": key, "fingerprint": release.fingerprint, "done": 0, "complete": False}
+    if state.get("fingerprint") != release.fingerprint or (
+        not state.get("complete") and state.get("layout") != LAYOUT
+    ):
+        state = {
+            "_id": key,
+            "fingerprint": release.fingerprint,
+            "layout": LAYOUT,
+            "done": 0,
+            "complete": False,
+        }
         await concepts.drop_generation(db, key)  # another release under the same version
         await db[IMPORTS].replace_one({"_id": key}, state, upsert=True)
     if state.get("complete"):
@@ -92,6 +101,7 @@ async def import_release(
     report.resumed_from = int(state.get("done", 0))
     found = release.concepts
     ancestors = ancestor_sets(found)
+    link_children(found)
     pair_count = sum(len(a) for a in ancestors.values())
     total = -(-len(found) // batch_size)
     for n, (collection, batch) in enumerate(
@@ -123,6 +133,7 @@ async def import_release(
             "content": "complete",
             "count": len(found),
             "hierarchical": pair_count > 0,
+            "children": state.get("layout") == LAYOUT,
         },
         upsert=True,
     )

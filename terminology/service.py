@@ -16,6 +16,7 @@ from terminology import codesystem, conceptmap, valueset
 from terminology.concepts import ConceptStore, ensure_indexes
 from terminology.params import Inputs
 from terminology.resolve import Filter, Resolver
+from terminology.searching import ExpansionCache, Restrict, SearchCodes, SubtreeCache
 
 _DEF = "http://hl7.org/fhir/OperationDefinition"
 _BAD_REGEX = 51091
@@ -60,15 +61,34 @@ class TerminologyService:
         self.codesystems = codesystem.CodeSystemOperations(self.resolver, self.store)
         self.valuesets = valueset.ValueSetOperations(self.resolver, self.store, max_expansion)
         self.conceptmaps = conceptmap.ConceptMapOperations(self.resolver)
+        self.max_expansion = max_expansion
+        self.subtrees = SubtreeCache()
+        self.expansions = ExpansionCache()
         self._indexed = False
         self._storage = storage
+
+    async def ready(self) -> None:
+        """The concept store's indexes exist (declared on first use)."""
+        if not self._indexed:
+            await ensure_indexes(self._storage.db)
+            self._indexed = True
+
+    def for_search(self, restrict: Restrict) -> SearchCodes:
+        """The :in/:not-in/:below/:above lookups of one search, within ``restrict``."""
+        return SearchCodes(
+            self.resolver,
+            self.store,
+            restrict,
+            self.max_expansion,
+            self.subtrees,
+            self.expansions,
+            self.ready,
+        )
 
     async def run(
         self, op: Operation, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
     ) -> dict[str, Any]:
-        if not self._indexed:
-            await ensure_indexes(self._storage.db)
-            self._indexed = True
+        await self.ready()
         try:
             return await self._run(op, inp, rid, restrictions)
         except ExecutionTimeout:

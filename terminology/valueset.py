@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir_server.outcome import FhirError, bad_request
 from terminology.codesystem import (
@@ -29,7 +30,7 @@ from terminology.codesystem import (
 )
 from terminology.concepts import Concept, ConceptStore, LoadedSystem, words
 from terminology.params import Inputs, Output
-from terminology.resolve import Filter, Resolver
+from terminology.resolve import Filter, Resolver, Stored
 
 EXPAND_PARAMS = (
     "url",
@@ -66,6 +67,7 @@ VALIDATE_PARAMS = (
     "abstract",
     "displayLanguage",
 )
+T = TypeVar("T")
 _CONCEPT_PROPERTIES = frozenset({"concept", "code"})
 _MAX_DEPTH = 20
 
@@ -83,6 +85,10 @@ class Options:
     limit: int = 10_000
     probe: Coded | None = None  # $validate-code: only this code matters
     within: frozenset[str] | None = None  # excludes: only these codes can matter
+    nested: bool = False  # excludeNested=false: entries keep their ancestors for nesting
+    ordered: bool = True  # False: membership only (search's :in), in any order
+    selectable_only: bool = False  # excludeNotForUI: no abstract (not selectable) concepts
+    designation: tuple[str, ...] = ()  # designation tokens: languages or uses to show
 
 
 @dataclass(slots=True)
@@ -94,7 +100,14 @@ class Entry:
     inactive: bool = False
     abstract: bool = False
     designations: list[dict[str, Any]] = field(default_factory=list)
-    concept: Concept | None = None
+    doc: dict[str, Any] | None = None  # the stored concept's document, when there is one
+    ancestors: tuple[str, ...] = ()  # the concept's proper ancestors (nesting only)
+
+    @property
+    def concept(self) -> Concept | None:
+        """The stored concept, made from its document only when asked (an expansion
+        of a thousand concepts asks for none)."""
+        return Concept.from_document(self.doc) if self.doc is not None else None
 
     def json(self, options: Options) -> dict[str, Any]:
         out: dict[str, Any] = {"system": self.system}
@@ -106,12 +119,14 @@ class Entry:
             out["inactive"] = True
         out["code"] = self.code
         display = self.display
-        if options.language and self.concept is not None:
-            display = pick_display(self.concept, options.language)
+        if options.language and self.doc is not None:
+            display = pick_display(Concept.from_document(self.doc), options.language)
         if display is not None:
             out["display"] = display
-        if options.designations and self.designations:
-            out["designation"] = [designation_json(d) for d in self.designations]
+        if (options.designations or options.designation) and self.designations:
+            shown = [d for d in self.designations if _designation_wanted(d, options.designation)]
+            if shown:
+                out["designation"] = [designation_json(d) for d in shown]
         return out
 
 
@@ -126,30 +141,49 @@ class ValueSetOperations:
 
     # --- which value set ---------------------------------------------------------------
 
-    async def target(self, inp: Inputs, rid: str | None, restriction: Filter) -> dict[str, Any]:
-        """The value set asked for: the instance, an inline ``valueSet``, or ``url``
-        (+ ``valueSetVersion``)."""
+    async def on_target(
+        self,
+        inp: Inputs,
+        rid: str | None,
+        restriction: Filter,
+        then: Callable[[dict[str, Any]], Awaitable[T]],
+    ) -> T:
+        """``then`` of the value set asked for: the instance, an inline ``valueSet``,
+        or ``url`` (+ ``valueSetVersion``); a stored one is looked up while ``then``
+        runs on what it was last time (Resolver._speculate)."""
+
+        async def run(stored: Stored) -> T:
+            return await then(stored.resource)
+
         if rid is not None:
-            return (await self.resolver.by_id("ValueSet", rid, restriction)).resource
+            _, out = await self.resolver.with_definition_by_id("ValueSet", rid, restriction, run)
+            return out
         inline = inp.resource("valueSet", "ValueSet")
         if inline is not None:
-            return inline
+            return await then(inline)
         url = inp.text("url")
         if url is None:
             raise bad_request("url, valueSet or a ValueSet instance is required", "url")
-        found = await self.resolver.by_url(
-            "ValueSet", url, inp.text("valueSetVersion"), restriction
+        found = await self.resolver.with_definition(
+            "ValueSet", url, inp.text("valueSetVersion"), restriction, run
         )
         if found is None:
             raise FhirError.of(404, "not-found", f"ValueSet {url} is not known", inp.where("url"))
-        return found.resource
+        return found[1]
 
     # --- $expand -----------------------------------------------------------------------
 
     async def expand(
         self, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
     ) -> dict[str, Any]:
-        vs = await self.target(inp, rid, restrictions["ValueSet"])
+        async def run(vs: dict[str, Any]) -> dict[str, Any]:
+            return await self._expand(vs, inp, restrictions)
+
+        return await self.on_target(inp, rid, restrictions["ValueSet"], run)
+
+    async def _expand(
+        self, vs: dict[str, Any], inp: Inputs, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
         count = inp.integer("count")
         offset = inp.integer("offset") or 0
         text = inp.text("filter")
@@ -160,7 +194,14 @@ class ValueSetOperations:
             language=inp.text("displayLanguage"),
             limit=self.max_expansion,
         )
-        inp.boolean("excludeNested")  # expansions are always flat (no contains.contains)
+        nested = not inp.boolean("excludeNested", default=True)
+        tokens = tuple(inp.texts("designation"))
+        options = replace(
+            options,
+            nested=nested,
+            selectable_only=inp.boolean("excludeNotForUI"),
+            designation=tokens,
+        )
         paged = await self._paged(vs, options, restrictions, offset, count)
         if paged is not None:
             page, total = paged
@@ -176,11 +217,19 @@ class ValueSetOperations:
             ("activeOnly", "Boolean", options.active_only if inp.has("activeOnly") else None),
             ("displayLanguage", "Code", options.language),
             ("includeDesignations", "Boolean", True if options.designations else None),
-            ("excludeNested", "Boolean", True),
+            ("excludeNested", "Boolean", not nested),
+            ("excludeNotForUI", "Boolean", True if options.selectable_only else None),
+            ("includeDefinition", "Boolean", True if inp.boolean("includeDefinition") else None),
         ):
             if value is not None:
                 parameters.append({"name": name, f"value{kind}": value})
-        out = {k: v for k, v in vs.items() if k not in ("compose", "expansion", "text", "meta")}
+        parameters += [{"name": "designation", "valueString": t} for t in tokens]
+        # includeDefinition: 'Controls whether the value set definition is included or
+        # excluded in an expansion' (the compose stays in the answer)
+        dropped: tuple[str, ...] = ("expansion", "text", "meta")
+        if not inp.boolean("includeDefinition"):
+            dropped += ("compose",)
+        out = {k: v for k, v in vs.items() if k not in dropped}
         out["resourceType"] = "ValueSet"
         out["expansion"] = {
             "identifier": f"urn:uuid:{uuid.uuid4()}",
@@ -188,7 +237,7 @@ class ValueSetOperations:
             "total": total,
             "offset": offset,
             "parameter": parameters,
-            "contains": [e.json(options) for e in page],
+            "contains": nest(page, options) if nested else [e.json(options) for e in page],
         }
         if not page:
             del out["expansion"]["contains"]
@@ -231,14 +280,8 @@ class ValueSetOperations:
         query = await self._query(cs, part, None, "ValueSet.compose.include[0]", options)
         total = await self.store.count(query)
         version = part.get("version")
-        page = (
-            [
-                _entry(cs, version, Concept.from_document(doc), None, [])
-                async for doc in self.store.find(query, _fields(options), skip=offset, limit=count)
-            ]
-            if count
-            else []
-        )
+        found = self.store.find(query, _fields(options), skip=offset, limit=count, batch=True)
+        page = [_entry(cs, version, doc, None, []) async for doc in found] if count else []
         return page, total
 
     async def evaluate(
@@ -266,12 +309,16 @@ class ValueSetOperations:
         for i, exc in enumerate(compose.get("exclude") or []):
             where = f"ValueSet.compose.exclude[{i}]"
             codes = frozenset(code for _, code in included)
-            narrowed = replace(options, limit=0, within=codes, text=[], active_only=False)
+            narrowed = replace(
+                options, limit=0, within=codes, text=[], active_only=False, selectable_only=False
+            )
             for e in await self._part(exc, where, narrowed, restrictions, stack):
                 included.pop((e.system, e.code), None)
         entries = list(included.values())
         if compose.get("inactive") is False or options.active_only:
             entries = [e for e in entries if not e.inactive]
+        if options.selectable_only:
+            entries = [e for e in entries if not e.abstract]
         return entries
 
     def _from_expansion(self, vs: dict[str, Any], options: Options) -> list[Entry]:
@@ -282,17 +329,23 @@ class ValueSetOperations:
                 422, "not-supported", "The value set has neither compose nor expansion", "ValueSet"
             )
         out: list[Entry] = []
-        stack = list(expansion.get("contains") or [])
+        # (item, codes of the items it is nested in): a stored hierarchy nests again
+        stack: list[tuple[Any, tuple[str, ...]]] = [
+            (c, ()) for c in expansion.get("contains") or []
+        ]
         while stack:
-            c = stack.pop(0)
+            c, above = stack.pop(0)
             if not isinstance(c, dict):
                 continue
             if c.get("code") and c.get("system"):
                 entry = Entry(c["system"], c.get("version"), c["code"], c.get("display"))
                 entry.inactive = bool(c.get("inactive"))
+                entry.abstract = bool(c.get("abstract"))
+                entry.ancestors = above
                 if self._keep(entry, options):
                     out.append(entry)
-            stack[0:0] = c.get("contains") or []
+            inner = (*above, c["code"]) if isinstance(c.get("code"), str) else above
+            stack[0:0] = [(x, inner) for x in c.get("contains") or []]
         return out
 
     def _keep(self, e: Entry, options: Options) -> bool:
@@ -303,6 +356,8 @@ class ValueSetOperations:
         if options.within is not None and e.code not in options.within:
             return False
         if options.active_only and e.inactive:
+            return False
+        if options.selectable_only and e.abstract:
             return False
         if options.text:
             have = set(words(" ".join([e.code, e.display or ""])))
@@ -370,38 +425,50 @@ class ValueSetOperations:
             return []
         version = part.get("version")
         listed = _listed(part, where)
-        cs = await self.resolver.code_system(system, version, restrictions["CodeSystem"])
-        if cs is None or cs.content == "not-present" or (cs.count == 0 and listed):
-            if listed is None or part.get("filter"):
-                raise FhirError.of(
-                    422,
-                    "not-found",
-                    f"The code system {system} is not known here, so {where} cannot be evaluated",
-                    f"{where}.system",
-                )
-            entries = [
-                Entry(system, version, code, display, designations=des)
-                for code, (display, des) in listed.items()
-            ]
-            return [e for e in entries if self._keep(e, options)]
-        query = await self._query(cs, part, listed, where, options)
-        if options.limit:
-            n = await self.store.count(query, limit=options.limit + 1)
-            if n > options.limit:
+
+        async def read(cs: LoadedSystem) -> list[Entry] | None:
+            """The part's concepts from the store; None: the system's concepts are not
+            here (the value set's own list is all there is)."""
+            if cs.content == "not-present" or (cs.count == 0 and listed):
+                return None
+            query = await self._query(cs, part, listed, where, options)
+            # one read of at most limit + 1 documents in one batch: more than the limit
+            # is refused, and nothing needs counting first (a count was a round trip)
+            limit = options.limit + 1 if options.limit else 0
+            out = []
+            async for doc in self.store.find(
+                query, _fields(options), limit=limit, batch=True, ordered=options.ordered
+            ):
+                display, des = (listed or {}).get(doc["c"], (None, []))
+                out.append(_entry(cs, version, doc, display, des))
+            if options.limit and len(out) > options.limit:
                 raise too_costly(
                     f"{where} selects more than {options.limit} concepts; use a filter or a "
                     "smaller value set",
                     where,
                 )
-        out = []
-        async for doc in self.store.find(query, _fields(options)):
-            concept = Concept.from_document(doc)
-            display, des = (listed or {}).get(concept.code, (None, []))
-            out.append(_entry(cs, version, concept, display, des))
-        if listed:  # keep the order the value set lists its concepts in
-            order = {code: i for i, code in enumerate(listed)}
-            out.sort(key=lambda e: order.get(e.code, 0))
-        return out
+            if listed:  # keep the order the value set lists its concepts in
+                order = {code: i for i, code in enumerate(listed)}
+                out.sort(key=lambda e: order.get(e.code, 0))
+            return out
+
+        found = await self.resolver.with_code_system(
+            system, version, restrictions["CodeSystem"], read
+        )
+        if found is not None and found[1] is not None:
+            return found[1]
+        if listed is None or part.get("filter"):
+            raise FhirError.of(
+                422,
+                "not-found",
+                f"The code system {system} is not known here, so {where} cannot be evaluated",
+                f"{where}.system",
+            )
+        entries = [
+            Entry(system, version, code, display, designations=des)
+            for code, (display, des) in listed.items()
+        ]
+        return [e for e in entries if self._keep(e, options)]
 
     async def _query(
         self,
@@ -424,6 +491,8 @@ class ValueSetOperations:
             clauses.append({"w": {"$all": [re.compile("^" + re.escape(w)) for w in options.text]}})
         if options.active_only:
             clauses.append({"a": {"$ne": True}})
+        if options.selectable_only:
+            clauses.append({"ab": {"$ne": True}})
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
     async def _filter(self, cs: LoadedSystem, f: Any, where: str) -> dict[str, Any]:
@@ -494,7 +563,14 @@ class ValueSetOperations:
     async def validate_code(
         self, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
     ) -> dict[str, Any]:
-        vs = await self.target(inp, rid, restrictions["ValueSet"])
+        async def run(vs: dict[str, Any]) -> dict[str, Any]:
+            return await self._validate(vs, inp, restrictions)
+
+        return await self.on_target(inp, rid, restrictions["ValueSet"], run)
+
+    async def _validate(
+        self, vs: dict[str, Any], inp: Inputs, restrictions: dict[str, Filter]
+    ) -> dict[str, Any]:
         language = inp.text("displayLanguage")
         active_only = False
         messages: list[str] = []
@@ -528,35 +604,83 @@ class ValueSetOperations:
         return ""
 
 
+def _designation_wanted(d: dict[str, Any], tokens: tuple[str, ...]) -> bool:
+    """Does a designation match one of $expand's ``designation`` tokens ('a use or a
+    language': ``es`` or ``urn:ietf:bcp:47|es`` for a language, ``system|code`` for a
+    use)? No tokens: every designation is shown."""
+    if not tokens:
+        return True
+    lang = str(d.get("l") or "").lower()
+    use: dict[str, Any] = d["u"] if isinstance(d.get("u"), dict) else {}
+    for token in tokens:
+        system, bar, code = token.rpartition("|")
+        if not bar or system == "urn:ietf:bcp:47":
+            wanted = code.lower()
+            if lang == wanted or lang.split("-")[0] == wanted:
+                return True
+        elif use.get("code") == code and use.get("system") in (system, None):
+            return True
+    return False
+
+
 def _fields(options: Options) -> dict[str, int]:
     """What an expansion reads of each concept document: never the search words,
     ancestors or properties (most of a document's bytes), designations only when they
     are shown or a display has to be checked or chosen."""
     fields = {"_id": 0, "c": 1, "d": 1, "a": 1, "ab": 1}
-    if options.designations or options.language or options.probe is not None:
+    if options.designations or options.designation or options.language or options.probe:
         fields["des"] = 1
+    if options.nested:
+        fields["anc"] = fields["par"] = 1
     return fields
 
 
 def _entry(
     cs: LoadedSystem,
     version: Any,
-    concept: Concept,
+    doc: dict[str, Any],
     display: str | None,
     designations: list[dict[str, Any]],
 ) -> Entry:
-    """An expansion entry for a stored concept (the value set's display and
+    """An expansion entry for a stored concept document (the value set's display and
     designations, when it lists the concept with its own, first)."""
+    stored = doc.get("des")
     return Entry(
         cs.url,
         cs.version if version else None,
-        concept.code,
-        display or concept.display,
-        concept.inactive,
-        concept.abstract,
-        designations + concept.designations,
-        concept,
+        doc["c"],
+        display or doc.get("d"),
+        bool(doc.get("a")),
+        bool(doc.get("ab")),
+        designations + stored if stored else designations,
+        doc,
+        tuple(doc.get("anc", ())),
     )
+
+
+def nest(entries: list[Entry], options: Options) -> list[dict[str, Any]]:
+    """The entries as a hierarchy (expansion.contains.contains, for excludeNested=false):
+    each under its nearest ancestor that is itself in the list, in list order; a concept
+    with several such ancestors (a polyhierarchy) goes under the deepest one, a direct
+    parent first, and appears once. Entries without one are the top level."""
+    nodes = [e.json(options) for e in entries]
+    where = {(e.system, e.code): i for i, e in enumerate(entries)}
+    top: list[dict[str, Any]] = []
+    for i, e in enumerate(entries):
+        present = [a for a in e.ancestors if (e.system, a) in where and a != e.code]
+        if not present:
+            top.append(nodes[i])
+            continue
+        # the deepest: no other present ancestor lies below it
+        deepest = [
+            a
+            for a in present
+            if not any(a in entries[where[(e.system, b)]].ancestors for b in present if b != a)
+        ]
+        parents = e.concept.parents if e.concept is not None else []
+        chosen = min(deepest, key=lambda a: (a not in parents, where[(e.system, a)]))
+        nodes[where[(e.system, chosen)]].setdefault("contains", []).append(nodes[i])
+    return top
 
 
 def _listed(

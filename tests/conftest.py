@@ -8,11 +8,51 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import AT_START, raw_document_count
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
 from fhir_server.embedded_mongo import EmbeddedMongo, MongodNotFound
+
+_SESSION_MONGO: list[EmbeddedMongo] = []  # the suite's own mongod, once started
+_HELLO_CLIENT: list[MongoClient[dict[str, object]]] = []  # a direct connection to it
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Fail the test after which the suite's mongod is gone or out of its replica set,
+    with its log's tail, and start a dead one again on its port: one test's fault must not
+    turn into a hundred errors, and must name the test."""
+    result = yield
+    if not _SESSION_MONGO:
+        return result
+    mongo = _SESSION_MONGO[0]
+    if mongo.alive:
+        hello = _hello(mongo)
+        if hello.get("setName") == mongo.replica_set:
+            return result
+        problem = f"answers hello without its replica set ({hello})"
+    else:
+        problem = f"exited (code {mongo.returncode})"
+        mongo.restart()
+    tail = mongo.log_path.read_text(errors="replace").splitlines()[-40:]
+    raise pytest.fail.Exception(
+        f"the suite's mongod {problem} after {item.nodeid}; its log ends:\n" + "\n".join(tail),
+        pytrace=False,
+    )
+
+
+def _hello(mongo: EmbeddedMongo) -> dict[str, object]:
+    if not _HELLO_CLIENT:
+        _HELLO_CLIENT.append(
+            MongoClient(f"127.0.0.1:{mongo.port}", directConnection=True, timeoutMS=5000)
+        )
+    try:
+        return dict(_HELLO_CLIENT[0].admin.command("hello"))
+    except PyMongoError as exc:
+        return {"error": repr(exc)}
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +69,13 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = mongo.start()
     except MongodNotFound as exc:  # a missing mongod must fail the suite, never skip it
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    _SESSION_MONGO.append(mongo)
     try:
         yield url
     finally:
+        _SESSION_MONGO.clear()
+        while _HELLO_CLIENT:
+            _HELLO_CLIENT.pop().close()
         mongo.stop()
 
 
@@ -66,7 +110,9 @@ def auth_client(auth_settings: Settings) -> Iterator[TestClient]:
 def client(settings: Settings) -> Iterator[TestClient]:
     """An HTTP client on the real ASGI app (lifespan run), dropping the database after."""
     with TestClient(create_app(settings), base_url="http://testserver") as c:
+        AT_START[settings.database] = raw_document_count(settings)
         yield c
+    AT_START.pop(settings.database, None)
     with MongoClient(settings.mongo_url) as mc:
         mc.drop_database(settings.database)
 

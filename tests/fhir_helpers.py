@@ -179,13 +179,34 @@ def app_client(settings: Settings, **overrides: Any) -> Iterator[TestClient]:
             mongo.drop_database(custom.database)
 
 
-def stored_document_count(settings: Settings) -> int:
-    """Documents in every collection of this test's database: 0 proves that nothing
-    at all was stored, whatever the storage layout."""
+def shipped_resources() -> set[str]:
+    """``Type/id`` of the conformance resources the app installs at start-up
+    (fhir_server/service/shipped.py): stored resources, so in the system history."""
+    import profiles
+    from fhir_server.workflows.scheduling import definitions as scheduling_definitions
+
+    return {f"StructureDefinition/{d['id']}" for d in profiles.definitions()} | {
+        f"OperationDefinition/{d['id']}" for d in scheduling_definitions.operation_definitions()
+    }
+
+
+# Documents the app wrote into a test database at start-up (the conformance resources
+# it ships: fhir_server/service/shipped.py), recorded by the ``client`` fixture.
+AT_START: dict[str, int] = {}
+
+
+def raw_document_count(settings: Settings) -> int:
+    """Documents in every collection of this test's database."""
     mongo: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url)
     with mongo:
         db = mongo[settings.database]
         return sum(db[name].count_documents({}) for name in db.list_collection_names())
+
+
+def stored_document_count(settings: Settings) -> int:
+    """Documents in every collection of this test's database beyond those the app wrote
+    at start-up: 0 proves that no request stored anything, whatever the storage layout."""
+    return raw_document_count(settings) - AT_START.get(settings.database, 0)
 
 
 # --- search ----------------------------------------------------------------------------
@@ -330,3 +351,43 @@ def stored_raw_containing(settings: Settings, marker: str) -> list[str]:
                 if isinstance(raw, bytes) and needle in raw:
                     found.append(f"{name}/{d['_id']}")
     return found
+
+
+BEST_PRACTICE = ("dom-6:", "con-3:")  # the best-practice invariants $validate warns of
+
+
+def without_best_practice(issues: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issues but the best-practice warnings (dom-6: no narrative, con-3), which
+    $validate reports as the HL7 validator does; tests about other rules leave them out."""
+    return [i for i in issues if not str(i.get("diagnostics", "")).startswith(BEST_PRACTICE)]
+
+
+def constraint_profile(
+    url: str, rtype: str, elements: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A differential-only constraint StructureDefinition on the base type ``rtype``
+    (elements without an ``id`` get their path as id); ``extra`` overrides any key."""
+    return {
+        "resourceType": "StructureDefinition",
+        "url": url,
+        "name": url.rsplit("/", 1)[-1].replace("-", ""),
+        "status": "active",
+        "kind": "resource",
+        "abstract": False,
+        "type": rtype,
+        "baseDefinition": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        "derivation": "constraint",
+        "differential": {"element": [{"id": e["path"], **e} for e in elements]},
+        **extra,
+    }
+
+
+def validation_issues(client: Any, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST [type]/$validate with ``resource``: every issue of the 200 OperationOutcome."""
+    r = client.post(
+        f"/fhir/{resource['resourceType']}/$validate",
+        content=json.dumps(resource),
+        headers={"Content-Type": FHIR_JSON},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["issue"]  # type: ignore[no-any-return]

@@ -3,7 +3,21 @@ find or inspect the children ``fhir-server serve`` starts."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child process still running, then SIGKILL it if it has not ended
+    within 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def descendant_pids(pid: int) -> list[int]:

@@ -21,6 +21,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from gridfs import GridFSBucket
+from process_helpers import stop
 from pymongo import MongoClient
 
 from fhir_server.app import create_app
@@ -61,16 +62,6 @@ def start_worker(
     args = [sys.executable, "-m", "fhir_server", "worker", "--mongo-url", mongo_url]
     args += ["--broker-url", broker, "--queue", queue, "--log-level", "warning"]
     return subprocess.Popen(args, env=env, stdout=log, stderr=log)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

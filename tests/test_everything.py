@@ -25,6 +25,8 @@ from fhir_helpers import (
     shared_client,
 )
 
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+
 CODE = {"text": "thing"}
 
 
@@ -85,7 +87,15 @@ def _seed(client) -> None:
         "requester": ref("PractitionerRole/role"),
     }
     at(request, "mr1")
-    at({"resourceType": "AllergyIntolerance", "patient": ref("Patient/p1")}, "a1")
+    active = {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]}  # ait-1
+    at(
+        {
+            "resourceType": "AllergyIntolerance",
+            "clinicalStatus": active,
+            "patient": ref("Patient/p1"),
+        },
+        "a1",
+    )
     at(observation(subject=ref("Patient/p1")), "o5")
     assert client.delete("/fhir/Observation/o5").status_code in (200, 204)
     assert client.delete("/fhir/Location/loc-gone").status_code in (200, 204)

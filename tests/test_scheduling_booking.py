@@ -162,3 +162,28 @@ def test_rewriting_an_appointment_keeps_its_own_slot(client):
     first = create(client, appointment(slot="s1", practitioner="dr"))
     r = put(client, {**first, "comment": "bring the referral"})
     assert r.status_code == 200, r.text
+
+
+def test_batch_patch_and_put_onto_a_taken_slot_fail_alone(client):
+    create(client, appointment(slot="s1"))
+    other = create(client, appointment(slot="s2", patient="pb"))
+    ops = [{"op": "replace", "path": "/slot/0/reference", "value": "Slot/s1"}]
+    r = post_bundle(
+        client,
+        [
+            entry("PATCH", f"Appointment/{other['id']}", binary_patch(ops)),
+            entry(
+                "PUT", f"Appointment/{other['id']}", {**other, "slot": [{"reference": "Slot/s1"}]}
+            ),
+            entry("POST", "Appointment", appointment(slot="s3", patient="pc")),
+        ],
+        kind="batch",
+    )
+    patched, replaced, created = bundle_response(r, "batch-response")
+    for refused in (patched, replaced):
+        assert refused["response"]["status"].startswith("409"), refused
+        assert "Slot/s1" in diagnostics(refused["response"]["outcome"]["issue"])
+    assert created["response"]["status"].startswith("201"), created
+    assert client.get(f"/fhir/Appointment/{other['id']}").json()["slot"] == [
+        {"reference": "Slot/s2"}
+    ]

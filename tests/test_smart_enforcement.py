@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir_helpers import shipped_resources
 from smart_helpers import TokenMint, ids, smart_client
+
+# Conformance resources the server ships: shared definitions outside every
+# compartment, so a wide patient/ scope reads them too.
+SHIPPED = shipped_resources()
 
 OBS_A = {"Observation/oa-lab", "Observation/oa-vital"}
 OBS_B = {"Observation/ob-lab", "Observation/ob-vital"}
@@ -270,7 +275,7 @@ HISTORIES: list[tuple[str, str, int, set[str]]] = [
         "patient-all",
         "_history",
         200,
-        {"Patient/pa", "Encounter/ea", "Practitioner/dr"} | OBS_A,
+        {"Patient/pa", "Encounter/ea", "Practitioner/dr"} | OBS_A | SHIPPED,
     ),
     ("patient-obs", "_history", 200, OBS_A),
     ("user-patient", "Observation/_history", 200, OBS_B),

@@ -72,6 +72,14 @@ def allergy() -> dict[str, Any]:
         "resourceType": "AllergyIntolerance",
         "identifier": [{"system": IDENT, "value": "allergy"}],
         "code": code("peanut"),
+        "clinicalStatus": {  # ait-1
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": "active",
+                }
+            ]
+        },
         "patient": {"reference": "Patient/pb"},
         "recorder": {"reference": "Patient/pa"},
     }

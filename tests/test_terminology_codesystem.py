@@ -280,3 +280,26 @@ def value_set_expand_with(client: TestClient, system: str, prop: str, value: str
     r = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
     assert r.status_code == 200, r.text
     return [c["code"] for c in r.json()["expansion"].get("contains", [])]
+
+
+def test_children_of_a_generation_written_before_documents_held_them(
+    client: TestClient, cs: dict[str, Any], settings: Settings
+) -> None:
+    """Concept documents carry their children, so $lookup reads one document; a
+    generation stored before they did (no ``ch``, no ``children`` flag on its system)
+    is still answered, by querying the children."""
+    from fastapi.testclient import TestClient as Fresh
+    from pymongo import MongoClient
+
+    from fhir_server.app import create_app
+
+    first = get(client, "CodeSystem/$lookup", system=SYSTEM, code="trastorno", property="child")
+    assert {p["value"] for p in parts(first.json(), "property")} == {"diabetes", "hta"}
+    with MongoClient(settings.mongo_url) as mc:
+        db = mc[settings.database]
+        assert db["terminology_concepts"].count_documents({"ch": "dm1"}) == 1
+        db["terminology_concepts"].update_many({}, {"$unset": {"ch": ""}})
+        db["terminology_systems"].update_many({}, {"$unset": {"children": ""}})
+    with Fresh(create_app(settings)) as other:  # no cached code system
+        again = get(other, "CodeSystem/$lookup", system=SYSTEM, code="trastorno", property="child")
+        assert {p["value"] for p in parts(again.json(), "property")} == {"diabetes", "hta"}

@@ -5,10 +5,14 @@ designations, $subsumes over the transitive closure, $expand with is-a)."""
 
 from __future__ import annotations
 
+import os
+import pty
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -263,6 +267,7 @@ def test_snomed_import_killed_resumed_rerun_and_used(
     assert (
         stub.status_code == 404 and "not on this server" in stub.json()["issue"][0]["diagnostics"]
     )
+    assert SCT not in held(client)  # the stub is not a code system the server holds
     # killed after the first of three batches of concepts
     code, output = run_import(settings, release, "--stop-after-batches", "1")
     assert code == 3 and "run the command again to resume" in output
@@ -273,6 +278,7 @@ def test_snomed_import_killed_resumed_rerun_and_used(
     code, output = run_import(settings, release)
     assert code == 0 and "already imported" in output
 
+    assert held(client)[SCT] == [f"{SCT}/{CORE}/version/{DATE}"]
     found = get(client, "CodeSystem", url=SCT, version=f"{SCT}/{CORE}/version/{DATE}").json()
     assert found["total"] == 1
     assert found["entry"][0]["resource"]["content"] == "not-present"  # concepts in the store
@@ -308,8 +314,24 @@ def test_snomed_import_killed_resumed_rerun_and_used(
         "diabetes mellitus tipo 1"
     }
 
+    fsn = f"{SCT}|900000000000003001"  # designations of one use: the FSNs
+    named = post(
+        client,
+        "ValueSet/$expand",
+        {"name": "valueSet", "resource": vs},
+        {"name": "designation", "valueString": fsn},
+    ).json()
+    dm2 = next(c for c in named["expansion"]["contains"] if c["code"] == "44054006")
+    assert [d["value"] for d in dm2["designation"]] == ["Diabetes mellitus type 2 (disorder)"]
+
     inactive = get(client, "CodeSystem/$validate-code", url=SCT, code="190329007").json()
     assert values(inactive)["inactive"] is True
+
+
+def held(client: TestClient) -> dict[str, list[str]]:
+    """The code systems GET /metadata?mode=terminology lists, with their versions."""
+    statement = get(client, "metadata", mode="terminology").json()
+    return {cs["uri"]: [v.get("code") for v in cs["version"]] for cs in statement["codeSystem"]}
 
 
 def test_import_of_a_folder_without_rf2_is_a_usage_error(
@@ -598,16 +620,88 @@ def write_big_rf2(root: Path, n: int) -> Path:
     return root
 
 
+def write_big_loinc(root: Path, n: int) -> Path:
+    """A LOINC table of n terms, the release's own columns and quoting."""
+    import csv
+
+    folder = root / "Loinc_2.80"
+    folder.mkdir(parents=True)
+    with (folder / "Loinc.csv").open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, quoting=csv.QUOTE_ALL)
+        out.writerow(LOINC_HEADER)
+        for i in range(n):
+            row = dict.fromkeys(LOINC_HEADER, "")
+            row.update(
+                LOINC_NUM=f"{10000 + i}-{i % 10}", COMPONENT=f"Analyte {i}", PROPERTY="MCnc",
+                TIME_ASPCT="Pt", SYSTEM="Bld", SCALE_TYP="Qn", CLASS="CHEM", STATUS="ACTIVE",
+                LONG_COMMON_NAME=f"Analyte {i} [Mass/volume] in Blood",
+            )  # fmt: skip
+            out.writerow(row.values())
+    return folder
+
+
+def write_big_icd10(root: Path, n: int) -> Path:
+    """A tabular ICD-10 file of n codes in a ternary tree (parent column)."""
+    root.mkdir(parents=True)
+    lines = ["code,display,parent"]
+    for i in range(n):
+        parent = f"X{(i - 1) // 3:05d}" if i else ""
+        lines.append(f"X{i:05d},Condition {i},{parent}")
+    path = root / "icd10.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+BIG = 30_000
+
+
+def _check_snomed(client: TestClient) -> None:
+    r = get(
+        client,
+        "CodeSystem/$subsumes",
+        system=SCT,
+        codeA="100000000",
+        codeB=f"{1000000 + BIG - 1}00",
+    )
+    assert values(r.json())["outcome"] == "subsumes"
+
+
+def _check_loinc(client: TestClient) -> None:
+    last = f"{10000 + BIG - 1}-{(BIG - 1) % 10}"
+    r = get(client, "CodeSystem/$lookup", system=LOINC, code=last)
+    assert values(r.json())["display"] == f"Analyte {BIG - 1} [Mass/volume] in Blood"
+
+
+def _check_icd10(client: TestClient) -> None:
+    r = get(client, "CodeSystem/$subsumes", system=ICD10, codeA="X00000", codeB=f"X{BIG - 1:05d}")
+    assert values(r.json())["outcome"] == "subsumes"
+
+
 @pytest.mark.slow
-def test_snomed_import_killed_with_sigkill_resumes(
-    client: TestClient, settings: Settings, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fmt", "write", "check"),
+    [
+        ("snomed", write_big_rf2, _check_snomed),
+        ("loinc", write_big_loinc, _check_loinc),
+        ("icd10", write_big_icd10, _check_icd10),
+    ],
+)
+def test_import_killed_with_sigkill_resumes(
+    client: TestClient,
+    settings: Settings,
+    tmp_path: Path,
+    fmt: str,
+    write: Any,
+    check: Any,
 ) -> None:
     """The import process is SIGKILLed once it has written a few batches; started again
-    it continues from the recorded batch and ends with every concept exactly once."""
-    n = 30_000
-    release = write_big_rf2(tmp_path / "rf2", n)
+    it continues from the recorded batch and ends with every concept exactly once; a
+    third run finds the release imported and changes nothing."""
+    release = write(tmp_path / "release", BIG)
     command = [sys.executable, "-m", "fhir_server", "terminology", "import", "--format"]
-    command += ["snomed", str(release), "--no-progress", "--batch-size", "500"]
+    command += [fmt, str(release), "--no-progress", "--batch-size", "500"]
+    if fmt == "icd10":
+        command += ["--version", "2019"]
     command += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
     with MongoClient(settings.mongo_url) as mc:
         imports = mc[settings.database]["terminology_imports"]
@@ -619,15 +713,63 @@ def test_snomed_import_killed_with_sigkill_resumes(
                 break
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
             time.sleep(0.05)
-        process.kill()
+        process.send_signal(signal.SIGKILL)
         process.wait()
+        assert process.returncode == -signal.SIGKILL
         killed_at = (imports.find_one() or {}).get("done", 0)
-        assert 3 <= killed_at < n // 500  # killed part-way
+        assert 3 <= killed_at < BIG // 500  # killed part-way
         resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert f"resumed after {killed_at} batches" in resumed.stdout
-        assert mc[settings.database]["terminology_concepts"].count_documents({}) == n
-    r = get(
-        client, "CodeSystem/$subsumes", system=SCT, codeA="100000000", codeB=f"{1000000 + n - 1}00"
-    )
-    assert values(r.json())["outcome"] == "subsumes"
+        concepts = mc[settings.database]["terminology_concepts"]
+        assert concepts.count_documents({}) == BIG
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "already imported" in again.stdout
+        assert concepts.count_documents({}) == BIG
+    check(client)
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def test_progress_lines_off_a_terminal(settings: Settings, tmp_path: Path) -> None:
+    """Off a terminal (a log, CI) the progress is a line at each tenth of the batches."""
+    release = write_rf2(tmp_path)
+    args = ["terminology", "import", "--format", "snomed", str(release), "--progress"]
+    args += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
+    result = CliRunner().invoke(main, [*args, "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("importing:")]
+    assert lines == [
+        "importing: 1/3 batches (33%)",
+        "importing: 2/3 batches (66%)",
+        "importing: 3/3 batches (100%)",
+    ]
+
+
+def test_progress_bar_on_a_terminal(settings: Settings, tmp_path: Path) -> None:
+    """On a terminal the import draws click's progress bar, ending at 100%."""
+    release = write_rf2(tmp_path)
+    command = [sys.executable, "-m", "fhir_server", "terminology", "import", "--format"]
+    command += ["snomed", str(release), "--batch-size", "3"]
+    command += ["--mongo-url", settings.mongo_url or "", "--database", settings.database]
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=follower)
+        os.close(follower)
+        out, _ = process.communicate(timeout=120)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert process.returncode == 0, drawn
+    text = drawn.decode()
+    assert "importing" in text and "100%" in text and "#" in text
+    assert "8 concepts" in out.decode()

@@ -139,12 +139,125 @@ def test_designations_and_spanish_display(client: TestClient, loaded: dict[str, 
     assert "designation" not in plain["expansion"]["contains"][0]
 
 
-def test_exclude_nested_is_accepted_and_expansion_is_flat(
+def test_exclude_not_for_ui_include_definition_and_designation(
     client: TestClient, loaded: dict[str, Any]
 ) -> None:
-    out = get(client, "ValueSet/$expand", url=VS_ALL, excludeNested="true").json()
-    assert all("contains" not in c for c in out["expansion"]["contains"])
-    assert {"name": "excludeNested", "valueBoolean": True} in out["expansion"]["parameter"]
+    """excludeNotForUI: a value set 'not generated for UI use might be flat, and only
+    contain the selectable codes'; includeDefinition keeps the compose; designation
+    ('a use or a language') picks the designations shown."""
+    selectable = get(client, "ValueSet/$expand", url=VS_ALL, excludeNotForUI="true").json()
+    assert "hallazgo" not in codes(selectable) and len(codes(selectable)) == 7  # notSelectable
+    paged = get(client, "ValueSet/$expand", url=VS_ALL, excludeNotForUI="true", count=10)
+    assert "hallazgo" not in codes(paged.json()) and paged.json()["expansion"]["total"] == 7
+    plain = get(client, "ValueSet/$expand", url=VS_ALL).json()
+    assert "compose" not in plain
+    defined = get(client, "ValueSet/$expand", url=VS_ALL, includeDefinition="true").json()
+    assert defined["compose"] == {"include": [{"system": SYSTEM}]}
+    spanish = get(client, "ValueSet/$expand", url=VS_ALL, designation="urn:ietf:bcp:47|es").json()
+    hta = next(c for c in spanish["expansion"]["contains"] if c["code"] == "hta")
+    assert hta["designation"] == [{"language": "es", "value": "Hipertensión arterial"}]
+    english = get(client, "ValueSet/$expand", url=VS_ALL, designation="en").json()
+    assert all("designation" not in c for c in english["expansion"]["contains"])
+    assert {"name": "designation", "valueString": "en"} in english["expansion"]["parameter"]
+
+
+def test_expansion_is_flat_by_default_and_with_exclude_nested(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    for params in ({}, {"excludeNested": "true"}):
+        out = get(client, "ValueSet/$expand", url=VS_ALL, **params).json()
+        assert codes(out) == ALL_CODES
+        assert all("contains" not in c for c in out["expansion"]["contains"])
+        assert {"name": "excludeNested", "valueBoolean": True} in out["expansion"]["parameter"]
+
+
+def tree(contains: list[dict[str, Any]]) -> list[Any]:
+    """expansion.contains as [code, [children...]] pairs, order kept."""
+    return [[c["code"], tree(c.get("contains", []))] for c in contains]
+
+
+def test_exclude_nested_false_nests_the_hierarchy(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    """excludeNested: 'Controls whether or not the value set expansion nests codes or
+    not (i.e. ValueSet.expansion.contains.contains)'. With false, each concept sits under
+    its nearest ancestor in the expansion; the total still counts every concept."""
+    out = get(client, f"ValueSet/{loaded['id']}/$expand", excludeNested="false").json()
+    assert out["expansion"]["total"] == 8
+    assert {"name": "excludeNested", "valueBoolean": False} in out["expansion"]["parameter"]
+    assert tree(out["expansion"]["contains"]) == [
+        ["trastorno", [["diabetes", [["dm1", []], ["dm2", []]]], ["hta", []]]],
+        ["hallazgo", [["fiebre", []], ["tos", []]]],
+    ]
+    tos = out["expansion"]["contains"][1]["contains"][1]
+    assert tos["inactive"] is True and tos["display"] == "Cough"
+    # a concept whose parent is not in the expansion goes under the nearest ancestor that is
+    listed = value_set(
+        VS + "skip",
+        {"system": SYSTEM, "concept": [{"code": "trastorno"}, {"code": "dm1"}, {"code": "tos"}]},
+    )
+    skipped = expand_inline(client, listed, {"name": "excludeNested", "valueBoolean": False})
+    assert tree(skipped["expansion"]["contains"]) == [["trastorno", [["dm1", []]]], ["tos", []]]
+    # with a text filter only the matches are nested, among themselves
+    found = get(client, "ValueSet/$expand", url=VS_ALL, filter="diabetes", excludeNested="false")
+    assert tree(found.json()["expansion"]["contains"]) == [["diabetes", [["dm1", []], ["dm2", []]]]]
+    # a page is nested within itself: the first three concepts in definition order
+    page = get(client, "ValueSet/$expand", url=VS_ALL, count=3, excludeNested="false").json()
+    assert page["expansion"]["total"] == 8
+    assert tree(page["expansion"]["contains"]) == [["trastorno", [["diabetes", [["dm1", []]]]]]]
+
+
+def test_exclude_nested_false_in_a_polyhierarchy(client: TestClient) -> None:
+    """A concept with two parents in the expansion appears once, under the deeper one
+    (here c is-a a directly and is-a b, itself an a)."""
+    poly = {
+        "resourceType": "CodeSystem",
+        "url": VS + "poly-cs",
+        "status": "active",
+        "content": "complete",
+        "hierarchyMeaning": "is-a",
+        "concept": [
+            {"code": "a"},
+            {"code": "b", "property": [{"code": "parent", "valueCode": "a"}]},
+            {
+                "code": "c",
+                "property": [
+                    {"code": "parent", "valueCode": "a"},
+                    {"code": "parent", "valueCode": "b"},
+                ],
+            },
+            {"code": "d"},
+        ],
+    }
+    create(client, poly)
+    vs = value_set(VS + "poly", {"system": poly["url"]})
+    out = expand_inline(client, vs, {"name": "excludeNested", "valueBoolean": False})
+    assert tree(out["expansion"]["contains"]) == [["a", [["b", [["c", []]]]]], ["d", []]]
+
+
+def test_exclude_nested_false_keeps_a_stored_expansions_hierarchy(client: TestClient) -> None:
+    """A value set defined only by its expansion (no compose) nests as it is stored."""
+    vs = {
+        "resourceType": "ValueSet",
+        "url": VS + "stored",
+        "status": "active",
+        "expansion": {
+            "timestamp": "2026-01-01T00:00:00Z",
+            "contains": [
+                {
+                    "system": SYSTEM,
+                    "code": "grupo",
+                    "abstract": True,
+                    "contains": [{"system": SYSTEM, "code": "x"}, {"system": SYSTEM, "code": "y"}],
+                }
+            ],
+        },
+    }
+    nested = expand_inline(client, vs, {"name": "excludeNested", "valueBoolean": False})
+    assert tree(nested["expansion"]["contains"]) == [["grupo", [["x", []], ["y", []]]]]
+    assert nested["expansion"]["contains"][0]["abstract"] is True
+    flat = expand_inline(client, vs)
+    assert codes(flat) == ["grupo", "x", "y"]
 
 
 # --- compose: filters, excludes, nested value sets ---------------------------------------
@@ -382,3 +495,57 @@ def test_regex_mongodb_refuses_is_a_400_not_a_500(
     vs = with_filter("concept", "regex", "\\N{DIGIT ONE}")
     r = post(client, "ValueSet/$expand", {"name": "valueSet", "resource": vs})
     assert r.status_code == 400 and outcome(r)["code"] == "invalid"
+
+
+def test_a_changed_or_deleted_definition_is_seen_by_the_next_request(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    """The server runs an operation on what a canonical named last time while it looks
+    the canonical up again (terminology/resolve.py); an update or delete in between is
+    still seen by the very next request, and an error of the outdated definition is
+    not reported."""
+    broken = value_set(
+        VS + "changing",
+        {"system": SYSTEM, "filter": [{"property": "concept", "op": "regex", "value": "("}]},
+    )
+    created = create(client, broken)
+    for path, params in (
+        ("ValueSet/$expand", {"url": VS + "changing"}),
+        (f"ValueSet/{created['id']}/$expand", {}),
+    ):
+        assert get(client, path, **params).status_code == 400  # remembered, with its error
+    fixed = {**broken, "id": created["id"], "compose": {"include": [{"system": SYSTEM}]}}
+    fixed["compose"]["include"][0]["concept"] = [{"code": "hta"}]
+    assert client.put(f"/fhir/ValueSet/{created['id']}", json=fixed).status_code == 200
+    assert codes(get(client, "ValueSet/$expand", url=VS + "changing").json()) == ["hta"]
+    assert codes(get(client, f"ValueSet/{created['id']}/$expand").json()) == ["hta"]
+    check = {"url": VS + "changing", "system": SYSTEM}
+    assert values(get(client, "ValueSet/$validate-code", code="hta", **check).json())["result"]
+    fixed["compose"]["include"][0]["concept"] = [{"code": "dm1"}]
+    assert client.put(f"/fhir/ValueSet/{created['id']}", json=fixed).status_code == 200
+    out = values(get(client, "ValueSet/$validate-code", code="hta", **check).json())
+    assert out["result"] is False
+    assert client.delete(f"/fhir/ValueSet/{created['id']}").status_code in (200, 204)
+    gone = get(client, "ValueSet/$validate-code", code="dm1", **check)
+    assert gone.status_code == 404 and outcome(gone)["expression"] == ["url"]
+    assert get(client, f"ValueSet/{created['id']}/$expand").status_code in (404, 410)
+
+
+def test_a_deleted_code_system_is_seen_by_the_next_request(
+    client: TestClient, loaded: dict[str, Any]
+) -> None:
+    cs_id = get(client, "CodeSystem", url=SYSTEM).json()["entry"][0]["resource"]["id"]
+    for _ in range(2):  # the second one runs on the remembered code system
+        assert get(client, "CodeSystem/$lookup", system=SYSTEM, code="dm1").status_code == 200
+        assert get(client, f"CodeSystem/{cs_id}/$lookup", code="dm1").status_code == 200
+        assert values(
+            get(client, "ValueSet/$validate-code", url=VS_ALL, system=SYSTEM, code="dm1").json()
+        )["result"]
+    assert client.delete(f"/fhir/CodeSystem/{cs_id}").status_code in (200, 204)
+    gone = get(client, "CodeSystem/$lookup", system=SYSTEM, code="dm1")
+    assert gone.status_code == 404 and outcome(gone)["expression"] == ["system"]
+    assert get(client, f"CodeSystem/{cs_id}/$lookup", code="dm1").status_code in (404, 410)
+    vs = get(client, "ValueSet/$validate-code", url=VS_ALL, system=SYSTEM, code="dm1")
+    assert vs.status_code == 422 and outcome(vs)["expression"] == [
+        "ValueSet.compose.include[0].system"
+    ]

@@ -43,7 +43,11 @@ def errors(issues: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def all_ok(r) -> bool:
+    """All OK, or only dom-6: these bodies have no narrative, which is a best-practice
+    warning (domainresource.html#invs; tests/test_validation_invariants.py)."""
     issues = issues_of(r)
+    if [(i["severity"], i["diagnostics"][:6]) for i in issues] == [("warning", "dom-6:")]:
+        return True
     return (
         len(issues) == 1 and issues[0]["severity"] == "information" and "All OK" in str(issues[0])
     )
@@ -184,7 +188,8 @@ def test_create_mode_ignores_the_id(api):
     # http.html#create: the id is ignored, so even a malformed one is no error
     issues = issues_of(validate(api, "Patient", patient(id="bad id!"), mode="create"))
     assert not errors(issues)
-    assert issues[0]["severity"] == "information" and issues[0]["expression"] == ["Patient.id"]
+    notes = [i for i in issues if i["severity"] == "information"]
+    assert [i["expression"] for i in notes] == [["Patient.id"]]
     # without a mode the id is part of the content checked
     issues = issues_of(validate(api, "Patient", patient(id="bad id!")))
     assert expressions(errors(issues)) == ["Patient.id"]
@@ -271,21 +276,24 @@ def test_delete_mode_in_parameters(api):
 # --- refused requests ----------------------------------------------------------------------
 
 
-def test_profile_is_not_supported(api):
+def test_unknown_profile_is_refused(api):
+    """resource-operation-validate.html: "If a profile is nominated, and the server cannot
+    validate against the nominated profile, it SHALL return an error" (profiles the
+    server holds: tests/test_profiles_validation.py)."""
     issues = assert_outcome(
         validate(api, "Patient", patient(), profile="http://example.org/StructureDefinition/p"),
         400,
     )
-    assert issues[0]["code"] == "not-supported" and expressions(issues) == ["profile"]
+    assert issues[0]["code"] == "not-found" and expressions(issues) == ["profile"]
     body = parameters(
         {"name": "resource", "resource": patient()},
         {"name": "profile", "valueUri": "http://example.org/StructureDefinition/p"},
     )
     issues = assert_outcome(validate(api, "Patient", body), 400)
-    assert issues[0]["code"] == "not-supported" and expressions(issues) == ["profile"]
+    assert issues[0]["code"] == "not-found" and expressions(issues) == ["profile"]
 
 
-@pytest.mark.parametrize(("mode", "code"), [("profile", "not-supported"), ("bogus", "invalid")])
+@pytest.mark.parametrize(("mode", "code"), [("bogus", "invalid")])
 def test_unknown_modes(api, mode, code):
     issues = assert_outcome(validate(api, "Patient/p1", patient(id="p1"), mode=mode), 400)
     assert issues[0]["code"] == code and expressions(issues) == ["mode"]

@@ -143,16 +143,16 @@ def test_a_64_character_id_is_fine() -> None:
     [
         ({"active": "true"}, "Patient.active"),
         ({"active": 1}, "Patient.active"),
-        ({"multipleBirthInteger": Decimal("1.0")}, "Patient.multipleBirthInteger"),
-        ({"multipleBirthInteger": "2"}, "Patient.multipleBirthInteger"),
-        ({"multipleBirthInteger": True}, "Patient.multipleBirthInteger"),
-        ({"multipleBirthInteger": 2**31}, "Patient.multipleBirthInteger"),
+        ({"multipleBirthInteger": Decimal("1.0")}, "Patient.multipleBirth.ofType(integer)"),
+        ({"multipleBirthInteger": "2"}, "Patient.multipleBirth.ofType(integer)"),
+        ({"multipleBirthInteger": True}, "Patient.multipleBirth.ofType(integer)"),
+        ({"multipleBirthInteger": 2**31}, "Patient.multipleBirth.ofType(integer)"),
         ({"birthDate": 1974}, "Patient.birthDate"),
         ({"name": [{"given": [1]}]}, "Patient.name[0].given[0]"),
         ({"telecom": [{"rank": 0}]}, "Patient.telecom[0].rank"),  # positiveInt
         ({"telecom": [{"rank": 1.5}]}, "Patient.telecom[0].rank"),
         ({"photo": [{"size": -1}]}, "Patient.photo[0].size"),  # unsignedInt
-        ({"photo": [{"data": "not base64!"}]}, "Patient.photo[0].data"),
+        ({"photo": [{"contentType": "image/png", "data": "not base64!"}]}, "Patient.photo[0].data"),
         ({"birthDate": "1974-13-01"}, "Patient.birthDate"),
         ({"birthDate": "2021-02-29"}, "Patient.birthDate"),  # caught by fhir.resources
         ({"implicitRules": "http://a b"}, "Patient.implicitRules"),
@@ -177,7 +177,7 @@ def test_decimals_are_numbers(value: Any) -> None:
 @pytest.mark.parametrize("value", ["1.5", True, float("nan"), float("inf")])
 def test_bad_decimals(value: Any) -> None:
     issues = found(observation(valueQuantity={"value": value}))
-    assert {e for _, e in issues} == {"Observation.valueQuantity.value"}
+    assert {e for _, e in issues} == {"Observation.value.ofType(Quantity).value"}
 
 
 @pytest.mark.parametrize("value", ["", " ", "\t\n"])
@@ -338,9 +338,16 @@ def test_one_type_per_choice() -> None:
 
 
 def test_choice_values_are_checked_by_type() -> None:
-    assert found(observation(valueBoolean="yes")) == {("structure", "Observation.valueBoolean")}
+    """Expressions name a choice element's type as FHIRPath does (and the HL7 validator):
+    ``value.ofType(boolean)`` for valueBoolean (fhirpath.html#functions: ofType)."""
+    assert found(observation(valueBoolean="yes")) == {
+        ("structure", "Observation.value.ofType(boolean)")
+    }
     assert found(observation(valueQuantity={"value": "x"})) == {
-        ("structure", "Observation.valueQuantity.value")
+        ("structure", "Observation.value.ofType(Quantity).value")
+    }
+    assert found(observation(_valueString={"id": 1})) == {
+        ("structure", "Observation.value.ofType(string).id")
     }
     assert found(observation(valueFoo=1)) == {("structure", "Observation.valueFoo")}
 
@@ -407,16 +414,28 @@ def test_contained_resources_are_validated_with_their_own_type() -> None:
         {"resourceType": "Organization", "name": "A"},
         {"resourceType": "Patient", "foo": 1},
     ]
-    assert found(patient(contained=contained)) == {("structure", "Patient.contained[1].foo")}
+    # and dom-3 on the container: neither is referenced
+    assert found(patient(contained=contained)) == {
+        ("structure", "Patient.contained[1].foo"),
+        ("invariant", "Patient"),
+    }
     bad_type = [{"resourceType": "Nope"}]
-    assert found(patient(contained=bad_type)) == {("not-supported", "Patient.contained[0]")}
+    assert found(patient(contained=bad_type)) == {
+        ("not-supported", "Patient.contained[0]"),
+        ("invariant", "Patient"),  # dom-3: not referenced
+    }
     assert found(patient(contained=["x"])) == {("structure", "Patient.contained[0]")}
 
 
 def test_contained_resources_do_not_nest() -> None:
     inner = {"resourceType": "Organization", "contained": [{"resourceType": "Basic", "code": {}}]}
     issues = found(patient(contained=[inner]))
-    assert ("invalid", "Patient.contained[0]") in issues
+    assert ("invariant", "Patient") in issues  # dom-2, on the container
+    dom2 = [i for i in validate_resource(patient(contained=[inner])) if i.code == "invariant"]
+    assert next(i.diagnostics[:6] for i in dom2 if i.expression == ("Patient",)) == "dom-2:"
+    # without the invariants, the structural pass says it
+    plain = validate_resource(patient(contained=[inner]), invariants=False)
+    assert ("invalid", ("Patient.contained[0]",)) in {(i.code, i.expression) for i in plain}
     assert ("structure", "Patient.contained[0].contained[0].code") in issues
 
 
@@ -488,13 +507,16 @@ def test_an_r4_only_type_is_validated_from_the_r4_definitions() -> None:
 
 def test_an_r4_only_type_checks_choices() -> None:
     base = medicinal_product()
-    issue = {"resourceType": "MedicinalProductContraindication", "subject": [{"reference": "#x"}]}
+    issue = {
+        "resourceType": "MedicinalProductContraindication",
+        "subject": [{"reference": "MedicinalProduct/x"}],
+    }
     assert found(base) == set()
     assert found(issue) == set()
     interaction = {
         "resourceType": "MedicinalProductInteraction",
         "interactant": [
-            {"itemReference": {"reference": "#a"}, "itemCodeableConcept": {"text": "b"}}
+            {"itemReference": {"reference": "Medication/a"}, "itemCodeableConcept": {"text": "b"}}
         ],
     }
     assert found(interaction) == {("structure", "MedicinalProductInteraction.interactant[0].item")}
@@ -513,7 +535,7 @@ def test_evidence_has_its_r4_shape() -> None:
     evidence = {
         "resourceType": "Evidence",
         "status": "draft",
-        "name": "e",
+        "name": "E",
         "exposureBackground": {"reference": "EvidenceVariable/1"},
     }
     assert found(evidence) == set()

@@ -12,7 +12,9 @@ those are the R4/R4B differences listed in fhir_server/validation/__init__.py.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import random
 from collections.abc import Iterator
 from decimal import Decimal
@@ -122,7 +124,28 @@ def generate(info: TypeInfo, rng: random.Random, depth: int = 0) -> dict[str, An
         out[key] = [value] if el.many else value
     if info.name in m.resources:
         out = {"resourceType": info.name, **out}
-    return out
+    return keep_invariants(info.name, out)
+
+
+def keep_invariants(name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """The invariants checked beyond the element model, kept by a generated value: att-1
+    and the data's size and hash (attachments.py), bdl-1 .. bdl-5 (bundle_rules.py) by a
+    searchset whose entries are found resources."""
+    if name == "Attachment" and "data" in value:
+        data = base64.b64decode(value["data"])
+        value["contentType"] = "text/plain"
+        if "size" in value:
+            value["size"] = len(data)
+        if "hash" in value:
+            value["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    elif name == "Bundle":
+        value["type"] = "searchset"
+        for entry in value.get("entry", []):
+            entry.pop("request", None)
+            entry.pop("response", None)
+            entry.setdefault("search", {"mode": "match"})
+            entry["resource"] = {"resourceType": "Patient", "active": True}  # bdl-5
+    return value
 
 
 def instance(el: Element, rng: random.Random, depth: int) -> Any:
@@ -204,8 +227,10 @@ def test_generated_resources_are_valid_for_both_passes(seed: int) -> None:
     for name in usable_types():
         rng = random.Random(f"{name}-{seed}")
         resource = generate(m.types[name], rng)
-        assert validate_resource(resource) == [], name
-        assert validate_resource(resource, r4b_models=True) == [], name
+        # random values meet the structure, not the FHIRPath invariants (obs-6, qty-3,
+        # ...), which neither pass compared here is about (test_validation_invariants.py)
+        assert validate_resource(resource, invariants=False) == [], name
+        assert validate_resource(resource, r4b_models=True, invariants=False) == [], name
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -230,7 +255,7 @@ def test_the_r4b_models_catch_nothing_the_definitions_miss(seed: int) -> None:
     [
         ({"birthDate": "2021-02-29"}, "Patient.birthDate"),
         ({"birthDate": "2023-04-31"}, "Patient.birthDate"),
-        ({"deceasedDateTime": "1900-02-29T10:00:00Z"}, "Patient.deceasedDateTime"),
+        ({"deceasedDateTime": "1900-02-29T10:00:00Z"}, "Patient.deceased.ofType(dateTime)"),
         ({"meta": {"lastUpdated": "2021-02-29T00:00:00Z"}}, "Patient.meta.lastUpdated"),
     ],
 )

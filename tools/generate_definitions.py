@@ -14,9 +14,11 @@ Outputs (committed; the server never needs npm or the network):
 - resources.json: per resource type, the top-level summary and mandatory elements.
 - elements.json: the element model used by fhir_server.validation: for every resource,
   backbone element and complex datatype, its JSON properties with type, repetition,
-  choice group and required code binding; the primitive regexes; the code lists of the
-  required value sets that can be enumerated; and the resource types whose
-  fhir.resources R4B model differs from R4 (so the validator must not trust it there).
+  choice group and binding (value set and strength, for the required and extensible
+  bindings of code, Coding and CodeableConcept elements); the primitive regexes; the
+  code lists of the value sets of required code bindings that can be enumerated; and
+  the resource types whose fhir.resources R4B model differs from R4 (so the validator
+  must not trust it there).
 
 - search_parameters.json: the R4 SearchParameters (search-parameters.json) compacted
   for fhir_server.search.registry: per resource type, code -> type, url, expression
@@ -67,6 +69,10 @@ OUT_DIR = Path(__file__).resolve().parent.parent / "fhir_server" / "definitions"
 SYSTEM_TYPE_PREFIX = "http://hl7.org/fhirpath/System."
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+# Bindings the validator checks (preferred and example ones are guidance only), on the
+# types that carry codes.
+CHECKED_STRENGTHS = ("required", "extensible")
+CODED_TYPES = ("code", "Coding", "CodeableConcept")
 PROFILE_TYPES = {
     "http://hl7.org/fhir/StructureDefinition/SimpleQuantity": "SimpleQuantity",
     "http://hl7.org/fhir/StructureDefinition/MoneyQuantity": "MoneyQuantity",
@@ -279,7 +285,8 @@ def type_code(t: dict[str, Any], is_resource_id: bool) -> str:
 def element_entries(
     el: dict[str, Any], has_children: bool, is_resource: bool
 ) -> Iterator[tuple[str, list[Any]]]:
-    """(JSON property name, [type, many, choice group, value set]) for one element."""
+    """(JSON property name, [type, many, choice group, value set, strength]) for one
+    element (the last two only for a checked binding on a coded type)."""
     name = el["path"].rsplit(".", 1)[1]
     many = 0 if el["max"] == "1" else 1
     if "contentReference" in el:
@@ -290,15 +297,18 @@ def element_entries(
         return
     is_resource_id = is_resource and el["path"].count(".") == 1 and name == "id"
     codes = [type_code(t, is_resource_id) for t in el["type"]]
+    binding = el.get("binding", {})
+    checked = binding.get("strength") in CHECKED_STRENGTHS and "valueSet" in binding
+    bound = [binding["valueSet"].split("|", 1)[0], binding["strength"]] if checked else []
     if name.endswith("[x]"):
         base = name[:-3]
         for t, code in zip(el["type"], codes, strict=True):
             suffix = t["code"] if code in PROFILE_TYPES.values() else code
-            yield base + suffix[0].upper() + suffix[1:], [code, many, base]
+            extra = bound if code in CODED_TYPES else []
+            yield base + suffix[0].upper() + suffix[1:], [code, many, base, *extra]
         return
-    binding = el.get("binding", {})
-    if codes == ["code"] and binding.get("strength") == "required":
-        yield name, [codes[0], many, "", binding["valueSet"].split("|", 1)[0]]
+    if bound and codes[0] in CODED_TYPES:
+        yield name, [codes[0], many, "", *bound]
     else:
         yield name, [codes[0], many]
 
@@ -384,18 +394,18 @@ class Terminology:
 
 
 def bind_value_sets(types: dict[str, Any], terminology: Terminology) -> dict[str, list[str]]:
-    """Expand every required binding; drop the ones that cannot be enumerated."""
+    """The codes of every required binding of a ``code`` element, where they can be
+    enumerated from the files (the validator's check without a terminology server);
+    the other bindings are checked against the server's own terminology."""
     value_sets: dict[str, list[str]] = {}
     for table in types.values():
-        for name, entry in table["e"].items():
-            if len(entry) < 4:
+        for entry in table["e"].values():
+            if len(entry) < 5 or entry[0] != "code" or entry[4] != "required":
                 continue
             url = entry[3]
             if url not in value_sets:
                 codes = terminology.expand(url)
                 value_sets[url] = sorted(codes) if codes else []
-            if not value_sets[url]:
-                table["e"][name] = entry[:2]
     return {url: codes for url, codes in sorted(value_sets.items()) if codes}
 
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from fhir_server.api.security_headers import HEADERS as SECURITY_HEADERS
 from fhir_server.health import RETRY_AFTER_SECONDS, unavailable, unavailable_issue
 from fhir_server.jsonio import dumps
+from fhir_server.offload import WorkCancelled
 from fhir_server.outcome import FhirError, Issue, operation_outcome
 
 log = logging.getLogger("fhir_server")
@@ -72,6 +73,14 @@ async def on_disconnect(request: Request, exc: Exception) -> Response:
     return outcome_response(400, [Issue("incomplete", "The request body is incomplete")], {})
 
 
+async def on_cancelled(request: Request, exc: Exception) -> Response:
+    """The server is stopping and asked the request's pool work to stop: 503, so the
+    client retries elsewhere or later; nothing was written."""
+    log.info("stopped %s %s: the server is shutting down", request.method, request.url.path)
+    issue = Issue("transient", "The server is shutting down; the request was not completed")
+    return outcome_response(503, [issue], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     issue = Issue("exception", "Internal server error; the request was not completed")
@@ -85,4 +94,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(PyMongoError, on_database_error)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(WorkCancelled, on_cancelled)
     app.add_exception_handler(Exception, on_unexpected)

@@ -175,9 +175,10 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
                 400, "not-supported", f"Unknown parameter {name!r} for $validate", name
             )
     # $validate previews a write: it needs the scope of the write it checks (mode
-    # create or none: c, update: u, delete: d); an instance's must be visible too.
+    # create or none: c, update: u, delete: d; profile reads the stored one: r); an
+    # instance's must be visible too.
     mode = params.get("mode")
-    interaction = {"update": "u", "delete": "d"}.get(mode or "", "c")
+    interaction = {"update": "u", "delete": "d", "profile": "r"}.get(mode or "", "c")
     request_policy(request).require(t, interaction)
     if rid is not None and not rid.startswith("$"):
         await require_visible(request, t, rid, interaction)

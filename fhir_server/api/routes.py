@@ -12,9 +12,11 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 from fastapi import APIRouter, Depends, Request
+from pymongo.errors import PyMongoError
 from starlette.responses import Response
 
 from fhir_server.api import negotiation as neg
+from fhir_server.api import paths  # noqa: F401  (registers the "seg" convertor used below)
 from fhir_server.api.rendering import (
     bundle,
     etag,
@@ -24,8 +26,9 @@ from fhir_server.api.rendering import (
     resource_response,
     version_headers,
 )
+from fhir_server.authz.authenticate import verify_bearer
 from fhir_server.authz.context import request_policy
-from fhir_server.authz.policy import Policy
+from fhir_server.authz.policy import Filter, Policy
 from fhir_server.config import Settings
 from fhir_server.datetimes import format_instant
 from fhir_server.digits import whole_number
@@ -43,6 +46,7 @@ from fhir_server.service.resources import ResourceService, WriteOutcome, check_i
 from fhir_server.service.search import SearchService
 from fhir_server.storage import StoredVersion
 from fhir_server.storage.store import HistoryQuery
+from terminology.capabilities import terminology_capabilities
 
 
 async def bind_base_url(request: Request) -> None:
@@ -78,14 +82,6 @@ def resource_type(name: str) -> str:
     return name
 
 
-def instance_id(value: str) -> str:
-    if value.startswith("$"):
-        raise FhirError.of(
-            400, "not-supported", f"Operation {value} is not supported on this endpoint"
-        )
-    return value
-
-
 async def require_visible(request: Request, rtype: str, rid: str, interaction: str = "r") -> None:
     """403 when no scope covers reading the type; 404 when this resource is outside
     what the token may see, exactly as if it did not exist (no existence leak)."""
@@ -108,33 +104,64 @@ async def metadata(request: Request) -> Response:
     if mode not in ("full", "normative", "terminology"):
         raise bad_request("mode must be full, normative or terminology", "mode")
     if mode == "terminology":
-        raise FhirError.of(
-            400, "not-supported", "TerminologyCapabilities is not available yet", "mode"
+        statement = await terminology_capabilities(
+            services(request).resources.storage, base_url(request), await _listable(request)
         )
-    content = _capability(request, out.pretty)
+        return json_response(statement, out)
+    content = await _capability(request, out.pretty)
     return Response(content, 200, media_type=out.content_type)
+
+
+async def _listable(request: Request) -> Filter | None:
+    """Which CodeSystems ``mode=terminology`` may list: all with authorization off;
+    with it on, those the caller's token may search (none without a token: the
+    statement is public, the CodeSystem resources are not)."""
+    if not services(request).settings.auth_enabled:
+        return {}
+    if "authorization" not in request.headers:
+        return None
+    await verify_bearer(request)  # 401 for a bad token, as on any other path
+    return await request_policy(request).try_restriction("CodeSystem", "s")
 
 
 _CAPABILITY_CACHE = 16  # base URLs (from Host headers) whose statement is kept
 
 
-def _capability(request: Request, pretty: bool) -> bytes:
+async def _capability(request: Request, pretty: bool) -> bytes:
     """The CapabilityStatement for this base URL as JSON, built and written once:
     building it took ~9 ms of the event loop per ``GET /metadata``, and writing its
     600 KB 5-10 ms more, C work during which no other thread runs either (settings and
-    registry never change)."""
+    registry never change). Its supportedProfiles come from the stored
+    StructureDefinitions, so the cache holds until one is written by any process (one
+    indexed lookup per request: profiles/registry.py's stamp). With the database
+    unreachable the statement still describes the server: the last one built, else one
+    without supportedProfile (those are stored resources)."""
+    from profiles.capability import supported_profiles
+
     state = request.app.state
+    svc = services(request)
+    key = (base_url(request), pretty)
+    profiles = svc.resources.profiles
+    try:
+        stamp = await profiles.stamp_now() if profiles is not None else None
+    except PyMongoError:
+        last: dict[tuple[str, bool], bytes] = getattr(state, "capability", None) or {}
+        return last.get(key) or _statement(svc, key, {})
     cache: dict[tuple[str, bool], bytes] | None = getattr(state, "capability", None)
-    if cache is None:
+    if cache is None or getattr(state, "capability_stamp", None) != stamp:
         cache = state.capability = {}
-    base = base_url(request)
-    content = cache.get((base, pretty))
+        state.capability_stamp = stamp
+    content = cache.get(key)
     if content is None:
-        svc = services(request)
-        content = dumps(capability_statement(svc.settings, base, svc.search.registry), pretty)
+        content = _statement(svc, key, await supported_profiles(svc.resources.storage))
         if len(cache) < 2 * _CAPABILITY_CACHE:
-            cache[(base, pretty)] = content
+            cache[key] = content
     return content
+
+
+def _statement(svc: Services, key: tuple[str, bool], supported: dict[str, list[str]]) -> bytes:
+    base, pretty = key
+    return dumps(capability_statement(svc.settings, base, svc.search.registry, supported), pretty)
 
 
 @router.api_route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])
@@ -237,17 +264,17 @@ async def history_system(request: Request) -> Response:
     return await _history(request, HistoryQuery(), "_history")
 
 
-@router.get("/{rtype}/_history")
+@router.get("/{rtype:seg}/_history")
 async def history_type(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
     return await _history(request, HistoryQuery(type=t), f"{t}/_history")
 
 
-@router.get("/{rtype}/{rid}/_history")
+@router.get("/{rtype:seg}/{rid:seg}/_history")
 async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
     svc = services(request)
-    await require_visible(request, t, instance_id(rid))
+    await require_visible(request, t, rid)
     await svc.resources.read_any(t, rid)
     return await _history(request, HistoryQuery(type=t, id=rid), f"{t}/{rid}/_history")
 
@@ -365,13 +392,13 @@ async def search_system_post(request: Request) -> Response:
     return await _search(request, await _system_types(request), "", extra)
 
 
-@router.get("/{rtype}")
+@router.get("/{rtype:seg}")
 async def search_type(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
     return await _search(request, [t], t)
 
 
-@router.post("/{rtype}/_search")
+@router.post("/{rtype:seg}/_search")
 async def search_type_post(request: Request, rtype: str) -> Response:
     t = resource_type(rtype)
     extra = await _form_params(request)
@@ -390,29 +417,29 @@ def _not_modified(request: Request, stored: StoredVersion) -> bool:
     return since is not None and stored.last_updated.replace(microsecond=0) <= since
 
 
-@router.get("/{rtype}/{rid}")
+@router.get("/{rtype:seg}/{rid:seg}")
 async def read(request: Request, rtype: str, rid: str) -> Response:
     t = resource_type(rtype)
     out = neg.negotiate(request)
-    await require_visible(request, t, instance_id(rid))
+    await require_visible(request, t, rid)
     stored = await services(request).resources.read(t, rid)
     if _not_modified(request, stored):
         return Response(status_code=304, headers=version_headers(stored))
     return resource_response(stored, out)
 
 
-@router.get("/{rtype}/{rid}/_history/{vid}")
+@router.get("/{rtype:seg}/{rid:seg}/_history/{vid:seg}")
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     t = resource_type(rtype)
     out = neg.negotiate(request)
-    await require_visible(request, t, instance_id(rid))
+    await require_visible(request, t, rid)
     stored = await services(request).resources.vread(t, rid, vid)
     if not request_policy(request).version_visible(stored):
         raise not_found(f"{t}/{rid} has no version {vid}")
     return resource_response(stored, out)
 
 
-@router.get("/{ctype}/{cid}/{rtype}")
+@router.get("/{ctype:seg}/{cid:seg}/{rtype:seg}")
 async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
     """Compartment search (compartmentdefinition.html): Patient/123/Observation?..."""
     compartment_type = resource_type(ctype)
@@ -467,7 +494,7 @@ def _writer(request: Request, rtype: str, interaction: str) -> tuple[str, Policy
     return t, policy
 
 
-@router.post("/{rtype}")
+@router.post("/{rtype:seg}")
 async def create(request: Request, rtype: str) -> Response:
     t, policy = _writer(request, rtype, "c")
     out = neg.negotiate(request)
@@ -479,14 +506,12 @@ async def create(request: Request, rtype: str) -> Response:
     return await _write_response(request, result, out, policy)
 
 
-@router.put("/{rtype}/{rid}")
+@router.put("/{rtype:seg}/{rid:seg}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     t, policy = _writer(request, rtype, "u")
     out = neg.negotiate(request)
     body = await _resource_body(request)
-    result = await services(request).resources.update(
-        t, instance_id(rid), body, neg.if_match(request), policy
-    )
+    result = await services(request).resources.update(t, rid, body, neg.if_match(request), policy)
     return await _write_response(request, result, out, policy)
 
 
@@ -504,7 +529,7 @@ def _criteria(request: Request) -> str:
     return query
 
 
-@router.put("/{rtype}")
+@router.put("/{rtype:seg}")
 async def conditional_update(request: Request, rtype: str) -> Response:
     t, policy = _conditional_writer(request, rtype, "u")
     out = neg.negotiate(request)
@@ -565,19 +590,17 @@ async def _patch_body(request: Request) -> jsonpatch.JsonPatch:
         raise bad_request(f"Invalid JSON Patch: {exc}") from None
 
 
-@router.patch("/{rtype}/{rid}")
+@router.patch("/{rtype:seg}/{rid:seg}")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     t, policy = _writer(request, rtype, "u")
     policy.require_patch(t)
     out = neg.negotiate(request)
     ops = await _patch_body(request)
-    result = await services(request).resources.patch(
-        t, instance_id(rid), ops, neg.if_match(request), policy
-    )
+    result = await services(request).resources.patch(t, rid, ops, neg.if_match(request), policy)
     return await _write_response(request, result, out, policy)
 
 
-@router.patch("/{rtype}")
+@router.patch("/{rtype:seg}")
 async def conditional_patch(request: Request, rtype: str) -> Response:
     t, policy = _writer(request, rtype, "u")
     policy.require_patch(t)
@@ -599,13 +622,11 @@ def _delete_response(
     return outcome_response(info_outcome(message), out, 200, headers)
 
 
-@router.delete("/{rtype}/{rid}")
+@router.delete("/{rtype:seg}/{rid:seg}")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     t, policy = _writer(request, rtype, "d")
     out = neg.negotiate(request)
-    stored = await services(request).resources.delete(
-        t, instance_id(rid), neg.if_match(request), policy
-    )
+    stored = await services(request).resources.delete(t, rid, neg.if_match(request), policy)
     if stored is None:
         message = f"{t}/{rid} does not exist; nothing to delete"
     else:
@@ -613,7 +634,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     return _delete_response(request, [stored] if stored else [], message, out)
 
 
-@router.delete("/{rtype}")
+@router.delete("/{rtype:seg}")
 async def conditional_delete(request: Request, rtype: str) -> Response:
     t, policy = _conditional_writer(request, rtype, "d")
     out = neg.negotiate(request)

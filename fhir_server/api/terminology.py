@@ -16,7 +16,7 @@ from starlette.responses import Response
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import not_allowed, optional_body
 from fhir_server.api.rendering import json_response
-from fhir_server.api.routes import bind_base_url, require_visible, services
+from fhir_server.api.routes import bind_base_url, require_visible
 from fhir_server.authz.context import request_policy
 from fhir_server.service.resources import check_id
 from terminology.params import Inputs
@@ -26,13 +26,8 @@ router = APIRouter(dependencies=[Depends(bind_base_url)])
 
 
 def terminology(request: Request) -> TerminologyService:
-    """One service per application (it caches parsed definitions)."""
-    state = request.app.state
-    found: TerminologyService | None = getattr(state, "terminology", None)
-    if found is None:
-        svc = services(request)
-        found = TerminologyService(svc.resources.storage, svc.settings.terminology_max_expansion)
-        state.terminology = found
+    """The application's one service (fhir_server/app.py; it caches definitions)."""
+    found: TerminologyService = request.app.state.terminology
     return found
 
 

@@ -70,7 +70,7 @@ def bearer_token(request: Request) -> str:
 
 async def authenticate(request: Request) -> None:
     """FastAPI dependency: 401 unless the request carries a valid token for this API."""
-    from fhir_server.api.routes import base_url, services
+    from fhir_server.api.routes import services
 
     request.state.access = None
     request_access.set(None)
@@ -78,6 +78,15 @@ async def authenticate(request: Request) -> None:
         return
     if is_public(request.method, request.url.path):
         return
+    await verify_bearer(request)
+
+
+async def verify_bearer(request: Request) -> None:
+    """401 unless the request's bearer token is valid; else its access is the request's.
+    Also for a public path that shows more to a caller who brings a token
+    (``/metadata?mode=terminology`` lists the code systems the token may search)."""
+    from fhir_server.api.routes import base_url
+
     token = bearer_token(request)
     try:
         access = await verifier(request.app.state).verify(token, base_url(request))

@@ -24,7 +24,10 @@ Rules (SMART App Launch 2.2, "Scopes for requesting clinical data"):
   whose parameters chain (``subject:Patient.name=...``) or reverse-chain (``_has:...``)
   grants nothing: a client may ask for any narrower scope, and such a parameter would
   be compiled outside every policy, so which of its own resources the token then sees
-  would answer questions about resources it may not search.
+  would answer questions about resources it may not search. For the same reason a
+  scope whose token parameters need the terminology (``:in``, ``:not-in``, ``:below``,
+  ``:above``: a ValueSet's or CodeSystem's content) grants nothing: they are compiled
+  without one.
 """
 
 from __future__ import annotations

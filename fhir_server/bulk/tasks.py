@@ -97,13 +97,19 @@ def worker_app(settings: Settings) -> Celery:
             fail_job(db, unit_id, f"Export failed: {exc}")
             return 0
 
+    from fhir_server.workflows.scheduling import worker as slots
+
+    slots.register(app, settings)  # slot generation (docs/scheduling.md)
     return app
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run a worker in this process until it is stopped (one task at a time: start
     more workers to export faster; they share units of the same job)."""
+    from fhir_server.workflows.scheduling.worker import Beat
+
     app = worker_app(settings)
+    Beat(app, settings).start()  # queues slot generation when Schedules are due
     app.worker_main(
         [
             "worker",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from bson.decimal128 import Decimal128
 from fhir_server.decimals import bounded
 from fhir_server.outcome import FhirError
 from fhir_server.search.plan import (
+    TERMINOLOGY_MODIFIERS,
     Chain,
     CompositeValue,
     Condition,
@@ -30,6 +32,20 @@ from fhir_server.search.values import SEP, decimal128, normalize_text, token_key
 
 Filter = dict[str, Any]
 MAX_CHAIN_MATCHES = 10_000
+
+
+class Codes(Protocol):
+    """The terminology behind the token modifiers :in, :not-in, :below and :above, within
+    what the request may read (terminology/searching.py). Errors are FhirErrors whose
+    expression the compiler replaces with the parameter's name."""
+
+    async def members(self, url: str) -> list[tuple[str, str]]:
+        """(system, code) of every concept in the ValueSet with this canonical."""
+        ...
+
+    async def subsumed(self, system: str, code: str, above: bool) -> list[str]:
+        """``code`` and its descendants (``above``: its ancestors) in ``system``."""
+        ...
 
 
 class Resolver(Protocol):
@@ -206,12 +222,20 @@ def criterion_filter(c: Criterion) -> Filter:
 
 
 class Compiler:
-    def __init__(self, resolver: Resolver, max_chain_matches: int = MAX_CHAIN_MATCHES) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        max_chain_matches: int = MAX_CHAIN_MATCHES,
+        codes: Codes | None = None,
+    ) -> None:
         self.resolver = resolver
         self.max = max_chain_matches
+        self.codes = codes
 
     async def condition(self, c: Condition) -> Filter:
         if isinstance(c, Criterion):
+            if c.type == "token" and c.modifier in TERMINOLOGY_MODIFIERS:
+                return await self.terminology(c)
             return criterion_filter(c)
         if isinstance(c, Chain):
             keys: list[str] = []
@@ -230,6 +254,37 @@ class Compiler:
         )
         self._bounded(len(ids), f"_has:{c.source_type}:{c.code}")
         return {"_id": {"$in": ids}}
+
+    async def terminology(self, c: Criterion) -> Filter:
+        """:in/:not-in/:below/:above as index keys: the ``system␟code`` key of every
+        concept the values stand for (for :in/:not-in also ``␟code``, see below), so
+        the match is one ``$in`` (``$nin``) on the parameter's index; the value set or
+        subtree is expanded first, by the terminology service."""
+        name = f"{c.code}:{c.modifier}"
+        if self.codes is None:
+            raise FhirError.of(
+                400, "not-supported", f"{name}: terminology is not available here", name
+            )
+        keys: set[str] = set()
+        try:
+            for value in c.values:
+                if isinstance(value, TokenValue):
+                    assert value.system and value.code
+                    above = c.modifier == "above"
+                    for code in await self.codes.subsumed(value.system, value.code, above):
+                        keys.add(token_keys(value.system, code)[1])
+                else:
+                    assert isinstance(value, str)
+                    for system, code in await self.codes.members(value):
+                        keys.add(token_keys(system, code)[1])
+                        # a ``code`` element (Observation.status) is indexed without a
+                        # system, which its binding implies: ␟C (values.py)
+                        keys.add(token_keys(None, code)[1])
+        except FhirError as exc:  # a search error names the parameter (search.html#errors)
+            issues = [replace(i, expression=(name,)) for i in exc.issues]
+            raise FhirError(exc.status, issues, exc.headers) from None
+        field = f"sp.{c.code}"
+        return {field: {"$nin" if c.modifier == "not-in" else "$in": sorted(keys)}}
 
     def _bounded(self, n: int, name: str) -> None:
         if n > self.max:

@@ -20,6 +20,7 @@ from fhir_server.outcome import FhirError, bad_request
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.search.plan import (
     PREFIXES,
+    TERMINOLOGY_MODIFIERS,
     Chain,
     CompositeValue,
     Condition,
@@ -37,9 +38,9 @@ from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.search.values import normalize_text
 from fhir_server.subsetting import SUMMARY_MODES, parse_elements
 
-_MODIFIERS = {
+MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "of-type", "missing"},
+    "token": {"not", "text", "of-type", "missing", *TERMINOLOGY_MODIFIERS},
     "reference": {"identifier", "missing"},
     "date": {"missing"},
     "number": {"missing"},
@@ -177,6 +178,16 @@ def parse_token(text: str, name: str) -> TokenValue:
     return TokenValue(unescape(parts[0]), unescape(parts[1]) or None)
 
 
+def subsumption_token(text: str, name: str, modifier: str) -> TokenValue:
+    """``system|code`` of :below/:above on a token: subsumption ("is-a, or hierarchical
+    relationships", codesystem-search-modifier-code.html) is defined within one code
+    system, so both the system and the code are required."""
+    value = parse_token(text, name)
+    if not value.system or not value.code:
+        raise bad_request(f"{name}: :{modifier} on a token takes system|code", name)
+    return value
+
+
 def parse_reference(
     text: str, name: str, targets: Sequence[str], type_modifier: str | None, base_url: str
 ) -> ReferenceValue:
@@ -251,7 +262,7 @@ class Parser:
         modifier: str | None,
         value: str,
     ) -> Criterion:
-        if modifier is not None and modifier not in _MODIFIERS.get(param.type, set()):
+        if modifier is not None and modifier not in MODIFIERS.get(param.type, set()):
             is_type = param.type == "reference" and modifier in param.targets
             if not is_type:
                 raise _Unknown(name, f"Modifier :{modifier} is not supported on {name!r}")
@@ -275,8 +286,12 @@ class Parser:
             )
         kind = param.type
         if kind == "token":
-            if modifier == "text":
-                return unescape(text)
+            if modifier in ("text", "in", "not-in"):
+                if not text:
+                    raise bad_request(f"{name}: empty value", name)
+                return unescape(text)  # :in/:not-in: a ValueSet canonical, url[|version]
+            if modifier in ("below", "above"):
+                return subsumption_token(text, name, modifier)
             if modifier == "of-type":
                 parts = split_escaped(text, "|")
                 if len(parts) != 3 or not all(parts):

@@ -6,10 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 PREFIXES: tuple[str, ...] = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+# Token modifiers answered with the terminology service (search.html#token): a ValueSet's
+# members (:in, :not-in) or a code's descendants/ancestors in its code system.
+TERMINOLOGY_MODIFIERS = frozenset({"in", "not-in", "below", "above"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +112,6 @@ class SearchPlan:
     compartment: tuple[str, str] | None = None  # ("Patient", "123")
     # The parameters as understood, in canonical form, for the self link.
     canonical: list[tuple[str, str]] = field(default_factory=list)
+    # A MongoDB filter the conditions imply, ANDed in so an index can bound the scan
+    # (e.g. $find: a Slot's one start within [start, end), on both sides at once).
+    narrowing: dict[str, Any] | None = None

@@ -4,12 +4,14 @@ exercises every one of them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from fhir_server import FHIR_VERSION, __version__
 from fhir_server.config import Settings
 from fhir_server.resource_types import resource_types
+from fhir_server.search.parse import MODIFIERS
 from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.service.operations import RESOURCE_OPERATIONS, SYSTEM_OPERATIONS, operation_json
 
@@ -29,8 +31,33 @@ SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system"
 _STARTED = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
+def statement_header(resource_type: str, description: str, base_url: str) -> dict[str, Any]:
+    """The opening every statement of this server makes about itself (the
+    CapabilityStatement, the TerminologyCapabilities): an active ``instance`` statement
+    of this software, dated when the process started."""
+    return {
+        "resourceType": resource_type,
+        "status": "active",
+        "date": _STARTED,
+        "publisher": "fhir-server",
+        "kind": "instance",
+        "software": {"name": "fhir-server", "version": __version__},
+        "implementation": {"description": description, "url": base_url},
+    }
+
+
 def _search_param(p: SearchParam) -> dict[str, Any]:
-    return {"name": p.code, "definition": p.url, "type": p.type}
+    """One searchParam; R4's CapabilityStatement has no element for modifiers, so the
+    ones the server accepts on the parameter are listed in its documentation."""
+    out = {"name": p.code, "definition": p.url, "type": p.type}
+    modifiers = sorted(m for m in MODIFIERS.get(p.type, ()) if m != "of-type")
+    if p.type == "token" and p.code == "identifier":
+        modifiers.append("of-type")
+    if p.type == "reference":
+        modifiers.append("[type]")
+    if modifiers:
+        out["documentation"] = "Modifiers: " + ", ".join(f":{m}" for m in modifiers)
+    return out
 
 
 def _search_facts(registry: Registry) -> dict[str, dict[str, Any]]:
@@ -86,7 +113,15 @@ def _security(base_url: str) -> dict[str, Any]:
     }
 
 
-def capability_statement(settings: Settings, base_url: str, registry: Registry) -> dict[str, Any]:
+def capability_statement(
+    settings: Settings,
+    base_url: str,
+    registry: Registry,
+    supported: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """``supported``: the constraint profiles held per type (rest.resource.
+    supportedProfile; profiles/capability.py)."""
+    supported = supported or {}
     facts = _search_facts(registry)
     common = [
         _search_param(p)
@@ -97,6 +132,7 @@ def capability_statement(settings: Settings, base_url: str, registry: Registry) 
         {
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
+            **({"supportedProfile": supported[name]} if supported.get(name) else {}),
             "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
             "versioning": "versioned-update",
             "readHistory": True,
@@ -117,13 +153,7 @@ def capability_statement(settings: Settings, base_url: str, registry: Registry) 
         for name in resource_types()
     ]
     return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": _STARTED,
-        "publisher": "fhir-server",
-        "kind": "instance",
-        "software": {"name": "fhir-server", "version": __version__},
-        "implementation": {"description": "FHIR R4 server on MongoDB", "url": base_url},
+        **statement_header("CapabilityStatement", "FHIR R4 server on MongoDB", base_url),
         "fhirVersion": FHIR_VERSION,
         "format": ["json", "application/fhir+json"],
         "patchFormat": ["application/json-patch+json"],

@@ -32,7 +32,13 @@ JSON_PATCH = "application/json-patch+json"
 FORM = "application/x-www-form-urlencoded"
 NDJSON = "application/fhir+ndjson"
 # Resource types the system endpoints take or return, described whatever ``types`` asks.
-ALWAYS_DESCRIBED = ("Bundle", "CapabilityStatement", "OperationOutcome", "Parameters")
+ALWAYS_DESCRIBED = (
+    "Bundle",
+    "CapabilityStatement",
+    "OperationOutcome",
+    "Parameters",
+    "TerminologyCapabilities",  # /metadata?mode=terminology
+)
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 Json = dict[str, Any]
@@ -440,7 +446,7 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
                 )
     elif definition.endswith("/Resource-validate"):
         params = [
-            _query("mode", {"type": "string", "enum": ["create", "update", "delete"]}),
+            _query("mode", {"type": "string", "enum": ["create", "update", "delete", "profile"]}),
             _query("profile", {"type": "string", "format": "uri"}),
             _ref("parameters", "If-Match"),
             *_rendering(),
@@ -501,8 +507,48 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
         _scheduling_path(add, name, definition)
     elif definition in TERMINOLOGY:
         _terminology_paths(add, TERMINOLOGY[definition])
+    elif definition.endswith("/StructureDefinition-snapshot"):
+        _snapshot_paths(add, definition)
     else:
         raise ValueError(f"no OpenAPI description for operation {definition}")
+
+
+def _snapshot_paths(add: Adder, definition: str) -> None:
+    """StructureDefinition/$snapshot, type level (``url``, or a Parameters with
+    ``definition`` or ``url``, or the StructureDefinition) and instance level
+    (fhir_server/api/snapshot.py); the StructureDefinition with its snapshot back."""
+    body = {
+        "requestBody": {
+            "required": False,
+            "content": {
+                FHIR_JSON: {
+                    "schema": {
+                        "oneOf": [
+                            _ref("schemas", "Parameters"),
+                            _ref("schemas", "StructureDefinition"),
+                        ]
+                    }
+                }
+            },
+        }
+    }
+    for path, level, extra in (
+        ("/StructureDefinition/$snapshot", "type", [_query("url", {"type": "string"})]),
+        ("/StructureDefinition/{id}/$snapshot", "instance", [_path_param("id")]),
+    ):
+        for method in ("get", "post"):
+            add(
+                path,
+                method,
+                {
+                    "operationId": f"snapshot-{level}-{method}",
+                    "tags": ["StructureDefinition"],
+                    "summary": f"StructureDefinition $snapshot ({level} level, {definition})",
+                    "parameters": [*extra, *_rendering()],
+                    "responses": _fhir_body(_ref("schemas", "StructureDefinition")),
+                    **(body if method == "post" else {}),
+                },
+            )
 
 
 def _scheduling_path(add: Adder, name: str, definition: str) -> None:
@@ -687,12 +733,19 @@ def _capability_paths(add: Adder, secured: bool) -> None:
         {
             "operationId": "capabilities",
             "tags": ["System"],
-            "summary": "CapabilityStatement",
+            "summary": "CapabilityStatement (mode=terminology: TerminologyCapabilities)",
             "parameters": [
                 _query("mode", {"type": "string", "enum": ["full", "normative", "terminology"]}),
                 *_rendering(),
             ],
-            "responses": _fhir_body(_ref("schemas", "CapabilityStatement")),
+            "responses": _fhir_body(
+                {
+                    "oneOf": [
+                        _ref("schemas", "CapabilityStatement"),
+                        _ref("schemas", "TerminologyCapabilities"),
+                    ]
+                }
+            ),
         },
         public=True,
     )

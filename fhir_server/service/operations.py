@@ -22,6 +22,12 @@ RESOURCE_VALIDATE: Mapping[str, str] = MappingProxyType(
         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
     }
 )
+STRUCTUREDEFINITION_SNAPSHOT: Mapping[str, str] = MappingProxyType(
+    {
+        "name": "snapshot",
+        "definition": "http://hl7.org/fhir/OperationDefinition/StructureDefinition-snapshot",
+    }
+)
 
 # Bulk Data Access IG (fhir_server/bulk): system, Patient and Group level $export.
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
@@ -35,6 +41,7 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
         "Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT),
         "Group": (GROUP_EXPORT,),
         "Appointment": APPOINTMENT_OPERATIONS,  # fhir_server/workflows/scheduling
+        "StructureDefinition": (STRUCTUREDEFINITION_SNAPSHOT,),  # api/snapshot.py
         # terminology/: CodeSystem, ValueSet and ConceptMap operations
         **capability_operations(),
     }

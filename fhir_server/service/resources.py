@@ -4,6 +4,8 @@ the current version, so concurrent writers never lose an update."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -18,20 +20,24 @@ from fhir_server.datetimes import after, format_instant
 from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.offload import Offload
-from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
+from fhir_server.outcome import FhirError, Issue, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_valid_id
 from fhir_server.search.extract import index_resource
 from fhir_server.search.parse import plain_identifier
 from fhir_server.search.registry import Registry
 from fhir_server.service.context import request_base_url
 from fhir_server.service.patching import apply_patch
+from fhir_server.service.questionnaires import Questionnaires
 from fhir_server.service.search import SearchService
 from fhir_server.storage import Storage, StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
-from fhir_server.validation import validate_resource
+from fhir_server.validation import BindingContext, Seen, validate_resource
+from fhir_server.validation.bindings import BindingSource
+from fhir_server.validation.questionnaire import QR, questionnaire_issues
 
 if TYPE_CHECKING:
     from fhir_server.authz.policy import Policy
+    from profiles.registry import ProfileRegistry
 
 MAX_CONDITIONAL_DELETE = 1000
 T = TypeVar("T")
@@ -148,17 +154,66 @@ class ResourceService:
         settings: Settings,
         search: SearchService,
         offload: Offload | None = None,
+        bindings: BindingSource | None = None,
+        profiles: ProfileRegistry | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.search = search
         self.registry: Registry = search.registry
         self.offload = offload or Offload.inline()  # where validation and indexing run
+        # the bound value sets' members, for the binding checks (None: not checked
+        # beyond the enumerated required code bindings; FHIR_VALIDATE_BINDINGS=false)
+        self.bindings = bindings
+        self.questionnaires = Questionnaires(storage)
+        # the stored profiles, for meta.profile (None: not enforced)
+        self.profiles = profiles
+        from profiles.enforcement import Enforcement  # profiles/ imports this module
+
+        self.enforcement = Enforcement.of(settings)
+
+    async def with_bindings(self, fn: Callable[[BindingContext | None], T]) -> T:
+        """``fn(bindings)`` in the pool: a validation, given the terminology snapshot.
+
+        The snapshot's freshness check (a round trip) runs while the pool validates
+        against the snapshot held: a write waits for the longer of the two, not both.
+        If the snapshot was renewed meanwhile, or the validation met value sets it had
+        not loaded (they are loaded on the loop, never in the pool), it runs once more;
+        after that they are cached."""
+        if self.bindings is None:
+            return await self.offload.call(fn, None)
+        checking = asyncio.ensure_future(self.bindings.context())
+        ctx = self.bindings.held()
+        error: FhirError | None = None
+        try:
+            result = await self.offload.call(fn, ctx)
+        except FhirError as exc:
+            error = exc
+        except BaseException:
+            checking.cancel()
+            raise
+        fresh = await checking
+        if fresh.terminology is ctx.terminology and not ctx.missing:
+            if error is not None:
+                raise error
+            return result
+        if ctx.missing:
+            await self.bindings.load(ctx.missing)
+            fresh = await self.bindings.context()
+        return await self.offload.call(fn, fresh)
 
     # --- checks ------------------------------------------------------------------------
 
-    def checked(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
-        """The body as a valid resource of ``resource_type``, or a 400 explaining why.
+    def checked(
+        self,
+        resource_type: str,
+        body: Any,
+        where: str = "body",
+        bindings: BindingContext | None = None,
+        seen: Seen | None = None,
+    ) -> dict[str, Any]:
+        """The body as a valid resource of ``resource_type``, or a 400 explaining why
+        (``seen``: whether it has extensions, for ``enforce_profiles``).
 
         Base-specification validation failures are 400 (http.html#2.21.0.16: "failed
         basic FHIR validation rules"); 422 is for profile and business rules."""
@@ -175,6 +230,9 @@ class ResourceService:
             resource_type,
             r4b_models=self.settings.validate_r4b_models,
             max_issues=self.settings.validation_max_issues,
+            bindings=bindings,
+            seen=seen,
+            invariants=self.settings.validate_invariants,
         )
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
@@ -182,7 +240,12 @@ class ResourceService:
             raise FhirError(400, errors + [i for i in issues if i.code == "too-costly"])
         return body
 
-    def patched(self, current: StoredVersion, patch: jsonpatch.JsonPatch) -> dict[str, Any]:
+    def patched(
+        self,
+        current: StoredVersion,
+        patch: jsonpatch.JsonPatch,
+        bindings: BindingContext | None = None,
+    ) -> dict[str, Any]:
         """The current version with ``patch`` applied, as a valid resource (422 or 400
         otherwise). Only for a token that may read it (Policy.require_patch), so the
         reasons may quote the content."""
@@ -195,11 +258,112 @@ class ResourceService:
             raise FhirError.of(
                 422, "processing", f"The JSON Patch cannot be applied: {exc}"
             ) from None
-        return self.checked(current.type, patched, "patched resource")
+        return self.checked(current.type, patched, "patched resource", bindings)
 
     async def check(self, resource_type: str, body: Any, where: str = "body") -> dict[str, Any]:
-        """``checked`` off the event loop."""
-        return await self.offload.call(self.checked, resource_type, body, where)
+        """``checked`` off the event loop, with the bindings, then the resource's
+        ``meta.profile``s (enforce_profiles)."""
+        seen = Seen()
+        resource = await self.with_bindings(
+            functools.partial(self.checked, resource_type, body, where, seen=seen)
+        )
+        await self.enforce_profiles([resource], extended=[seen.extensions])
+        return resource
+
+    async def enforce_profiles(
+        self,
+        resources: Sequence[Any],
+        fail: Callable[[int, FhirError], FhirError] | None = None,
+        extended: Sequence[bool] | None = None,
+    ) -> None:
+        """422 when a resource breaks a profile that refuses it, or the definition of
+        one of its extensions (profiles/extensions.py); ``fail(index, error)`` names the
+        resource in a batch of them. The profiles: a required profile of its type
+        (FHIR_REQUIRED_PROFILES), or one its ``meta.profile`` names, the server holds and
+        enforces with ``reject`` (FHIR_PROFILE_ENFORCEMENT and its per-profile overrides;
+        profiles/enforcement.py). A ``meta.profile`` the server does not hold is ignored;
+        a required one it does not hold refuses the write; unknown extensions are
+        ignored unless FHIR_UNKNOWN_EXTENSIONS=error. Costs no round trip when no
+        profile applies and no resource carries an extension, one otherwise
+        (profiles/registry.py). ``extended``: which resources may have extensions, as
+        their validation saw (``Seen``; None: any may), so that a resource without any
+        is not walked again."""
+        if self.profiles is None:
+            return
+        from profiles.extensions import Found, extension_urls, find_extensions
+        from profiles.registry import declared_profiles, first_violation, held, required_gaps
+
+        enforcement = self.enforcement
+        reject = self.settings.profile_enforcement == "reject"
+        unknown = self.settings.unknown_extensions
+        wanted = [enforcement.rejecting(r, declared_profiles(r)) for r in resources]
+        walk = [
+            (reject or unknown == "error") and (extended is None or extended[i])
+            for i in range(len(resources))
+        ]
+
+        def found() -> list[list[Found]]:
+            return [find_extensions(r) if w else [] for r, w in zip(resources, walk, strict=True)]
+
+        # a transaction's thousands off the loop
+        exts = await self.offload.call(found) if sum(walk) > 1 else found()
+        if not any(wanted) and not any(exts):
+            return
+        urls = [u for f in exts for u in extension_urls(f)]
+        resolved = await self.profiles.resolve([*(u for w in wanted for u in w), *urls])
+        for i, resource in enumerate(resources):
+            gaps = required_gaps(resolved, resource, enforcement.required_for(resource))
+            if gaps:
+                exc = FhirError(422, gaps)
+                raise exc if fail is None else fail(i, exc)
+        work = [
+            (i, resource, held(resolved, profiles), ext)
+            for i, (resource, profiles, ext) in enumerate(zip(resources, wanted, exts, strict=True))
+            if profiles or ext
+        ]
+        # one hand-over to the pool for all of them (a transaction's thousands)
+        failed = await self.offload.call(
+            first_violation,
+            work,
+            self.settings.validation_max_issues,
+            resolved,
+            unknown,
+            "error" if reject else "warning",
+        )
+        if failed is not None:
+            exc = FhirError(422, failed[1])
+            raise exc if fail is None else fail(failed[0], exc)
+
+    async def answer_issues(
+        self, resource_type: str, resource: Any, pending: Iterable[Any] = ()
+    ) -> list[Issue]:
+        """A QuestionnaireResponse against its Questionnaire (warnings too); nothing,
+        and no round trip, for any other type. ``pending``: a transaction's resources,
+        where the Questionnaire may be."""
+        if resource_type != QR or not isinstance(resource, dict):
+            return []
+        questionnaire = await self.questionnaires.find(resource, pending)
+        return await self.with_bindings(
+            functools.partial(
+                questionnaire_issues,
+                resource,
+                questionnaire,
+                self.settings.validation_max_issues,
+            )
+        )
+
+    async def check_answers(
+        self, resource_type: str, resource: Any, pending: Iterable[Any] = ()
+    ) -> None:
+        """422 when a QuestionnaireResponse breaks its Questionnaire's rules: they are a
+        profile's rules, not the base specification's (http.html: "422 Unprocessable
+        Entity - the proposed resource violated applicable FHIR profiles")."""
+        if resource_type != QR:
+            return
+        issues = await self.answer_issues(resource_type, resource, pending)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(422, errors + [i for i in issues if i.code == "too-costly"])
 
     def new_version(
         self,
@@ -351,6 +515,7 @@ class ResourceService:
             # validation so a malformed one does not fail the request.
             body = {k: v for k, v in body.items() if k != "id"}
         resource = await self.check(resource_type, body)
+        await self.check_answers(resource_type, resource)
         new_id = str(uuid.uuid4())
 
         async def txn(s: Session) -> WriteOutcome:
@@ -423,6 +588,7 @@ class ResourceService:
                 f"The resource id {body_id!r} does not match the URL id {resource_id!r}",
                 f"{resource_type}.id",
             )
+        await self.check_answers(resource_type, resource)
         return await self._transaction(
             resource_type,
             lambda s: self._put(s, resource_type, resource_id, resource, if_match, "PUT", policy),
@@ -438,6 +604,7 @@ class ResourceService:
     ) -> WriteOutcome:
         """http.html#cond-update: no match creates, one match updates, several: 412."""
         resource = await self.check(resource_type, body)
+        await self.check_answers(resource_type, resource)
         body_id = resource.get("id")
 
         async def txn(s: Session) -> WriteOutcome:
@@ -484,9 +651,11 @@ class ResourceService:
         if current.raw is None:
             raise gone(current)
         check_version_match(current, if_match)
-        resource = await self.offload.call(self.patched, current, patch)
+        resource = await self.with_bindings(functools.partial(self.patched, current, patch))
+        await self.enforce_profiles([resource])
         if resource.get("id") != resource_id:
             raise bad_request("A patch may not change the resource id", f"{resource_type}.id")
+        await self.check_answers(resource_type, resource)
         return await self._put(s, resource_type, resource_id, resource, None, "PATCH", policy)
 
     async def patch(

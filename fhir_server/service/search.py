@@ -3,13 +3,14 @@ paging, totals and _include/_revinclude. Also the matcher of conditional interac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from fhir_server.outcome import FhirError, bad_request
 from fhir_server.search.compile import (
+    Codes,
     Compiler,
     Filter,
     Resolver,
@@ -30,6 +31,9 @@ from fhir_server.storage.store import Session
 if TYPE_CHECKING:
     from fhir_server.authz.policy import Policy
 
+# The terminology of :in/:not-in/:below/:above for one request, given how to restrict
+# the definitions it reads (terminology.service.TerminologyService.for_search).
+CodesFor = Callable[[Callable[[str], Awaitable[Filter]]], Codes]
 MAX_INCLUDED = 1000
 DEFAULT_TOTAL_LIMIT = 1000
 INCLUDE_ITERATIONS = 3
@@ -65,6 +69,20 @@ class SearchService:
         self.storage = storage
         self.registry = registry
         self.cursors = Cursors(storage.db)
+        self.terminology: CodesFor | None = None  # set by the app (fhir_server/app.py)
+
+    def codes(self, policy: Policy | None) -> Codes | None:
+        """The terminology lookups of a search, reading only the definitions (ValueSet,
+        CodeSystem) the policy lets the token read; 403 when it may not read them."""
+        if self.terminology is None:
+            return None
+
+        async def readable(resource_type: str) -> Filter:
+            if policy is None:
+                return {}
+            return await policy.restriction(resource_type, "r")
+
+        return self.terminology(readable)
 
     async def seal_position(
         self, direction: str, values: Sequence[Any], order: Sequence[Any]
@@ -123,7 +141,10 @@ class SearchService:
         resolver: Any = self
         if policy is not None and not policy.unrestricted:
             resolver = _PolicyResolver(self, policy)
-        query = await Compiler(resolver).filter(resource_type, plan.conditions, plan.compartment)
+        compiler = Compiler(resolver, codes=self.codes(policy))
+        query = await compiler.filter(resource_type, plan.conditions, plan.compartment)
+        if plan.narrowing is not None:
+            query = _all([query, plan.narrowing])
         if policy is None:
             return query
         return _all([query, await policy.restriction(resource_type, interaction)])
@@ -360,7 +381,7 @@ class SearchService:
         if policy is not None and not policy.unrestricted:
             inner = _PolicyResolver(self, policy)  # the sub-queries ``filter`` would run
         recording = _RecordingResolver(inner)
-        compiler = Compiler(recording)
+        compiler = Compiler(recording, codes=self.codes(policy))
         queries = []
         for t in plan.types:
             query = await compiler.filter(t, plan.conditions, plan.compartment)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ import jsonpointer
 
 from fhir_server.digits import whole_number
 from fhir_server.jsonio import parse_json
+from fhir_server.offload import checkpoint
 from fhir_server.outcome import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.resource_types import is_resource_type, is_valid_id
 from fhir_server.service.links import conditional_references, rewrite_links, rewrite_references
@@ -37,6 +39,9 @@ from fhir_server.service.resources import (
 )
 from fhir_server.storage import StoredVersion, VersionWrite
 from fhir_server.storage.store import Session
+from fhir_server.validation import BindingContext, Seen
+from fhir_server.validation.bundle_rules import bundle_issues
+from fhir_server.validation.questionnaire import QR
 
 if TYPE_CHECKING:
     from fhir_server.authz.policy import Policy
@@ -74,6 +79,7 @@ class Entry:
     write: VersionWrite | None = None
     same_as: Entry | None = None  # a conditional create resolved to another entry's
     unresolved: dict[str, Any] | None = None  # resource before conditional references
+    extended: bool = True  # the resource may have extensions (False: validation saw none)
     assigned_id: bool = False  # a conditional PUT without a match got a new server id
 
     @property
@@ -104,6 +110,16 @@ def entry_error(entry: Entry, exc: FhirError) -> FhirError:
             replace(issue, diagnostics=f"{label}: {issue.diagnostics}", expression=expression)
         )
     return FhirError(exc.status, issues)
+
+
+async def _enforce_profiles(resources: ResourceService, entries: list[Entry]) -> None:
+    """The entries' ``meta.profile``s (ResourceService.enforce_profiles): a violation
+    fails the whole transaction, naming the entry."""
+    await resources.enforce_profiles(
+        [e.resource for e in entries],
+        lambda i, exc: entry_error(entries[i], exc),
+        [e.extended for e in entries],
+    )
 
 
 def _within(entry: Entry, expression: str) -> str:
@@ -185,6 +201,7 @@ class TransactionService:
         entries = []
         full_urls: dict[str, Entry] = {}
         for i, raw in enumerate(raw_entries):
+            checkpoint()
             entry = Entry(index=i, full_url=None, method="", type="")
             try:
                 entries.append(self._parse_entry(entry, raw, base_url))
@@ -201,6 +218,12 @@ class TransactionService:
             if entry.full_url is not None:
                 full_urls[entry.full_url] = entry
             entry.parsed_id, entry.parsed_resource = entry.id, entry.resource
+        # The rest of the Bundle invariants (bdl-1, -2, -4, -8, fullUrl absolute and
+        # agreeing with the id, one self link) as $validate and POST [base]/Bundle check
+        # them; after the entries' own parse, whose messages for bdl-3 and bdl-7 come first.
+        issues = bundle_issues(bundle, "Bundle")
+        if issues:
+            raise FhirError(400, issues[: self.resources.settings.validation_max_issues])
         return entries
 
     def _parse_entry(self, entry: Entry, raw: Any, base_url: str) -> Entry:
@@ -251,14 +274,19 @@ class TransactionService:
             entry.resource = resource  # validated by check_resources, after _authorize
         return entry
 
-    def check_resources(self, entries: list[Entry]) -> None:
+    def check_resources(self, entries: list[Entry], bindings: BindingContext | None) -> None:
         """Validate the POST/PUT entries' resources (CPU work, run off the event loop):
         only once every entry's interaction is known to be granted."""
         for entry in entries:
             if entry.method not in ("POST", "PUT"):
                 continue
+            checkpoint()
             try:
-                checked = self.resources.checked(entry.type, entry.resource, "resource")
+                seen = Seen()
+                checked = self.resources.checked(
+                    entry.type, entry.resource, "resource", bindings, seen
+                )
+                entry.extended = seen.extensions
                 if entry.method == "PUT" and entry.id is not None and checked.get("id") != entry.id:
                     raise bad_request(
                         "The resource id must equal the id in request.url", f"{entry.type}.id"
@@ -266,6 +294,20 @@ class TransactionService:
             except FhirError as exc:
                 raise entry_error(entry, exc) from None
             entry.resource = entry.parsed_resource = checked
+
+    async def _check_answers(self, checked: list[Entry], entries: list[Entry]) -> None:
+        """The QuestionnaireResponses among ``checked`` against their Questionnaires
+        (422), which may be resources of this bundle (``entries``); no work at all for
+        a bundle without a response."""
+        answers = [e for e in checked if e.type == QR and e.resource is not None]
+        if not answers:
+            return
+        pending = [e.resource for e in entries if e.resource is not None]
+        for e in answers:
+            try:
+                await self.resources.check_answers(e.type, e.resource, pending)
+            except FhirError as exc:
+                raise entry_error(e, exc) from None
 
     def _check_search(self, resource_type: str, query: str, base_url: str) -> None:
         """A search entry's parameters, checked before anything is written: an invalid
@@ -307,7 +349,9 @@ class TransactionService:
         offload = self.resources.offload
         entries = await offload.call(self.parse, bundle, base_url)
         self._authorize(entries)  # before the resources are validated: that is the cost
-        await offload.call(self.check_resources, entries)
+        await self.resources.with_bindings(functools.partial(self.check_resources, entries))
+        await self._check_answers([e for e in entries if e.method in ("POST", "PUT")], entries)
+        await _enforce_profiles(self.resources, [e for e in entries if e.method in ("POST", "PUT")])
         writes = [e for e in entries if e.method not in ("GET", "HEAD")]
         reads = [e for e in entries if e.method in ("GET", "HEAD")]
         types = sorted({e.type for e in writes})
@@ -369,7 +413,9 @@ class TransactionService:
                 raise entry_error(e, exc) from None
         patches = [e for e in active if e.method == "PATCH"]
         if patches:
-            await self.resources.offload.call(self._patch_all, patches, current)
+            await self.resources.with_bindings(functools.partial(self._patch_all, patches, current))
+            await self._check_answers(patches, entries)
+            await _enforce_profiles(self.resources, patches)
         resources = [e for e in active if e.resource is not None]
         await self.resources.offload.call(_rewrite_all, entries, resources, references)
         # Step 5 of http.html#trules resolves conditional references after the writes:
@@ -627,15 +673,21 @@ class TransactionService:
         return found
 
     def _patch_all(
-        self, entries: list[Entry], current: dict[tuple[str, str], StoredVersion]
+        self,
+        entries: list[Entry],
+        current: dict[tuple[str, str], StoredVersion],
+        bindings: BindingContext | None,
     ) -> None:
         for e in entries:
+            checkpoint()
             try:
-                self._patched(e, current.get((e.type, e.id or "")))
+                self._patched(e, current.get((e.type, e.id or "")), bindings)
             except FhirError as exc:
                 raise entry_error(e, exc) from None
 
-    def _patched(self, e: Entry, current: StoredVersion | None) -> None:
+    def _patched(
+        self, e: Entry, current: StoredVersion | None, bindings: BindingContext | None
+    ) -> None:
         """The PATCH entry's resource: its patch applied to the current version."""
         if current is None:
             raise not_found(f"{e.type}/{e.id} is not known")
@@ -643,7 +695,7 @@ class TransactionService:
             raise gone(current)
         check_version_match(current, e.if_match)
         assert e.patch is not None
-        e.resource = self.resources.patched(current, e.patch)
+        e.resource = self.resources.patched(current, e.patch, bindings)
         if e.resource.get("id") != e.id:
             raise bad_request("A patch may not change the resource id")
 
@@ -653,6 +705,7 @@ class TransactionService:
         """Every entry's new version, rendered and indexed (CPU work, off the loop)."""
         versions = []
         for e in active:
+            checkpoint()
             try:
                 write = self._version(e, current.get((e.type, e.id or "")))
             except FhirError as exc:
@@ -730,6 +783,7 @@ def _rewrite_all(entries: list[Entry], resources: list[Entry], references: dict[
     """Links to the entries' fullUrls rewritten to their ids in every written resource."""
     relative = _relative_links(entries)
     for e in resources:
+        checkpoint()
         links = references
         root = _restful(e.full_url)
         if root is not None and root[0] in relative:

@@ -4,7 +4,7 @@ elements.json is generated from the 4.0.1 StructureDefinitions by
 tools/generate_definitions.py. It is loaded once, on first use, into ``TypeInfo`` objects
 keyed by datatype name or backbone path ("HumanName", "Patient.contact"), each holding its
 JSON properties as ``Element`` objects with everything the per-value checks need already
-resolved (type object, primitive checker, required codes).
+resolved (type object, primitive checker, binding, FHIRPath name).
 """
 
 from __future__ import annotations
@@ -34,8 +34,23 @@ class Element:
     group: str  # FHIRPath name of the choice element ("deceased"), "" when not a choice
     check: PrimitiveCheck | None = None
     info: TypeInfo | None = None  # the complex type, resolved after loading
-    value_set: str = ""
-    codes: frozenset[str] | None = None  # required binding, when enumerable
+    value_set: str = ""  # a required or extensible binding (bindings.py checks it)
+    strength: str = ""  # "required" or "extensible" when value_set is set
+    codes: frozenset[str] | None = None  # a code element's required binding, enumerated
+    fhirpath: str = ""  # the name in expressions: ``name``, or ``value.ofType(Quantity)``
+
+    def __post_init__(self) -> None:
+        self.fhirpath = self.name if not self.group else choice_path(self)
+
+
+def choice_path(el: Element) -> str:
+    """A choice element's type as FHIRPath names it (``valueQuantity`` is
+    ``value.ofType(Quantity)``, ``deceasedBoolean`` ``deceased.ofType(boolean)``), as
+    the HL7 validator writes issue expressions."""
+    suffix = el.name[len(el.group) :]
+    if el.kind == PRIMITIVE:
+        suffix = suffix[:1].lower() + suffix[1:]
+    return f"{el.group}.ofType({suffix})"
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +61,7 @@ class TypeInfo:
     resource_keys: tuple[str, ...] = ()  # elements that hold resources
     bearing_keys: tuple[str, ...] = ()  # complex elements with resources somewhere below
     choice_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    constraints: Any = None  # invariants.TypeConstraints, when the type has invariants
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +92,9 @@ def model() -> Model:
             if el.kind == COMPLEX:
                 el.info = types[el.type_name]
     _mark_resource_holders(types)
+    from fhir_server.validation.invariants import attach_constraints
+
+    attach_constraints(types, resource_names)
     unusable = frozenset(raw["r4bDifferences"]["resources"])
     return Model(types, resource_names, unusable)
 
@@ -98,9 +117,10 @@ def _type_info(
             el = Element(key, type_name, many, RESOURCE, group)
         else:
             el = Element(key, type_name, many, COMPLEX, group)
-        if len(entry) > 3 and entry[3]:
-            el.value_set = entry[3]
-            el.codes = value_sets.get(entry[3])
+        if len(entry) > 4:
+            el.value_set, el.strength = entry[3], entry[4]
+            if type_name == "code" and el.strength == "required":
+                el.codes = value_sets.get(el.value_set)
         elements[key] = el
         if group:
             groups.setdefault(group, []).append(key)

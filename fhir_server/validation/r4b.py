@@ -116,9 +116,9 @@ def locate(
         if seg in ("root", "__root__"):
             continue
         name = seg.lstrip("_").removesuffix("__ext")
-        expression += "." + name
         parent, key = current, seg
         el = current.elements.get(name) if current is not None else None
+        expression += "." + (el.fhirpath if el is not None else name)
         if el is not None and el.kind == PRIMITIVE and (seg[0] == "_" or seg.endswith("__ext")):
             current = model().types["Element"]
         elif el is not None and el.kind == COMPLEX:
@@ -151,31 +151,29 @@ class Reported:
     expression rather than a comparison with every reported place (issues compared
     pairwise made a body of 20,000 bad values take 42 s)."""
 
-    __slots__ = ("ancestors", "choices", "exact", "root")
+    __slots__ = ("ancestors", "exact", "root")
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.exact: set[str] = set()
-        self.ancestors: set[str] = set()  # every proper prefix ending before "." or "["
-        self.choices: set[str] = set()  # "Observation.value" for "Observation.valueQuantity"
+        # every proper prefix ending before "." or "[": "Observation.value" for
+        # "Observation.value.ofType(Quantity)" too
+        self.ancestors: set[str] = set()
 
     def add(self, k: str) -> None:
         self.exact.add(k)
-        ends = _boundaries(k)
-        self.ancestors.update(k[:i] for i in ends)
-        last = ends[-1] + 1 if ends else 0
-        self.choices.update(k[:i] for i in range(last, len(k)) if k[i].isupper())
+        self.ancestors.update(k[:i] for i in _boundaries(k))
 
     def covers(self, expression: str) -> bool:
         """Already reported: the same place, a place inside a reported one, or (below the
         resource itself) a place containing one, such as a choice element (``value``)
-        when one of its types (``valueQuantity``) was reported."""
+        when one of its types (``value.ofType(Quantity)``) was reported."""
         if expression in self.exact:
             return True
         if any(expression[:i] in self.exact for i in _boundaries(expression)):
             return True
         if expression != self.root:
-            return expression in self.ancestors or expression in self.choices
+            return expression in self.ancestors
         return False
 
 

@@ -4,7 +4,10 @@ This is where FHIR JSON rules that fhir.resources does not enforce are checked
 (json.html): primitive JSON types, arrays exactly where an element repeats, no empty
 objects/arrays/strings, null only as a placeholder in primitive arrays paired with a
 ``_name`` array, known properties only, one type per choice element, min-1 elements
-present, required code bindings. Nested resources (contained, Bundle.entry.resource,
+present, required code bindings (and, given the server's terminology, the bindings of
+bindings.py), and the Attachment rules (attachments.py) on every Attachment. Choice
+elements are named as FHIRPath names them in expressions
+(``Observation.value.ofType(Quantity)``). Nested resources (contained, Bundle.entry.resource,
 Parameters.parameter.resource) are not entered but queued in ``nested`` so that each
 is checked as a resource of its own type.
 """
@@ -14,6 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.outcome import Issue
+from fhir_server.validation.attachments import attachment_issues
+from fhir_server.validation.bindings import (
+    BindingContext,
+    code_issues,
+    coding_issues,
+    concept_issues,
+)
+from fhir_server.validation.invariants import Site
 from fhir_server.validation.model import COMPLEX, PRIMITIVE, RESOURCE, Element, TypeInfo
 from fhir_server.validation.primitives import json_kind
 
@@ -32,11 +43,12 @@ class Issues:
     stops the validation (IssueLimitReached), so that its cost is bounded by the limit
     rather than by how many bad values a body holds."""
 
-    __slots__ = ("items", "limit")
+    __slots__ = ("extended", "items", "limit")
 
     def __init__(self, items: list[Issue], limit: int) -> None:
         self.items = items
         self.limit = limit
+        self.extended = False  # an extension was met (profiles/extensions.py reads them)
 
     def append(self, issue: Issue) -> None:
         if len(self.items) >= self.limit:
@@ -55,14 +67,34 @@ class Issues:
 class Walk:
     """Checks one resource's elements, collecting issues and nested resources."""
 
-    __slots__ = ("element_type", "found", "malformed", "nested", "out")
+    __slots__ = (
+        "advice",
+        "bindings",
+        "element_type",
+        "found",
+        "malformed",
+        "nested",
+        "out",
+        "sites",
+    )
 
-    def __init__(self, element_type: TypeInfo, out: Issues | None = None) -> None:
+    def __init__(
+        self,
+        element_type: TypeInfo,
+        out: Issues | None = None,
+        bindings: BindingContext | None = None,
+        invariants: bool = False,
+        advice: bool = False,
+    ) -> None:
         self.element_type = element_type  # "Element": the shape of a `_name` object
+        self.bindings = bindings  # None: only the enumerated required code bindings
         self.out = out if out is not None else Issues([], 1 << 62)
         self.found: list[Issue] = []  # this resource's issues (all also in ``out``)
         self.nested: list[tuple[Any, str, int, bool]] = []  # value, path, depth, contained
         self.malformed = False  # too deep, or not JSON: unfit for the pydantic models
+        # objects whose type has FHIRPath invariants (invariants.py), when they are checked
+        self.sites: list[Site] | None = [] if invariants else None
+        self.advice = advice  # the best-practice invariants too ($validate)
 
     def error(self, code: str, diagnostics: str, path: str) -> None:
         issue = Issue(code, diagnostics, expression=(path,))
@@ -87,8 +119,21 @@ class Walk:
                 continue
             if el.group:
                 groups = self.choice(groups, el, key, path)
-            self.element(obj, el, value, f"{path}.{key}", depth)
+            self.element(obj, el, value, f"{path}.{el.fhirpath}", depth)
         self.invariants(obj, info, groups is not None, path)
+        constraints = info.constraints
+        if constraints is not None and self.sites is not None:
+            # inlined TypeConstraints.concerns: this runs for ~a third of all objects
+            if constraints.unconditional or (self.advice and constraints.advice):
+                key = constraints.wanted_key
+                if not key:
+                    self.sites.append((obj, path, constraints))
+                else:
+                    wanted = obj.get(key)
+                    if type(wanted) is str and wanted.startswith(constraints.wanted_prefix):
+                        self.sites.append((obj, path, constraints))
+            elif not constraints.triggers.isdisjoint(obj) and constraints.settled.isdisjoint(obj):
+                self.sites.append((obj, path, constraints))
 
     def element(self, obj: dict[Any, Any], el: Element, value: Any, path: str, depth: int) -> None:
         """One property's value: an array exactly when the element repeats."""
@@ -122,7 +167,7 @@ class Walk:
                 self.error("required", f"Missing required element '{label}'", f"{path}.{label}")
         if has_choice and info.name == "Extension" and "extension" in obj:
             self.error(
-                "invariant", "An extension has either extensions or a value[x], not both", path
+                "invariant", "ext-1: Must have either extensions or value[x], not both", path
             )
 
     def choice(
@@ -144,6 +189,8 @@ class Walk:
         self, obj: dict[Any, Any], el: Element, values: list[Any], path: str, depth: int
     ) -> None:
         extensions = None
+        if el.type_name == "Extension":
+            self.out.extended = True
         for i, item in enumerate(values):
             if item is None:
                 if el.kind == PRIMITIVE:
@@ -161,16 +208,38 @@ class Walk:
             bad = el.check(value)  # type: ignore[misc]
             if bad is not None:
                 self.error(bad[0], bad[1], path)
-            elif el.codes is not None and value not in el.codes:
-                self.error("code-invalid", unknown_code(value, el), path)
+            elif el.codes is not None:
+                if value not in el.codes:
+                    self.error("code-invalid", unknown_code(value, el), path)
+            elif el.strength and self.bindings is not None:
+                self.bound(code_issues(self.bindings, el.value_set, el.strength, value, path))
         elif kind == COMPLEX:
             if type(value) is dict:
                 self.object(value, el.info, path, depth + 1)  # type: ignore[arg-type]
+                if el.strength and self.bindings is not None:
+                    self.bound_complex(el, value, path)
+                if el.type_name == "Attachment":
+                    for issue in attachment_issues(value, path):
+                        self.error(issue.code, issue.diagnostics, path=issue.expression[0])
             else:
                 what = json_kind(value)
                 self.error("structure", f"{el.type_name} must be a JSON object, not {what}", path)
         elif kind == RESOURCE:
             self.nested.append((value, path, depth + 1, el.name == "contained"))
+
+    def bound(self, issues: list[Issue]) -> None:
+        for issue in issues:
+            self.out.append(issue)
+            if issue.severity == "error":
+                self.found.append(issue)
+
+    def bound_complex(self, el: Element, value: dict[Any, Any], path: str) -> None:
+        """A Coding or CodeableConcept with a checked binding."""
+        assert self.bindings is not None
+        if el.type_name == "CodeableConcept":
+            self.bound(concept_issues(self.bindings, el.value_set, el.strength, value, path))
+        elif el.type_name == "Coding":
+            self.bound(coding_issues(self.bindings, el.value_set, el.strength, value, path))
 
     def other_property(
         self,
@@ -189,7 +258,7 @@ class Walk:
         if key[:1] == "_":
             base = info.elements.get(key[1:])
             if base is not None and base.kind == PRIMITIVE:
-                self.primitive_extension(obj, base, value, f"{path}.{base.name}", depth)
+                self.primitive_extension(obj, base, value, f"{path}.{base.fhirpath}", depth)
                 return
         self.error("structure", f"Unknown element '{key}' in {info.name}", f"{path}.{key}")
 

@@ -13,6 +13,7 @@ def rules(settings: Settings) -> list[Rule]:
     from fhir_server.workflows.scheduling.actions import ActionLog
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
     from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
+    from fhir_server.workflows.scheduling.plans import SlotPlanning
     from fhir_server.workflows.scheduling.responses import ParticipantResponses
     from fhir_server.workflows.scheduling.slots import SlotStatus
 
@@ -23,4 +24,5 @@ def rules(settings: Settings) -> list[Rule]:
         SlotStatus(),
         ActionLog(),
         ParticipantResponses(),
+        SlotPlanning(),
     ]

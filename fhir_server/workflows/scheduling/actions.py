@@ -22,13 +22,16 @@ from typing import Any, ClassVar
 
 from fhir_server.datetimes import format_instant
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
+from fhir_server.workflows.scheduling.marker import is_hold
 
 ACTIVITY_SYSTEM = "urn:fhir-server:appointment-action"
 # activity for a new appointment, by its status
-_CREATED = {"pending": "hold", "booked": "book", "waitlist": "waitlist", "proposed": "propose"}
+# (``pending``: "request", awaiting a participant's acceptance; "hold" when it is a
+# temporary hold, marker.py)
+_CREATED = {"pending": "request", "booked": "book", "waitlist": "waitlist", "proposed": "propose"}
 # activity for a status change, by the new status
 _CHANGED = {
-    "pending": "hold",
+    "pending": "request",
     "booked": "confirm",
     "waitlist": "waitlist",
     "arrived": "arrive",
@@ -38,7 +41,9 @@ _CHANGED = {
     "cancelled": "cancel",
     "entered-in-error": "enter-in-error",
 }
-ACTIVITIES = frozenset({*_CREATED.values(), *_CHANGED.values(), "record", "reschedule", "delete"})
+ACTIVITIES = frozenset(
+    {*_CREATED.values(), *_CHANGED.values(), "hold", "record", "reschedule", "delete"}
+)
 _WHEN = ("start", "end", "slot")
 _PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
@@ -48,6 +53,8 @@ def activity(w: Write) -> str | None:
     if w.new is None:
         return "delete"
     status = w.new.get("status", "")
+    if is_hold(w.new) and not is_hold(w.previous):
+        return "hold"
     if w.previous is None:
         return _CREATED.get(status, "record")
     if status != w.previous.get("status"):

@@ -7,6 +7,16 @@ collection whose ``_id`` (unique by definition) names what it occupies:
 - ``<actor>|<minute>`` for every minute of [start, end) of each practitioner
   (``Practitioner``/``PractitionerRole``) and room (``Location``) taking part.
 
+A ``PractitionerRole`` participant counts as its practitioner: the role is read in the
+write's transaction and its key is ``Practitioner/<id>|<minute>``, so the same person
+booked once through a role and once directly (or through two roles) collides. A role
+without a practitioner, or not stored here, keys as itself. A role's ``location`` is
+not a room of the appointment: it lists where the person works (0..*, often a site or
+a building), so deriving rooms from it would block whole clinics; rooms are booked by
+naming them as participants (``$find`` does, from the Schedule's actors). Keys are
+resolved when the appointment is written: changing a role's practitioner later does
+not move the keys of appointments already booked.
+
 Two appointments that overlap for the same actor share the minute where the later one
 starts, so the second insert is a duplicate key: the database refuses it even when both
 requests run at the same time (the second transaction conflicts with the first, is
@@ -20,7 +30,7 @@ entered-in-error) or is deleted holds none, which frees its slot and times.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -30,11 +40,13 @@ from pymongo.errors import BulkWriteError
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
+from fhir_server.workflows.scheduling.marker import is_hold
 
 KEYS = "booking_keys"
 DUPLICATE_KEY = 11000
 INACTIVE = frozenset({"cancelled", "noshow", "entered-in-error"})
 ACTOR_TYPES = ("Practitioner", "PractitionerRole", "Location")
+_PERSON = ("Practitioner",)
 QUANTUM = timedelta(minutes=1)
 MAX_SPAN = timedelta(hours=24)  # at most 1440 keys per actor
 
@@ -62,16 +74,32 @@ def instant(value: Any, where: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def booking_keys(appointment: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, expression) of what an active appointment occupies."""
-    keys: list[tuple[str, str]] = []
+def actors(appointment: dict[str, Any]) -> list[tuple[str, str]]:
+    """(``Type/id``, expression) of the practitioners, roles and rooms taking part
+    (those that declined do not)."""
+    found: list[tuple[str, str]] = []
+    for i, participant in enumerate(appointment.get("participant") or []):
+        if not isinstance(participant, dict) or participant.get("status") == "declined":
+            continue
+        actor = local_reference(participant.get("actor"), ACTOR_TYPES)
+        if actor is not None:
+            found.append((actor, f"Appointment.participant[{i}].actor"))
+    return found
+
+
+def booking_keys(
+    appointment: dict[str, Any], roles: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(key, expression) of what an active appointment occupies, each key once.
+    ``roles`` maps ``PractitionerRole/<id>`` to its ``Practitioner/<id>``."""
+    keys: dict[str, str] = {}
     for i, slot in enumerate(appointment.get("slot") or []):
         ref = local_reference(slot, ("Slot",))
         if ref is not None:
-            keys.append((f"slot|{ref}", f"Appointment.slot[{i}]"))
+            keys.setdefault(f"slot|{ref}", f"Appointment.slot[{i}]")
     start, end = appointment.get("start"), appointment.get("end")
     if start is None or end is None:
-        return keys
+        return list(keys.items())
     low = instant(start, "Appointment.start")
     high = instant(end, "Appointment.end")
     if high - low > MAX_SPAN:
@@ -87,14 +115,36 @@ def booking_keys(appointment: dict[str, Any]) -> list[tuple[str, str]]:
     while t < high:
         minutes.append(t.strftime("%Y-%m-%dT%H:%MZ"))
         t += QUANTUM
-    for i, participant in enumerate(appointment.get("participant") or []):
-        if not isinstance(participant, dict) or participant.get("status") == "declined":
+    for actor, where in actors(appointment):
+        who = (roles or {}).get(actor, actor)
+        for m in minutes:
+            keys.setdefault(f"{who}|{m}", where)
+    return list(keys.items())
+
+
+async def practitioners_of_roles(
+    tx: Transaction, appointments: Sequence[dict[str, Any]]
+) -> dict[str, str]:
+    """``PractitionerRole/<id>`` -> ``Practitioner/<id>`` for the stored roles taking
+    part, read in the transaction (one query)."""
+    ids = sorted(
+        {
+            actor.split("/", 1)[1]
+            for a in appointments
+            for actor, _ in actors(a)
+            if actor.startswith("PractitionerRole/")
+        }
+    )
+    if not ids:
+        return {}
+    found: dict[str, str] = {}
+    for current in await tx.storage.read_many("PractitionerRole", ids, tx.session):
+        if current.raw is None:
             continue
-        actor = local_reference(participant.get("actor"), ACTOR_TYPES)
-        if actor is not None:
-            where = f"Appointment.participant[{i}].actor"
-            keys.extend((f"{actor}|{m}", where) for m in minutes)
-    return keys
+        practitioner = local_reference(load_stored(current.raw).get("practitioner"), _PERSON)
+        if practitioner is not None:
+            found[f"PractitionerRole/{current.id}"] = practitioner
+    return found
 
 
 def conflict(key: str, where: str) -> FhirError:
@@ -109,9 +159,11 @@ def conflict(key: str, where: str) -> FhirError:
 
 
 class NoDoubleBooking(Rule):
-    """``hold``: how long a ``pending`` appointment (a temporary hold, the clinics'
-    "reserva temporal") keeps its keys. Its keys carry the expiry; a booking that
-    collides with an expired one removes it, so an expired hold never blocks anyone."""
+    """``hold``: how long a temporary hold (``$hold``, or a ``pending`` appointment
+    carrying the hold tag: marker.py; the clinics' "reserva temporal") keeps its keys.
+    Its keys carry the expiry; a booking that collides with an expired one removes it,
+    so an expired hold never blocks anyone. Any other appointment, ``pending`` ones
+    included, keeps its keys until it is cancelled, moved or deleted."""
 
     types: ClassVar[frozenset[str]] = frozenset({"Appointment"})
     collections: ClassVar[dict[str, list[IndexModel]]] = {
@@ -126,20 +178,24 @@ class NoDoubleBooking(Rule):
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         keys = tx.db[KEYS]
-        mine = [w.key for w in writes]
         held: dict[str, datetime | None] = {}
-        async for doc in keys.find({"a": {"$in": mine}}, {"a": 1, "exp": 1}, session=tx.session):
-            held[doc["a"]] = doc.get("exp")
-        await keys.delete_many({"a": {"$in": mine}}, session=tx.session)
+        # Only a live appointment holds keys: a create (nothing live before, and not
+        # a rewrite of this transaction's own version) has none to read or replace.
+        mine = [w.key for w in writes if w.previous is not None or w.rewrite]
+        if mine:
+            found = keys.find({"a": {"$in": mine}}, {"a": 1, "exp": 1}, session=tx.session)
+            async for doc in found:
+                held[doc["a"]] = doc.get("exp")
+            await keys.delete_many({"a": {"$in": mine}}, session=tx.session)
         now = datetime.now(UTC)
         where: dict[str, str] = {}
         docs: list[dict[str, Any]] = []
-        for w in writes:
-            if not is_active(w.new):
-                continue
+        active = [w for w in writes if is_active(w.new)]
+        roles = await practitioners_of_roles(tx, [w.new for w in active if w.new is not None])
+        for w in active:
             assert w.new is not None
             expires = self._expiry(w, held.get(w.key), now)
-            for key, expression in booking_keys(w.new):
+            for key, expression in booking_keys(w.new, roles):
                 if key in where:  # the same key twice in one request
                     raise conflict(key, expression)
                 where[key] = expression
@@ -160,27 +216,37 @@ class NoDoubleBooking(Rule):
     async def _expire(tx: Transaction, wanted: list[str], now: datetime) -> None:
         """Expired holds give way, in this transaction (a concurrent booking of the
         same keys conflicts with it): their keys go, and each such hold is cancelled
-        ("hold expired"), which frees its Slot and is logged."""
+        ("hold expired"), which frees its Slot and is logged. An expired key of an
+        appointment that is not a hold (written before holds were marked) becomes
+        permanent instead, and so still collides."""
         keys = tx.db[KEYS]
         expired = {"_id": {"$in": wanted}, "exp": {"$lte": now}}
         holders = await keys.distinct("a", expired, session=tx.session)
         if not holders:
             return
-        await keys.delete_many(expired, session=tx.session)
         ids = [h.split("/", 1)[1] for h in holders]
+        staying: list[str] = []
         for current in await tx.storage.read_many("Appointment", ids, tx.session):
             if current.raw is None:
                 continue
             held = load_stored(current.raw)
-            if held.get("status") == "pending":
-                reason = {"text": "hold expired"}
-                tx.update(current, {**held, "status": "cancelled", "cancelationReason": reason})
+            if not is_hold(held):
+                staying.append(f"Appointment/{current.id}")
+                continue
+            reason = {"text": "hold expired"}
+            tx.update(current, {**held, "status": "cancelled", "cancelationReason": reason})
+        gone = [h for h in holders if h not in staying]
+        await keys.delete_many({"a": {"$in": gone}}, session=tx.session)
+        if staying:
+            kept = {**expired, "a": {"$in": staying}}
+            await keys.update_many(kept, {"$set": {"exp": None}}, session=tx.session)
 
     def _expiry(self, w: Write, current: datetime | None, now: datetime) -> datetime | None:
-        """A hold keeps the expiry it was given; a new hold gets ``now + hold``."""
+        """A hold keeps the expiry it was given; a new hold gets ``now + hold``; what is
+        not a hold does not expire."""
         assert w.new is not None
-        if w.new.get("status") != "pending":
+        if not is_hold(w.new):
             return None
-        if current is not None and (w.previous or {}).get("status") == "pending":
+        if current is not None and is_hold(w.previous):
             return current if current.tzinfo else current.replace(tzinfo=UTC)
         return now + self.hold

@@ -1,6 +1,8 @@
-"""The periodic sweep of expired holds: a ``pending`` appointment whose booking keys
-expired (FHIR_APPOINTMENT_HOLD) and that no booking displaced yet is cancelled ("hold
-expired"), which frees its Slot and is logged. Every server process runs it (the
+"""The periodic sweep of expired holds: a hold (``pending`` with the hold tag:
+marker.py) whose booking keys expired (FHIR_APPOINTMENT_HOLD) and that no booking
+displaced yet is cancelled ("hold expired"), which frees its Slot and is logged. A plain
+``pending`` appointment is never swept: an expired key of one (written before holds
+were marked) is made permanent. Every server process runs it (the
 embedded default too); two sweeps of one hold cannot both cancel it (If-Match)."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
 from fhir_server.workflows.scheduling.booking import KEYS
+from fhir_server.workflows.scheduling.marker import is_hold
 
 if TYPE_CHECKING:
     from fhir_server.service.resources import ResourceService
@@ -33,7 +36,8 @@ async def cancel_expired_holds(resources: ResourceService, limit: int = 500) -> 
         if current is None or current.raw is None:
             continue
         held = load_stored(current.raw)
-        if held.get("status") != "pending":
+        if not is_hold(held):  # booked meanwhile (keys rewritten), or not a hold
+            await keys.update_many({"a": holder, "exp": {"$lte": now}}, {"$set": {"exp": None}})
             continue
         body = {**held, "status": "cancelled", "cancelationReason": EXPIRED}
         try:

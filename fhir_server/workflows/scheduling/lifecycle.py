@@ -3,8 +3,9 @@ publishes the table), and the minimum notice a patient must give to change or ca
 
 R4 leaves the transitions to the implementation (appointment.html#status: "the status
 of the appointment ... may change"); this table follows the workflow of the clinic
-systems the server replaces: a request is held (pending), booked, then the patient
-arrives/checks in and the visit is fulfilled, or it is cancelled or missed (noshow).
+systems the server replaces: a request awaits confirmation or is held (pending),
+booked, then the patient arrives/checks in and the visit is fulfilled, or it is
+cancelled or missed (noshow).
 Keeping the status is always allowed (an edit of other elements). A create may start
 in any status (an import brings past appointments as they are); a delete is not a
 transition.

@@ -1,9 +1,9 @@
 """A Slot's status follows the appointments on it, in the same transaction: ``busy``
-under an active appointment, ``busy-tentative`` under a hold (``pending``; also
-``proposed``/``waitlist``), ``free`` again when the appointment leaves it, becomes
-inactive or is deleted. Slots that are not stored here (or are deleted) are left
-alone; a Slot marked ``busy-unavailable`` or ``entered-in-error`` by hand is never
-changed."""
+under an active appointment, ``busy-tentative`` under a ``pending`` one (a hold, or an
+appointment awaiting confirmation; also ``proposed``/``waitlist``), ``free`` again when
+the appointment leaves it, becomes inactive or is deleted. Slots that are not stored
+here (or are deleted) are left alone; a Slot marked ``busy-unavailable`` or
+``entered-in-error`` by hand is never changed."""
 
 from __future__ import annotations
 
