@@ -313,8 +313,8 @@ def test_sigterm_during_heavy_requests_stops_within_the_graceful_timeout(
 ) -> None:
     """SIGTERM was ignored while the loop was busy; and uvicorn waits for in-flight
     requests without limit unless told one. With FHIR_GRACEFUL_TIMEOUT_SECONDS=1 the
-    server stops at most about a second later than an idle one (which takes seconds
-    of its own: the embedded export worker's warm shutdown), although three
+    server stops at most about a second later than an idle one (plus up to 3 s for the
+    two cores that three CPU-bound requests held to be handed back), although three
     10,000-entry transactions were being validated and indexed (~5 s of work each;
     they are then not applied: all or nothing). The pool threads running them stop at
     their next entry (offload.checkpoint): they no longer hold the GIL and the cores
@@ -346,7 +346,7 @@ def test_sigterm_during_heavy_requests_stops_within_the_graceful_timeout(
     heavy_seconds = stop_seconds(server)
     for thread in threads:
         thread.join()
-    assert heavy_seconds < idle_seconds + 1 + 2, (heavy_seconds, idle_seconds)
+    assert heavy_seconds < idle_seconds + 1 + 3, (heavy_seconds, idle_seconds)
     assert 200 not in outcomes  # cancelled, not committed
     with httpx.Client(timeout=10) as http, pytest.raises(httpx.HTTPError):
         http.get(f"{server.base_url}/metadata")

@@ -646,6 +646,36 @@ def test_two_workers_share_one_job(mongo_url: str) -> None:
             stop(w)
 
 
+def test_idle_worker_stops_at_once_on_sigterm(mongo_url: str, tmp_path: Any) -> None:
+    """Celery notices SIGTERM once per 2 s poll cycle of its broker; an idle worker on the
+    MongoDB transport (the embedded default) stops at once instead, whatever the moment
+    in the cycle (three workers, told to stop 0.3, 1.0 and 1.7 s into their polling)."""
+    broker = broker_url(Settings(mongo_url=mongo_url, database="bulk_test_broker"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_")}
+    seconds = []
+    for offset in (0.3, 1.0, 1.7):
+        log = tmp_path / f"worker-{offset}.log"
+        args = [sys.executable, "-m", "fhir_server", "worker", "--mongo-url", mongo_url]
+        args += ["--broker-url", broker, "--queue", f"idle-{uuid.uuid4().hex[:8]}"]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [*args, "--log-level", "info"], env=env, stdout=out, stderr=out
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while b" ready." not in log.read_bytes():
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            time.sleep(offset)
+            started = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log.read_text()
+            seconds.append(time.perf_counter() - started)
+        finally:
+            stop(process)
+    assert max(seconds) < 1.5, seconds  # ~0.5 s; it was 3 to 4.5 s
+
+
 @pytest.mark.slow
 def test_serve_round_trip_with_embedded_worker_and_mongodb_broker(
     mongo_url: str, tmp_path: Any

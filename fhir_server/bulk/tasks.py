@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery import Celery
+from celery import Celery, signals
+from celery.exceptions import WorkerShutdown
+from celery.worker import state
+from kombu.transport.virtual.base import Transport
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
@@ -110,6 +115,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     app = worker_app(settings)
     Beat(app, settings).start()  # queues slot generation when Schedules are due
+    signals.worker_ready.connect(_stop_at_once_when_idle, weak=False)
     app.worker_main(
         [
             "worker",
@@ -126,3 +132,25 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
             "--without-heartbeat",
         ]
     )
+
+
+def _stop_at_once_when_idle(**_: Any) -> None:
+    """Celery notices a warm shutdown (SIGTERM) once per broker poll cycle, up to 2 s
+    later, although an idle worker has nothing to finish. SIGTERM still sets Celery's
+    flag; when no task is reserved or running, the worker is then stopped where it sleeps
+    between polls, the way Celery's own check stops it. Elsewhere (a poll's query may be
+    taking a message) it looks again 50 ms later (SIGALRM) rather than interrupt it."""
+    previous = signal.getsignal(signal.SIGTERM)
+    sleeping = Transport.drain_events.__code__
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)
+        if state.active_requests or state.reserved_requests:
+            return  # a warm shutdown: the task finishes first
+        if frame is not None and frame.f_code is sleeping:
+            raise WorkerShutdown(0)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGALRM, handler)
