@@ -74,6 +74,7 @@ from fhir_server.jsonio import dumps
 from fhir_server.outcome import Issue
 from fhir_server.resource_types import is_resource_type
 from fhir_server.search.extract import reference_type
+from fhir_server.validation.fhirpath import Evaluator, Unsupported, compile_fhirpath
 from fhir_server.validation.model import PRIMITIVE, RESOURCE, Element, Model, TypeInfo, model
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class Constraint:
     human: str
     expression: str
     parsed: Any  # fhirpathpy's parse tree, or None when it does not parse
+    # the compiled expression by the instance's type (validation/fhirpath.py; None: not
+    # in the subset it covers), filled on first use
+    fast: dict[str | None, Evaluator | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -118,6 +122,19 @@ class Rule:
     min_value: tuple[str, Any] | None = None  # (type suffix, limit)
     max_value: tuple[str, Any] | None = None
     constraints: list[Constraint] = field(default_factory=list)
+
+    @property
+    def checks_value(self) -> bool:
+        """Anything for ``_check_value`` to look at (most rules are cardinality only)."""
+        return not (
+            self.types is None
+            and self.targets is None
+            and self.fixed is None
+            and self.pattern is None
+            and self.max_length is None
+            and self.min_value is None
+            and self.max_value is None
+        )
 
 
 @dataclass(slots=True)
@@ -585,6 +602,7 @@ def _path_parts(path: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(out) if pos == len(path) and path else None
 
 
+@cache
 def _key(parts: tuple[tuple[str, str], ...]) -> str:
     """Where a discriminator looks, as the slice's elements are keyed: the element
     names below the slice (``ofType`` and ``resolve()`` are no elements)."""
@@ -980,6 +998,8 @@ def _check_slicing(
 def _check_value(
     rule: Rule, node: Node, resource: dict[str, Any], where: str, out: list[Issue]
 ) -> None:
+    if not rule.checks_value:
+        return
     value, path, el = node
 
     def fail(code: str, what: str) -> None:
@@ -1048,12 +1068,12 @@ def _contains(value: Any, pattern: Any) -> bool:
     """The instance holds the pattern (elementdefinition-definitions.html#
     ElementDefinition.pattern_x_): every property of the pattern, recursively; an array
     in the pattern: each of its items matched by some item of the instance's array."""
-    if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(
-            _contains(value.get(k), p) for k, p in pattern.items()
-        )
-    if isinstance(pattern, list):
-        if not isinstance(value, list):
+    if type(pattern) is dict:
+        if type(value) is not dict:
+            return False
+        return all(_contains(value.get(k), p) for k, p in pattern.items())
+    if type(pattern) is list:
+        if type(value) is not list:
             return False
         return all(any(_contains(v, p) for v in value) for p in pattern)
     if value is None:
@@ -1118,7 +1138,21 @@ def _check_constraint(
 
 def _evaluate(c: Constraint, value: Any, el: Element | None, resource: dict[str, Any]) -> bool:
     """The constraint holds: the expression gives true (empty or false is a failure,
-    as the HL7 validator's evaluateToBoolean has it)."""
+    as the HL7 validator's evaluateToBoolean has it). Compiled when the expression is
+    in the subset validation/fhirpath.py covers, else (or for an instance it leaves
+    out) fhirpathpy."""
+    type_name = el.type_name if el is not None else None
+    if type_name is None and value is resource:
+        type_name = resource.get("resourceType")
+    try:
+        fast = c.fast[type_name]
+    except KeyError:
+        fast = c.fast[type_name] = compile_fhirpath(c.expression, type_name)
+    if fast is not None:
+        try:
+            return fast(value, resource, resource) == [True]
+        except Unsupported:
+            pass
     from fhirpathpy import apply_parsed_path
     from fhirpathpy.engine.nodes import ResourceNode
     from fhirpathpy.models import models

@@ -43,6 +43,7 @@ from importlib import resources
 from typing import Any
 
 from fhir_server.outcome import Issue
+from fhir_server.validation.fhirpath import Unsupported, compile_fhirpath
 from fhir_server.validation.model import PRIMITIVE, TypeInfo
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,15 @@ def _passes(c: Constraint, value: dict[str, Any], resource: Any, root: Any) -> b
 
 
 def _evaluate(c: Constraint, value: dict[str, Any], resource: Any, root: Any) -> bool:
-    """fhirpathpy's verdict: fails only on a result of exactly ``false``."""
+    """fhirpathpy's verdict: fails only on a result of exactly ``false`` (from the
+    compiled expression when validation/fhirpath.py covers it and the instance)."""
+    fast = compile_fhirpath(c.expression, c.type_name)
+    if fast is not None:
+        try:
+            result = fast(value, resource, root)
+            return not (len(result) == 1 and result[0] is False)
+        except Unsupported:
+            pass
     from fhirpathpy import apply_parsed_path
     from fhirpathpy.engine.nodes import ResourceNode
     from fhirpathpy.models import models
