@@ -291,29 +291,21 @@ def _member(name: str, types: Types, parent: Fn) -> Compiled:
     el = info.elements.get(name)
     if el is None:
         raise Unsupported(f"{type_name} has no {name}")
-    key = name
-    if el.kind == PRIMITIVE:
-        shadow = "_" + name
+    shadow = "_" + name if el.kind == PRIMITIVE else None
+    types = None if el.kind == RESOURCE else frozenset({el.type_name})
+    return Compiled(_navigate(parent, name, shadow), types)
 
-        def primitive(focus: Items, env: Env) -> Items:
-            out: Items = []
-            for item in parent(focus, env):
-                if type(item) is dict:
-                    if shadow in item:
-                        raise Unsupported("primitive with an extension")
-                    value = item.get(key)
-                    if type(value) is list:
-                        out.extend(v for v in value if v is not None)
-                    elif value is not None:
-                        out.append(value)
-            return out
 
-        return Compiled(primitive, frozenset({el.type_name}))
+def _navigate(parent: Fn, key: str, shadow: str | None) -> Fn:
+    """The values of ``key`` in the parent's items, lists flattened; ``shadow``: the
+    ``_key`` of a primitive, whose presence (an extension) is fhirpathpy's to answer."""
 
-    def child(focus: Items, env: Env) -> Items:
+    def fn(focus: Items, env: Env) -> Items:
         out: Items = []
         for item in parent(focus, env):
             if type(item) is dict:
+                if shadow is not None and shadow in item:
+                    raise Unsupported("primitive with an extension")
                 value = item.get(key)
                 if type(value) is list:
                     out.extend(v for v in value if v is not None)
@@ -321,7 +313,7 @@ def _member(name: str, types: Types, parent: Fn) -> Compiled:
                     out.append(value)
         return out
 
-    return Compiled(child, None if el.kind == RESOURCE else frozenset({el.type_name}))
+    return fn
 
 
 def _of_type(c: Compiled, wanted: str) -> Compiled:
@@ -348,21 +340,8 @@ def _of_type(c: Compiled, wanted: str) -> Compiled:
 
 def _member_key(parent: Fn, key: str, by_type: dict[str, str]) -> Compiled:
     type_name = next(t for t, k in by_type.items() if k == key)
-    shadow = "_" + key
-    primitive = type_name[:1].islower()
-
-    def fn(focus: Items, env: Env) -> Items:
-        out: Items = []
-        for item in parent(focus, env):
-            if type(item) is dict:
-                if primitive and shadow in item:
-                    raise Unsupported("primitive with an extension")
-                value = item.get(key)
-                if value is not None:
-                    out.append(value)
-        return _flat(out)
-
-    return Compiled(fn, frozenset({type_name}))
+    shadow = "_" + key if type_name[:1].islower() else None  # primitives are lower case
+    return Compiled(_navigate(parent, key, shadow), frozenset({type_name}))
 
 
 def _boolean(values: Items) -> bool | None:
@@ -707,30 +686,23 @@ def _union(a: Fn, b: Fn) -> Fn:
     return fn
 
 
-def _and(a: Fn, b: Fn) -> Fn:
-    def fn(f: Items, env: Env) -> Items:
-        x = _boolean(a(f, env))
-        if x is False:
-            return [False]
-        y = _boolean(b(f, env))
-        if y is False:
-            return [False]
-        return [True] if x and y else []
+def _connective(decisive: bool) -> Callable[[Fn, Fn], Fn]:
+    """``and`` (decisive False) and ``or`` (decisive True), three-valued: one decisive
+    operand decides; two of the other value give it; anything else is empty."""
 
-    return fn
+    def build(a: Fn, b: Fn) -> Fn:
+        def fn(f: Items, env: Env) -> Items:
+            x = _boolean(a(f, env))
+            if x is decisive:
+                return [decisive]
+            y = _boolean(b(f, env))
+            if y is decisive:
+                return [decisive]
+            return [not decisive] if x is not None and y is not None else []
 
+        return fn
 
-def _or(a: Fn, b: Fn) -> Fn:
-    def fn(f: Items, env: Env) -> Items:
-        x = _boolean(a(f, env))
-        if x is True:
-            return [True]
-        y = _boolean(b(f, env))
-        if y is True:
-            return [True]
-        return [False] if x is False and y is False else []
-
-    return fn
+    return build
 
 
 def _xor(a: Fn, b: Fn) -> Fn:
@@ -757,8 +729,8 @@ def _implies(a: Fn, b: Fn) -> Fn:
 
 
 _LOGIC: dict[str, Callable[[Fn, Fn], Fn]] = {
-    "and": _and,
-    "or": _or,
+    "and": _connective(False),
+    "or": _connective(True),
     "xor": _xor,
     "implies": _implies,
 }
