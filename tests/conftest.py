@@ -34,14 +34,25 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         if hello.get("setName") == mongo.replica_set:
             return result
         problem = f"answers hello without its replica set ({hello})"
+        tail = _log_tail(mongo)
     else:
         problem = f"exited (code {mongo.returncode})"
+        tail = _log_tail(mongo)  # before the restart appends its own start-up lines
         mongo.restart()
-    tail = mongo.log_path.read_text(errors="replace").splitlines()[-40:]
     raise pytest.fail.Exception(
-        f"the suite's mongod {problem} after {item.nodeid}; its log ends:\n" + "\n".join(tail),
+        "\n".join(
+            [
+                "the suite's mongod log ends:",
+                *tail,
+                f"the suite's mongod {problem} after {item.nodeid} (its log's tail above)",
+            ]
+        ),
         pytrace=False,
     )
+
+
+def _log_tail(mongo: EmbeddedMongo) -> list[str]:
+    return mongo.log_path.read_text(errors="replace").splitlines()[-40:]
 
 
 def _hello(mongo: EmbeddedMongo) -> dict[str, object]:
