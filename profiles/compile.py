@@ -178,6 +178,8 @@ class Slicing:
     ordered: bool = False
     slices: list[Slice] = field(default_factory=list)
     unusable: str = ""  # why the slicing cannot be enforced ("": it can)
+    # (type, parsed path, slice key) of each discriminator, filled on first use
+    parsed: list[tuple[str, tuple[tuple[str, str], ...], str]] | None = None
 
 
 @dataclass(slots=True)
@@ -196,6 +198,10 @@ class CompiledProfile:
     # an extension definition: where it may appear, (context type, expression)
     contexts: list[tuple[str, str]] = field(default_factory=list)
     root_max: int | None = None  # the root element's max (repetitions per host element)
+    where: str = ""  # how messages name the profile: "(profile <url>)"
+
+    def __post_init__(self) -> None:
+        self.where = f"(profile {self.url})"
 
     def validate(self, resource: Any) -> list[Issue]:
         """The issues of ``resource`` against this profile (empty: it conforms)."""
@@ -693,9 +699,14 @@ def _matches(
     """The item belongs to the slice (None: a profile it names is not held)."""
     value, _, el = node
     start = _type_of(value, el)
-    for kind, path in slicing.discriminators:
-        parts = _path_parts(path) or ()
-        key = _key(parts)
+    parsed = slicing.parsed
+    if parsed is None:
+        parsed = slicing.parsed = [
+            (kind, parts, _key(parts))
+            for kind, path in slicing.discriminators
+            for parts in [_path_parts(path) or ()]
+        ]
+    for kind, parts, key in parsed:
         found = _walk(value, start, parts, resource)
         if kind in ("value", "pattern"):
             how, wanted = piece.values[key]
@@ -887,7 +898,7 @@ def _check_rule(
         parents = [child for p in parents for child in _children(p, step)]
         if not parents:
             return
-    where = f"(profile {profile.url})"
+    where = profile.where
     if not rule.steps:
         nodes = [root]
     else:
@@ -915,8 +926,8 @@ def _check_rule(
             nodes.extend(_children(parent, last))
     for node in nodes:
         _check_value(rule, node, resource, where, out)
-        for c in rule.constraints:
-            _check_constraint(rule, c, node, resource, where, out)
+        if rule.constraints:
+            _check_constraints(rule, node, resource, where, out)
 
 
 def _check_slicing(
@@ -929,7 +940,7 @@ def _check_slicing(
     """Each item of the sliced element goes to the first slice it matches: the slices'
     counts, the slicing's rules (closed, openAtEnd) and order, then each slice's rules
     on its items."""
-    where = f"(profile {profile.url})"
+    where = profile.where
     parents = [root]
     for step in slicing.steps[:-1]:
         parents = [child for p in parents for child in _children(p, step)]
@@ -948,22 +959,29 @@ def _check_slicing(
                     index = i
                     break
             chosen.append(index)
-        at = f"{parent[1]}.{slicing.name}"
         if missing:
             message = (
                 f"{slicing.path}: a profile named by its slices is not held by this server; "
                 f"the slicing was not checked {where}"
             )
+            at = f"{parent[1]}.{slicing.name}"
             out.append(Issue("not-supported", message, severity="warning", expression=(at,)))
             continue
         for i, piece in enumerate(slicing.slices):
             n = chosen.count(i)
-            label = f"{slicing.path}:{piece.name}"
             if n < piece.min:
-                message = f"{label}: minimum required = {piece.min}, but only found {n} {where}"
+                message = (
+                    f"{slicing.path}:{piece.name}: minimum required = {piece.min}, "
+                    f"but only found {n} {where}"
+                )
+                at = f"{parent[1]}.{slicing.name}"
                 out.append(Issue("structure", message, expression=(at,)))
             if piece.max is not None and n > piece.max:
-                message = f"{label}: maximum allowed = {piece.max}, but found {n} {where}"
+                message = (
+                    f"{slicing.path}:{piece.name}: maximum allowed = {piece.max}, "
+                    f"but found {n} {where}"
+                )
+                at = f"{parent[1]}.{slicing.name}"
                 out.append(Issue("structure", message, expression=(at,)))
         last = -1
         for item, index in zip(items, chosen, strict=True):
@@ -1115,39 +1133,48 @@ def _compare_dates(value: str, bound: str) -> int:
     return -1 if high <= b_low else 1 if low >= b_high else 0
 
 
-def _check_constraint(
-    rule: Rule, c: Constraint, node: Node, resource: dict[str, Any], where: str, out: list[Issue]
+def _check_constraints(
+    rule: Rule, node: Node, resource: dict[str, Any], where: str, out: list[Issue]
 ) -> None:
+    """The rule's invariants on one instance. The type the expressions are compiled for
+    is found once per instance; messages are only built for a failure (this loop runs
+    for every resource a profile with invariants checks)."""
     value, path, el = node
-    label = f"{rule.path}: constraint {c.key} ({c.human or c.expression})"
-    if c.parsed is None:
-        message = f"{label} has an expression that cannot be parsed {where}"
-        out.append(Issue("invariant", message, severity="warning", expression=(path,)))
-        return
-    try:
-        ok = _evaluate(c, value, el, resource)
-    except Exception as exc:  # an engine failure is reported, not raised
-        log.warning("constraint %s of %s failed: %s", c.key, rule.path, exc)
-        message = f"{label} could not be evaluated ({type(exc).__name__}) {where}"
-        out.append(Issue("invariant", message, severity="warning", expression=(path,)))
-        return
-    if not ok:
-        message = f"{label} failed {where}"
-        out.append(Issue("invariant", message, severity=c.severity, expression=(path,)))
-
-
-def _evaluate(c: Constraint, value: Any, el: Element | None, resource: dict[str, Any]) -> bool:
-    """The constraint holds: the expression gives true (empty or false is a failure,
-    as the HL7 validator's evaluateToBoolean has it). Compiled when the expression is
-    in the subset validation/fhirpath.py covers, else (or for an instance it leaves
-    out) fhirpathpy."""
     type_name = el.type_name if el is not None else None
     if type_name is None and value is resource:
         type_name = resource.get("resourceType")
-    try:
-        fast = c.fast[type_name]
-    except KeyError:
-        fast = c.fast[type_name] = compile_fhirpath(c.expression, type_name)
+    for c in rule.constraints:
+        if c.parsed is None:
+            message = f"{_label(rule, c)} has an expression that cannot be parsed {where}"
+            out.append(Issue("invariant", message, severity="warning", expression=(path,)))
+            continue
+        try:
+            fast = c.fast[type_name]
+        except KeyError:
+            fast = c.fast[type_name] = compile_fhirpath(c.expression, type_name)
+        try:
+            ok = _evaluate(c, fast, value, el, resource)
+        except Exception as exc:  # an engine failure is reported, not raised
+            log.warning("constraint %s of %s failed: %s", c.key, rule.path, exc)
+            message = f"{_label(rule, c)} could not be evaluated ({type(exc).__name__}) {where}"
+            out.append(Issue("invariant", message, severity="warning", expression=(path,)))
+            continue
+        if not ok:
+            message = f"{_label(rule, c)} failed {where}"
+            out.append(Issue("invariant", message, severity=c.severity, expression=(path,)))
+
+
+def _label(rule: Rule, c: Constraint) -> str:
+    return f"{rule.path}: constraint {c.key} ({c.human or c.expression})"
+
+
+def _evaluate(
+    c: Constraint, fast: Evaluator | None, value: Any, el: Element | None, resource: dict[str, Any]
+) -> bool:
+    """The constraint holds: the expression gives true (empty or false is a failure,
+    as the HL7 validator's evaluateToBoolean has it). ``fast``: the expression compiled
+    for the instance's type, when it is in the subset validation/fhirpath.py covers;
+    else (or for an instance it leaves out) fhirpathpy."""
     if fast is not None:
         try:
             return fast(value, resource, resource) == [True]

@@ -302,13 +302,16 @@ def _navigate(parent: Fn, key: str, shadow: str | None) -> Fn:
 
     def fn(focus: Items, env: Env) -> Items:
         out: Items = []
-        for item in parent(focus, env):
+        for item in focus if parent is _this else parent(focus, env):
             if type(item) is dict:
                 if shadow is not None and shadow in item:
                     raise Unsupported("primitive with an extension")
                 value = item.get(key)
                 if type(value) is list:
-                    out.extend(v for v in value if v is not None)
+                    if None in value:
+                        out.extend(v for v in value if v is not None)
+                    else:
+                        out.extend(value)
                 elif value is not None:
                     out.append(value)
         return out
@@ -595,7 +598,8 @@ def _literal_type(value: Any) -> str:
 
 
 def _per_item(crit: Fn, item: Any, env: Env) -> Items:
-    return crit([item], Env([item], env.resource, env.root, env.context))
+    focus = [item]
+    return crit(focus, Env(focus, env.resource, env.root, env.context))
 
 
 def _where(inner: Fn, crit: Fn) -> Fn:
@@ -607,7 +611,10 @@ def _where(inner: Fn, crit: Fn) -> Fn:
 
 def _all(inner: Fn, crit: Fn) -> Fn:
     def fn(f: Items, env: Env) -> Items:
-        return [all(_criterion(_per_item(crit, x, env)) for x in inner(f, env))]
+        for x in inner(f, env):
+            if not _criterion(_per_item(crit, x, env)):
+                return [False]
+        return [True]
 
     return fn
 
@@ -749,6 +756,7 @@ def compile_fhirpath(expression: str, type_name: str | None) -> Evaluator | None
         return None
 
     def evaluate(instance: Any, resource: Any, root: Any) -> Items:
-        return fn([instance], Env([instance], resource, root, instance))
+        focus = [instance]
+        return fn(focus, Env(focus, resource, root, instance))
 
     return evaluate
