@@ -64,7 +64,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -163,6 +163,8 @@ class Slice:
     rules: list[Rule] = field(default_factory=list)
     # elements sliced within the slice's items (reslicing), by their label path
     slicings: dict[str, Slicing] = field(default_factory=dict)
+    # ``rules`` less those an item meets by matching the slice (filled on first use)
+    after_match: list[Rule] | None = None
 
 
 @dataclass(slots=True)
@@ -631,8 +633,10 @@ def _walk(
     value: Any, type_name: str, parts: tuple[tuple[str, str], ...], resource: Any
 ) -> list[tuple[Any, str]]:
     """The (value, type) items a discriminator path selects from one item."""
-    m = model()
     items = [(value, type_name)]
+    if not parts:  # $this, the commonest pattern discriminator
+        return items
+    m = model()
     for kind, arg in parts:
         nxt: list[tuple[Any, str]] = []
         for v, t in items:
@@ -997,7 +1001,7 @@ def _check_slicing(
                 message = f"{slicing.path}: the slices are out of order {where}"
                 out.append(Issue("structure", message, expression=(item[1],)))
             last = max(last, index)
-            for rule in slicing.slices[index].rules:
+            for rule in _after_match(slicing, slicing.slices[index]):
                 _check_rule(profile, rule, item, resource, out)
             for inner in slicing.slices[index].slicings.values():
                 if not inner.unusable:
@@ -1011,6 +1015,42 @@ def _check_slicing(
                     f"slices (openAtEnd) {where}"
                 )
                 out.append(Issue("structure", message, expression=(items[unmatched[0]][1],)))
+
+
+def _after_match(slicing: Slicing, piece: Slice) -> list[Rule]:
+    """The slice's rules an item that matched it must still be checked against: not a
+    fixed or pattern value that a value or pattern discriminator compared already, on
+    the item itself (``$this``) or on a single-valued element of it (the match found
+    that one value equal, so it exists and is right: a ``min`` of 1 holds as well)."""
+    if piece.after_match is None:
+        compared = {
+            _key(_path_parts(path) or ())
+            for kind, path in slicing.discriminators
+            if kind in ("value", "pattern")
+        }
+
+        def redundant(rule: Rule) -> bool:
+            if rule.constraints or rule.max is not None:
+                return False
+            if not rule.steps:
+                key, ok_min = "$this", rule.min is None
+            elif len(rule.steps) == 1:
+                single = all(not el.many for pairs in rule.steps[0].values() for _, el in pairs)
+                key, ok_min = rule.name, single and (rule.min or 0) <= 1
+            else:
+                return False
+            if not ok_min or key not in compared or key not in piece.values:
+                return False
+            how, wanted = piece.values[key]
+            value, other = (
+                (rule.fixed, rule.pattern) if how == "fixed" else (rule.pattern, rule.fixed)
+            )
+            if value is None or other is not None or not _equal(value[1], wanted):
+                return False
+            return not replace(rule, pattern=None, fixed=None).checks_value
+
+        piece.after_match = [rule for rule in piece.rules if not redundant(rule)]
+    return piece.after_match
 
 
 def _check_value(
@@ -1086,16 +1126,29 @@ def _contains(value: Any, pattern: Any) -> bool:
     """The instance holds the pattern (elementdefinition-definitions.html#
     ElementDefinition.pattern_x_): every property of the pattern, recursively; an array
     in the pattern: each of its items matched by some item of the instance's array."""
+    # loops rather than all()/any() over generators: this runs for every item of every
+    # slicing with a pattern discriminator
     if type(pattern) is dict:
         if type(value) is not dict:
             return False
-        return all(_contains(value.get(k), p) for k, p in pattern.items())
+        for k, p in pattern.items():  # noqa: SIM110 (see above)
+            if not _contains(value.get(k), p):
+                return False
+        return True
     if type(pattern) is list:
         if type(value) is not list:
             return False
-        return all(any(_contains(v, p) for v in value) for p in pattern)
+        for p in pattern:
+            for v in value:
+                if _contains(v, p):
+                    break
+            else:
+                return False
+        return True
     if value is None:
         return False
+    if type(value) is str and type(pattern) is str:
+        return value == pattern
     return _equal(value, pattern)
 
 

@@ -341,3 +341,37 @@ def test_rules_inside_a_reslice(client):
     found = errors(validate(client, "Observation", twice, profile=url))
     assert expressions(found) == ["Observation.component[0].code.coding"], found
     assert "coding:loinc: maximum allowed = 1" in found[0]["diagnostics"]
+
+
+# --- what a match already proved ----------------------------------------------------------------
+
+MRN = "http://clinic.example/mrn"
+MRN_PATIENT = profile(
+    "mrn-patient",
+    "Patient",
+    element("Patient.identifier", slicing=slicing("value", "system")),
+    element("Patient.identifier:mrn", sliceName="mrn", min=1, max="1"),
+    element("Patient.identifier:mrn.system", min=1, fixedUri=MRN),
+    element("Patient.identifier:mrn.value", min=1),
+    element("Patient.identifier:mrn.use", fixedCode="official"),
+)
+
+
+def test_a_match_skips_only_the_comparison_it_made(client):
+    """The slice's fixed ``system`` is what its value discriminator compares, so an item
+    in the slice meets it (and its min 1: system is single-valued) without a second
+    look; the slice's other rules (value min 1, fixed use) are still checked on it."""
+    assert post(client, MRN_PATIENT).status_code == 201
+    url = MRN_PATIENT["url"]
+    good = {**patient(), "identifier": [{"system": MRN, "value": "123", "use": "official"}]}
+    assert errors(validate(client, "Patient", good, profile=url)) == []
+    no_value = {**patient(), "identifier": [{"system": MRN, "use": "official"}]}
+    found = errors(validate(client, "Patient", no_value, profile=url))
+    assert expressions(found) == ["Patient.identifier[0].value"], found
+    wrong_use = {**patient(), "identifier": [{"system": MRN, "value": "1", "use": "usual"}]}
+    found = errors(validate(client, "Patient", wrong_use, profile=url))
+    assert expressions(found) == ["Patient.identifier[0].use"], found
+    # another system matches no slice: the mrn slice's min 1 fails on the list
+    other = {**patient(), "identifier": [{"system": "http://x", "value": "1"}]}
+    found = errors(validate(client, "Patient", other, profile=url))
+    assert expressions(found) == ["Patient.identifier"], found
