@@ -193,9 +193,9 @@ class Settings(BaseSettings):
     validate_invariants: bool = Field(
         False,
         description="Evaluate the FHIRPath invariants (constraints) of the R4 base definitions "
-        "(dom-2..dom-6, obs-6, ref-1, ...) on every write and $validate: a failed error "
-        "invariant refuses the write, a warning one is a $validate warning. Opt-in while "
-        "it is new.",
+        "(dom-2..dom-6, obs-6, ref-1, ...) on every write: a failed error invariant "
+        "refuses the write. $validate evaluates them whatever this says (a warning one is a "
+        "$validate warning). Opt-in for writes while it is new.",
     )
     validate_bindings: bool = Field(
         True,

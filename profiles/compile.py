@@ -1206,7 +1206,13 @@ def _check_constraints(
         except KeyError:
             fast = c.fast[type_name] = compile_fhirpath(c.expression, type_name)
         try:
-            ok = _evaluate(c, fast, value, el, resource)
+            if fast is None:
+                ok = _evaluate(c, value, el, resource)
+            else:
+                try:
+                    ok = fast(value, resource, resource) == [True]
+                except Unsupported:  # this instance is fhirpathpy's
+                    ok = _evaluate(c, value, el, resource)
         except Exception as exc:  # an engine failure is reported, not raised
             log.warning("constraint %s of %s failed: %s", c.key, rule.path, exc)
             message = f"{_label(rule, c)} could not be evaluated ({type(exc).__name__}) {where}"
@@ -1221,18 +1227,10 @@ def _label(rule: Rule, c: Constraint) -> str:
     return f"{rule.path}: constraint {c.key} ({c.human or c.expression})"
 
 
-def _evaluate(
-    c: Constraint, fast: Evaluator | None, value: Any, el: Element | None, resource: dict[str, Any]
-) -> bool:
-    """The constraint holds: the expression gives true (empty or false is a failure,
-    as the HL7 validator's evaluateToBoolean has it). ``fast``: the expression compiled
-    for the instance's type, when it is in the subset validation/fhirpath.py covers;
-    else (or for an instance it leaves out) fhirpathpy."""
-    if fast is not None:
-        try:
-            return fast(value, resource, resource) == [True]
-        except Unsupported:
-            pass
+def _evaluate(c: Constraint, value: Any, el: Element | None, resource: dict[str, Any]) -> bool:
+    """The constraint holds by fhirpathpy: the expression gives true (empty or false is
+    a failure, as the HL7 validator's evaluateToBoolean has it). For what the compiled
+    subset (validation/fhirpath.py) does not cover."""
     from fhirpathpy import apply_parsed_path
     from fhirpathpy.engine.nodes import ResourceNode
     from fhirpathpy.models import models

@@ -230,7 +230,9 @@ class ValidateService:
                 req.mode,
                 settings.validate_r4b_models,
                 settings.validation_max_issues,
-                invariants=settings.validate_invariants,
+                # $validate is asked for a full answer, as the HL7 validator gives: the
+                # base invariants always, whatever FHIR_VALIDATE_INVARIANTS says of writes
+                invariants=True,
             )
         )
         if isinstance(req.resource, dict) and req.resource.get("resourceType") == resource_type:

@@ -14,10 +14,11 @@ valid) and never raises: the caller turns errors into a 400 OperationOutcome and
    Attachment rules (att-1, size and hash agreeing with data: attachments.py).
 2. bundle_rules.py, on Bundles only: the Bundle invariants bdl-1 .. bdl-12 and the
    fullUrl rules (absolute, agreeing with Resource.id).
-3. invariants.py, unless FHIR_VALIDATE_INVARIANTS is off: the FHIRPath invariants
-   (``constraint``s) of the StructureDefinitions, from constraints.json, on the
-   instances the walk recorded; dom-2..dom-5 are checked on the container, each nested
-   resource gets its own (with %rootResource the container, when contained).
+3. invariants.py, on $validate always and on writes unless FHIR_VALIDATE_INVARIANTS is
+   off: the FHIRPath invariants (``constraint``s) of the StructureDefinitions, from
+   constraints.json, on the instances the walk recorded; dom-2..dom-5 are checked on
+   the container, each nested resource gets its own (with %rootResource the container,
+   when contained).
 4. r4b.py, only with FHIR_VALIDATE_R4B_MODELS: the fhir.resources R4B pydantic models,
    with errors R4 contradicts dropped and ones already reported not repeated. The
    structural pass covers what it finds (calendar dates included), which

@@ -699,12 +699,14 @@ def _connective(decisive: bool) -> Callable[[Fn, Fn], Fn]:
 
     def build(a: Fn, b: Fn) -> Fn:
         def fn(f: Items, env: Env) -> Items:
-            x = _boolean(a(f, env))
-            if x is decisive:
+            xs = a(f, env)
+            if len(xs) == 1 and xs[0] is decisive:  # the common case, without a call
                 return [decisive]
-            y = _boolean(b(f, env))
-            if y is decisive:
+            x = _boolean(xs)
+            ys = b(f, env)
+            if len(ys) == 1 and ys[0] is decisive:
                 return [decisive]
+            y = _boolean(ys)
             return [not decisive] if x is not None and y is not None else []
 
         return fn
