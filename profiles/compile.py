@@ -697,20 +697,24 @@ def _resolve_reference(value: Any, resource: Any) -> dict[str, Any] | None:
     return None
 
 
+def _parsed(slicing: Slicing) -> list[tuple[str, tuple[tuple[str, str], ...], str]]:
+    """(type, parsed path, slice key) of each discriminator, parsed on first use."""
+    if slicing.parsed is None:
+        slicing.parsed = [
+            (kind, parts, _key(parts))
+            for kind, path in slicing.discriminators
+            for parts in [_path_parts(path) or ()]
+        ]
+    return slicing.parsed
+
+
 def _matches(
     profile: CompiledProfile, piece: Slice, slicing: Slicing, node: Node, resource: Any
 ) -> bool | None:
     """The item belongs to the slice (None: a profile it names is not held)."""
     value, _, el = node
     start = _type_of(value, el)
-    parsed = slicing.parsed
-    if parsed is None:
-        parsed = slicing.parsed = [
-            (kind, parts, _key(parts))
-            for kind, path in slicing.discriminators
-            for parts in [_path_parts(path) or ()]
-        ]
-    for kind, parts, key in parsed:
+    for kind, parts, key in _parsed(slicing):
         found = _walk(value, start, parts, resource)
         if kind in ("value", "pattern"):
             how, wanted = piece.values[key]
@@ -1023,11 +1027,7 @@ def _after_match(slicing: Slicing, piece: Slice) -> list[Rule]:
     the item itself (``$this``) or on a single-valued element of it (the match found
     that one value equal, so it exists and is right: a ``min`` of 1 holds as well)."""
     if piece.after_match is None:
-        compared = {
-            _key(_path_parts(path) or ())
-            for kind, path in slicing.discriminators
-            if kind in ("value", "pattern")
-        }
+        compared = {key for kind, _, key in _parsed(slicing) if kind in ("value", "pattern")}
 
         def redundant(rule: Rule) -> bool:
             if rule.constraints or rule.max is not None:

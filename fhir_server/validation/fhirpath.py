@@ -357,11 +357,8 @@ def _boolean(values: Items) -> bool | None:
 
 
 def _criterion(values: Items) -> bool:
-    if not values:
-        return False
-    if len(values) == 1 and type(values[0]) is bool:
-        return bool(values[0])
-    raise Unsupported("criterion not a boolean")
+    """A ``where``/``all``/``iif`` criterion: true only when it gives true."""
+    return _boolean(values) is True
 
 
 def _plain(types: Types) -> bool:
