@@ -14,6 +14,7 @@ import fcntl
 import importlib.util
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -105,13 +106,19 @@ class EmbeddedMongo:
         replica_set: str = "rs0",
         log_to: Path | None = None,
         cache_size_gb: float | None = 0.5,
+        close_idle_files_after: int = 600,
     ) -> None:
-        """``cache_size_gb`` caps the WiredTiger cache (None: mongod's default, ~half of RAM)."""
+        """``cache_size_gb`` caps the WiredTiger cache (None: mongod's default, ~half of RAM).
+        ``close_idle_files_after`` (seconds) lets WiredTiger close the handle of a
+        collection or index file nobody used for that long: every collection and index is
+        a file, and a server with many databases (a test suite, many tenants) otherwise
+        keeps one descriptor per file it ever touched (MongoDB 6.0 waits 100,000 s)."""
         self.data_dir = Path(data_dir)
         self.mongod_bin = mongod_bin
         self.replica_set = replica_set
         self.log_path = Path(log_to) if log_to is not None else self.data_dir / "mongod.log"
         self.cache_size_gb = cache_size_gb
+        self.close_idle_files_after = close_idle_files_after
         self.url: str | None = None
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -233,6 +240,7 @@ class EmbeddedMongo:
             "--nounixsocket",  # no stray /tmp/mongodb-<port>.sock files
             # FTDC samples every second for MongoDB support; not worth the CPU on a small box.
             "--setParameter", "diagnosticDataCollectionEnabled=false",
+            "--setParameter", f"wiredTigerFileHandleCloseIdleTime={self.close_idle_files_after}",
         ]  # fmt: skip
         if self.cache_size_gb is not None:
             args += ["--wiredTigerCacheSizeGB", str(self.cache_size_gb)]
@@ -244,7 +252,7 @@ class EmbeddedMongo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,  # a terminal's Ctrl-C reaches the server, which then stops us
-                preexec_fn=_die_with_parent(any_thread=from_supervisor),
+                preexec_fn=_child_setup(_die_with_parent(any_thread=from_supervisor)),
             )
 
     def _await_primary(self, port: int, deadline: float, log_offset: int) -> bool:
@@ -358,6 +366,24 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _child_setup(then: Callable[[], None] | None) -> Callable[[], None]:
+    """A preexec_fn raising mongod's open-file limit to the hard limit, then ``then``.
+
+    WiredTiger holds a descriptor per collection and index file, plus one per connection;
+    the usual soft limit of 1,024 is far below what mongod needs (its docs ask for 64,000)
+    and running out makes it abort mid-write."""
+
+    def setup() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        if then is not None:
+            then()
+
+    return setup
 
 
 def _die_with_parent(*, any_thread: bool = False) -> Callable[[], None] | None:

@@ -73,8 +73,13 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
+    # Each test database is dozens of WiredTiger files: close idle ones fast, so that the
+    # suite's ~2,000 databases never hold more descriptors than the machine allows.
     mongo = EmbeddedMongo(
-        tmp_path_factory.mktemp("mongo"), os.environ.get("FHIR_MONGOD_BIN"), cache_size_gb=0.25
+        tmp_path_factory.mktemp("mongo"),
+        os.environ.get("FHIR_MONGOD_BIN"),
+        cache_size_gb=0.25,
+        close_idle_files_after=30,
     )
     try:
         url = mongo.start()
@@ -88,6 +93,26 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while _HELLO_CLIENT:
             _HELLO_CLIENT.pop().close()
         mongo.stop()
+
+
+_KEPT = frozenset({"admin", "config", "local"})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_module_databases(mongo_url: str) -> Iterator[None]:
+    """Drop every database a test module created and did not drop itself (servers started
+    by helpers, fixed names): left behind, their files pile up in the suite's mongod.
+    Module-scoped fixtures are torn down before this runs (it is set up first). Only on
+    the suite's own mongod: an external one (FHIR_TEST_MONGO_URL) may hold others' data."""
+    if not _SESSION_MONGO:
+        yield
+        return
+    with MongoClient(mongo_url) as mc:
+        before = set(mc.list_database_names())
+    yield
+    with MongoClient(mongo_url) as mc:
+        for name in set(mc.list_database_names()) - before - _KEPT:
+            mc.drop_database(name)
 
 
 @pytest.fixture

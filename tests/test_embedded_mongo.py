@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -205,3 +206,26 @@ def test_find_mongod_without_any_mongod(monkeypatch: pytest.MonkeyPatch) -> None
     ):
         assert hint in message
     assert "\n" not in message  # one paragraph
+
+
+def test_mongod_gets_the_hard_open_file_limit_and_closes_idle_files(tmp_path: Path) -> None:
+    """Every collection and index is a WiredTiger file with its own descriptor; with the
+    usual soft limit of 1,024 a server holding many databases aborts ("Too many open
+    files"), so mongod is started at the hard limit and closes files idle for a while."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, soft), hard))  # mongod inherits it
+    try:
+        mongo = EmbeddedMongo(tmp_path, cache_size_gb=CACHE_GB, close_idle_files_after=45)
+        mongo.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = Path(f"/proc/{mongo.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        expected = str(1 << 20 if hard == resource.RLIM_INFINITY else hard)
+        assert line.split()[3] == expected, line
+        with MongoClient(mongo.url) as mc:
+            got = mc.admin.command({"getParameter": 1, "wiredTigerFileHandleCloseIdleTime": 1})
+        assert got["wiredTigerFileHandleCloseIdleTime"] == 45
+    finally:
+        mongo.stop()
