@@ -8,8 +8,10 @@ Starts `fhir-server serve` (embedded mongod in a temporary data dir, authorizati
 posts a CodeSystem of --concepts concepts (a two-level hierarchy, each with a Spanish
 designation) and a ValueSet of all of them, warms up, then times sequential requests
 over HTTP: a plain Patient read (the HTTP baseline), CodeSystem/$lookup,
-CodeSystem/$validate-code, ValueSet/$validate-code, and ValueSet/$expand of the whole
-value set, without and with a text filter, in rounds of one request of each kind.
+CodeSystem/$validate-code, ValueSet/$validate-code (repeating 90 codes, as validating a
+stream of data does), $lookup and ValueSet/$validate-code of a code not asked before,
+and ValueSet/$expand of the whole value set, without and with a text filter, in rounds
+of one request of each kind.
 Prints p50 and p95 in milliseconds (client-measured, so HTTP is included) and the
 machine's load average before and after.
 
@@ -215,6 +217,13 @@ def main() -> None:
         httpx.Client(base_url=server.base_url, timeout=60) as http,
     ):
         cs = code_system(args.concepts)
+        # leaf codes, taken once each from the front (lookups) and from the back
+        # (validations): a code not asked before, so only its canonical is cached
+        leaves = [c["code"] for g in cs["concept"] for c in g["concept"]]  # type: ignore[attr-defined]
+
+        def fresh(i: int) -> str:
+            return str(leaves[i % len(leaves)])
+
         created = http.post("/CodeSystem", json=cs)
         assert created.status_code == 201
         pid = http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
@@ -240,6 +249,14 @@ def main() -> None:
                 "/ValueSet/$validate-code",
                 params={"url": VS, "system": SYSTEM, "code": f"C{i % 9}-{i % 90}"},
             ),
+            # a code not asked before: nothing about it is cached yet (only the canonical)
+            "CodeSystem/$lookup, new code": lambda h, i: h.get(
+                "/CodeSystem/$lookup", params={"system": SYSTEM, "code": fresh(i)}
+            ),
+            "ValueSet/$validate-code, new code": lambda h, i: h.get(
+                "/ValueSet/$validate-code",
+                params={"url": VS, "system": SYSTEM, "code": fresh(-1 - i)},
+            ),
             f"ValueSet/$expand ({total})": lambda h, i: h.get(
                 "/ValueSet/$expand", params={"url": VS}
             ),
@@ -247,8 +264,9 @@ def main() -> None:
                 "/ValueSet/$expand", params={"url": VS, "filter": f"organ {i % 37}"}
             ),
         }
-        for call in calls.values():
-            timed(http, 20, call)  # warm up
+        for name, call in calls.items():
+            if "new code" not in name:
+                timed(http, 20, call)  # warm up
         # round robin: one request of each kind per round, so a load that comes and
         # goes on a shared machine falls on every line alike
         samples: dict[str, list[float]] = {name: [] for name in calls}

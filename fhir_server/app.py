@@ -43,6 +43,7 @@ from fhir_server.workflows.scheduling.operations import router as scheduling_rou
 from profiles.registry import ProfileRegistry, warn_unheld_required
 from smart_auth.mount import close_auth, install_auth, install_smart_configuration, open_auth
 from smart_auth.tokens import TokenVerifier
+from terminology.freshness import Freshness
 from terminology.membership import Membership
 from terminology.service import TerminologyService
 
@@ -72,7 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search = SearchService(storage, Registry.from_definitions())
         # one terminology service per app (it caches definitions): for the operations
         # (api/terminology.py) and the token modifiers :in/:not-in/:below/:above
-        app.state.terminology = TerminologyService(storage, settings.terminology_max_expansion)
+        # what it resolved is reused until a terminology write (this process's, or one
+        # its change stream reports) says otherwise
+        freshness = Freshness(storage)
+        storage.observers.append(freshness)
+        watching = asyncio.create_task(freshness.watch())
+        app.state.terminology = TerminologyService(
+            storage, settings.terminology_max_expansion, freshness
+        )
         search.terminology = app.state.terminology.for_search
         # the conformance resources the server's own declarations point at (together:
         # on a fresh database each creates its type's collection and indexes)
@@ -103,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweep.cancel()
+            watching.cancel()
             heap.release(offload.busy())
             offload.close()
             close_auth(app)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -391,16 +392,39 @@ async def forget(db: Db, rid: str) -> None:
 # --- queries ----------------------------------------------------------------------------
 
 
+_KNOWN_SIZE = 20_000
+_UNCHANGING = "cs:"  # a CodeSystem version's generation: written whole, then never changed
+
+
 class ConceptStore:
     """Index lookups over loaded code systems."""
 
     def __init__(self, db: Db) -> None:
         self.db = db
         self.concepts = db[CONCEPTS]
+        # (key, code) -> the concept (None: no such code) of generations that never
+        # change once loaded (a CodeSystem resource version's; not an import's, which a
+        # re-run may change): the lookup a $lookup or $validate-code repeats
+        self._known: OrderedDict[tuple[str, str], Concept | None] = OrderedDict()
 
     async def get(self, key: str, code: str) -> Concept | None:
+        """The concept ``code`` of generation ``key`` (shared: do not change it)."""
+        unchanging = key.startswith(_UNCHANGING)
+        if unchanging:
+            try:
+                found = self._known[(key, code)]
+            except KeyError:
+                pass
+            else:
+                self._known.move_to_end((key, code))
+                return found
         doc = await self.concepts.find_one({"k": key, "c": code}, {"w": 0, "anc": 0})
-        return Concept.from_document(doc) if doc else None
+        concept = Concept.from_document(doc) if doc else None
+        if unchanging:
+            self._known[(key, code)] = concept
+            if len(self._known) > _KNOWN_SIZE:
+                self._known.popitem(last=False)
+        return concept
 
     async def descendants(self, key: str, code: str) -> list[str]:
         cursor = self.concepts.find({"k": key, "anc": code}, {"_id": 0, "c": 1})

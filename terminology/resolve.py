@@ -22,6 +22,7 @@ from fhir_server.search.values import SEP
 from fhir_server.storage import Storage
 from terminology import concepts
 from terminology.concepts import LoadedSystem
+from terminology.freshness import Freshness
 
 Filter = dict[str, Any]
 T = TypeVar("T")
@@ -56,16 +57,20 @@ def version_key(version: str | None) -> tuple[Any, ...]:
 
 
 class Resolver:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, freshness: Freshness | None = None) -> None:
+        """``freshness``: when what was resolved may be reused without asking again
+        (terminology/freshness.py); None: never, every canonical is looked up."""
         self.storage = storage
+        self.freshness = freshness
         self._parsed: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
         # (CodeSystem id, versionId) -> its loaded concepts: a stored version never
         # changes, so this needs no invalidation (an update has a new versionId)
         self._systems: OrderedDict[tuple[str, int], LoadedSystem] = OrderedDict()
-        # (type, url, version, restriction) -> what it resolved to last time: the guess
-        # that the next request's dependent query runs on while the canonical is looked
-        # up again (``_speculate``)
-        self._guesses: OrderedDict[tuple[str, ...], tuple[Ref, Any]] = OrderedDict()
+        # (type, url, version, restriction) -> what it resolved to last time, and the
+        # freshness generation it was read in: the answer while that generation lasts,
+        # else the guess that the next request's dependent query runs on while the
+        # canonical is looked up again (``_speculate``)
+        self._guesses: OrderedDict[tuple[str, ...], tuple[Ref, Any, int]] = OrderedDict()
 
     async def _candidates(
         self, rtype: str, url: str, version: str | None, restriction: Filter
@@ -136,7 +141,10 @@ class Resolver:
             return Stored(ref[0], ref[1], await self._load(rtype, *ref))
 
         found = await self._speculate(
-            (rtype, "#" + rid, repr(restriction)), self._id_ref(rtype, rid, restriction), load, then
+            (rtype, "#" + rid, repr(restriction)),
+            lambda: self._id_ref(rtype, rid, restriction),
+            load,
+            then,
         )
         if found is None:
             raise FhirError.of(404, "not-found", f"{rtype}/{rid} is not known")
@@ -159,7 +167,7 @@ class Resolver:
 
         return await self._speculate(
             (rtype, url, version or "", repr(restriction)),
-            self._candidates(rtype, url, version, restriction),
+            lambda: self._candidates(rtype, url, version, restriction),
             load,
             then,
         )
@@ -167,26 +175,33 @@ class Resolver:
     async def _speculate(
         self,
         key: tuple[str, ...],
-        resolving: Awaitable[Ref | None],
+        resolving: Callable[[], Awaitable[Ref | None]],
         load: Callable[[Ref], Awaitable[X]],
         then: Callable[[X], Awaitable[T]],
     ) -> tuple[X, T] | None:
-        """Resolve a canonical and run ``then`` on what it names, the two at once when
-        the same canonical resolved before: ``then`` runs on last time's answer while
-        the canonical is looked up again, and is kept only if the lookup agrees (a
-        resource updated or deleted since makes it run again on the new answer). The
-        lookup is never skipped, so an update is seen by the next request; what is
-        saved is a round trip to MongoDB (about 0.4 to 0.9 ms each on the 2-core
-        machine, docs/benchmarks.md), the largest part of a $lookup or $validate-code."""
+        """Resolve a canonical and run ``then`` on what it names.
+
+        While nothing of the terminology changed since the canonical last resolved
+        (``freshness``), that answer is used as it is. Otherwise, when it resolved
+        before, ``then`` runs on last time's answer while the canonical is looked up
+        again, and is kept only if the lookup agrees (a resource updated or deleted
+        since makes it run again on the new answer). What is saved is a round trip to
+        MongoDB (about 0.4 to 0.9 ms each on the 2-core machine, docs/benchmarks.md)
+        and its client CPU, the largest part of a $lookup or $validate-code."""
         guess = self._guesses.get(key)
+        fresh = self.freshness
+        generation = -1 if fresh is None else fresh.generation
+        if guess is not None and fresh is not None and fresh.trusted and guess[2] == generation:
+            self._guesses.move_to_end(key)
+            return guess[1], await then(guess[1])
         if guess is None:
-            ref = await resolving
+            ref = await resolving()
         else:
-            got, early = await asyncio.gather(resolving, then(guess[1]), return_exceptions=True)
+            got, early = await asyncio.gather(resolving(), then(guess[1]), return_exceptions=True)
             if isinstance(got, BaseException):
                 raise got
             if got == guess[0]:
-                self._guesses.move_to_end(key)
+                self._remember(key, got, guess[1], generation)
                 if isinstance(early, BaseException):
                     raise early
                 return guess[1], early
@@ -195,11 +210,14 @@ class Resolver:
         if ref is None:
             return None
         found = await load(ref)
-        self._remember(key, ref, found)
+        self._remember(key, ref, found, generation)
         return found, await then(found)
 
-    def _remember(self, key: tuple[str, ...], ref: Ref, found: Any) -> None:
-        self._guesses[key] = (ref, found)
+    def _remember(self, key: tuple[str, ...], ref: Ref, found: Any, generation: int) -> None:
+        """Keep what ``key`` resolved to, read in ``generation`` (taken before the
+        lookup started: a change during it makes the answer a guess only)."""
+        self._guesses[key] = (ref, found, generation)
+        self._guesses.move_to_end(key)
         if len(self._guesses) > _CACHE_SIZE:
             self._guesses.popitem(last=False)
 
@@ -221,7 +239,7 @@ class Resolver:
 
         return await self._speculate(
             ("CodeSystem", url, version or "", repr(restriction)),
-            self._candidates("CodeSystem", url, version, restriction),
+            lambda: self._candidates("CodeSystem", url, version, restriction),
             load,
             then,
         )
@@ -246,7 +264,7 @@ class Resolver:
 
         found = await self._speculate(
             ("CodeSystem", "#" + rid, repr(restriction)),
-            self._id_ref("CodeSystem", rid, restriction),
+            lambda: self._id_ref("CodeSystem", rid, restriction),
             load,
             then,
         )

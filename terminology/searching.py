@@ -69,6 +69,8 @@ class _Recording(Resolver):
     def __init__(self, inner: Resolver) -> None:
         # the inner resolver's state: its storage and the very same cache objects
         self.__dict__.update(inner.__dict__)
+        # every resolution must reach ``_candidates`` to be recorded: never reuse one
+        self.freshness = None
         self.seen: list[tuple[str, str, str | None, Filter, tuple[str, int] | None]] = []
 
     async def _candidates(

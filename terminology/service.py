@@ -14,6 +14,7 @@ from fhir_server.outcome import FhirError
 from fhir_server.storage import Storage
 from terminology import codesystem, conceptmap, valueset
 from terminology.concepts import ConceptStore, ensure_indexes
+from terminology.freshness import Freshness
 from terminology.params import Inputs
 from terminology.resolve import Filter, Resolver
 from terminology.searching import ExpansionCache, Restrict, SearchCodes, SubtreeCache
@@ -55,8 +56,10 @@ def capability_operations() -> dict[str, tuple[Mapping[str, str], ...]]:
 
 
 class TerminologyService:
-    def __init__(self, storage: Storage, max_expansion: int = 10_000) -> None:
-        self.resolver = Resolver(storage)
+    def __init__(
+        self, storage: Storage, max_expansion: int = 10_000, freshness: Freshness | None = None
+    ) -> None:
+        self.resolver = Resolver(storage, freshness)
         self.store = ConceptStore(storage.db)
         self.codesystems = codesystem.CodeSystemOperations(self.resolver, self.store)
         self.valuesets = valueset.ValueSetOperations(self.resolver, self.store, max_expansion)

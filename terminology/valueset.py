@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ VALIDATE_PARAMS = (
 T = TypeVar("T")
 _CONCEPT_PROPERTIES = frozenset({"concept", "code"})
 _MAX_DEPTH = 20
+_MEMBERS_SIZE = 20_000
 
 
 def too_costly(message: str, *where: str) -> FhirError:
@@ -138,6 +140,11 @@ class ValueSetOperations:
         self.resolver = resolver
         self.store = store
         self.max_expansion = max_expansion
+        # $validate-code answers: (value set's id(), system, code, version, restrictions)
+        # -> (freshness generation, the value set, its entry or why none)
+        self._members: OrderedDict[tuple[Any, ...], tuple[int, dict[str, Any], Entry | str]] = (
+            OrderedDict()
+        )
 
     # --- which value set ---------------------------------------------------------------
 
@@ -563,35 +570,56 @@ class ValueSetOperations:
     async def validate_code(
         self, inp: Inputs, rid: str | None, restrictions: dict[str, Filter]
     ) -> dict[str, Any]:
+        # a stored value set's answers may be reused (``_membership``), an inline one's not
+        stored = rid is not None or inp.resource("valueSet", "ValueSet") is None
+
         async def run(vs: dict[str, Any]) -> dict[str, Any]:
-            return await self._validate(vs, inp, restrictions)
+            return await self._validate(vs, inp, restrictions, stored)
 
         return await self.on_target(inp, rid, restrictions["ValueSet"], run)
 
     async def _validate(
-        self, vs: dict[str, Any], inp: Inputs, restrictions: dict[str, Filter]
+        self, vs: dict[str, Any], inp: Inputs, restrictions: dict[str, Filter], stored: bool
     ) -> dict[str, Any]:
         language = inp.text("displayLanguage")
-        active_only = False
         messages: list[str] = []
         url = vs.get("url") or "the value set"
         for c in codings_of(inp):
             version = c.version or inp.text("systemVersion") or inp.text("version")
             c = replace(c, version=version)
-            options = Options(active_only=active_only, probe=c, limit=0)
-            entries = await self.evaluate(vs, options, restrictions, ())
-            if entries:
-                e = entries[0]
-                concept = e.concept or Concept(
-                    e.code, e.display, e.inactive, e.abstract, e.designations
+            found = await self._membership(vs, c, restrictions, stored)
+            if isinstance(found, Entry):
+                concept = found.concept or Concept(
+                    found.code, found.display, found.inactive, found.abstract, found.designations
                 )
-                return validation_result(concept, e.system, c, language).json()
-            messages.append(
-                f"The code {c.system or ''}#{c.code} is not in {url}"
-                + await self._why(c, restrictions)
-            )
+                return validation_result(concept, found.system, c, language).json()
+            messages.append(f"The code {c.system or ''}#{c.code} is not in {url}{found}")
         out = Output().add("result", "Boolean", False).add("message", "String", "; ".join(messages))
         return out.json()
+
+    async def _membership(
+        self, vs: dict[str, Any], c: Coded, restrictions: dict[str, Filter], stored: bool
+    ) -> Entry | str:
+        """The value set's entry for ``c``, or why it has none. A stored value set's
+        answer is reused while nothing of the terminology changed (freshness.py): the
+        parsed resource is the resolver's shared copy, held here to keep its identity."""
+        fresh = self.resolver.freshness
+        key = (id(vs), c.system, c.code, c.version, repr(restrictions))
+        generation = -1 if fresh is None else fresh.generation
+        if stored and fresh is not None and fresh.trusted:
+            hit = self._members.get(key)
+            if hit is not None and hit[0] == generation and hit[1] is vs:
+                self._members.move_to_end(key)
+                return hit[2]
+        options = Options(active_only=False, probe=c, limit=0)
+        entries = await self.evaluate(vs, options, restrictions, ())
+        found: Entry | str = entries[0] if entries else await self._why(c, restrictions)
+        if stored and fresh is not None:
+            self._members[key] = (generation, vs, found)
+            self._members.move_to_end(key)
+            if len(self._members) > _MEMBERS_SIZE:
+                self._members.popitem(last=False)
+        return found
 
     async def _why(self, c: Coded, restrictions: dict[str, Filter]) -> str:
         if c.system is None:

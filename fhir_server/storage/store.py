@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +107,25 @@ class WriteHook(Protocol):
         ``rewrite``: the versions correct ones written earlier in the transaction."""
 
 
+class WriteObserver(Protocol):
+    """Told, in this process, when a transaction starts writing one of ``types`` and
+    when that transaction has ended (committed or not): for in-process caches of what
+    those types hold (terminology/freshness.py), which must not be refilled with what a
+    concurrent request reads before the commit."""
+
+    types: frozenset[str]
+
+    def writing(self) -> None: ...
+
+    def written(self) -> None: ...
+
+
+# The observers told of the running transaction's writes (``Storage.transaction``).
+_TOLD: contextvars.ContextVar[list[WriteObserver] | None] = contextvars.ContextVar(
+    "told", default=None
+)
+
+
 class _Unreachable(Exception):
     """Carries a connection failure out of ``with_transaction`` unretried."""
 
@@ -132,6 +152,7 @@ class Storage:
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
         self._ready: set[str] = set()
         self.hook: WriteHook | None = None
+        self.observers: list[WriteObserver] = []
 
     def current(self, resource_type: str) -> AsyncCollection[dict[str, Any]]:
         return self.db[resource_type]
@@ -235,7 +256,16 @@ class Storage:
         ``types`` are the resource types it may write (their collections must exist)."""
         for t in types:
             await self.ensure_type(t)
+        told: list[WriteObserver] = []
+        reset = _TOLD.set(told)
+        try:
+            return await self._transaction(fn)
+        finally:
+            _TOLD.reset(reset)
+            for observer in told:
+                observer.written()
 
+    async def _transaction(self, fn: Callable[[Session], Awaitable[T]]) -> T:
         async def unless_unreachable(session: Session) -> T:
             # with_transaction retries a transaction that could not reach the server
             # (a TransientTransactionError) for up to 120 s: a request would hang that
@@ -288,6 +318,7 @@ class Storage:
 
         The write pipeline (``hook``) runs around it, in the same transaction.
         """
+        self._tell(writes)
         prepared = await self.hook.prepare(writes, session) if self.hook else None
         created: dict[str, list[dict[str, Any]]] = defaultdict(list)
         replaced: dict[str, list[ReplaceOne[dict[str, Any]]]] = defaultdict(list)
@@ -317,11 +348,27 @@ class Storage:
         if prepared is not None:
             await prepared.apply(session)
 
+    def _tell(self, writes: Sequence[VersionWrite]) -> None:
+        """Tell the observers of these types, once per transaction, that it writes them."""
+        if not self.observers:
+            return
+        told = _TOLD.get()
+        for observer in self.observers:
+            if told is not None and observer in told:
+                continue
+            if any(w.type in observer.types for w in writes):
+                observer.writing()
+                if told is None:  # not in ``transaction``: no end to wait for
+                    observer.written()
+                else:
+                    told.append(observer)
+
     async def rewrite(self, writes: Sequence[VersionWrite], session: Session) -> None:
         """Replace versions written earlier in the same transaction (same version
         number): for content that could only be settled after the writes. The write
         pipeline sees the corrected content as well (its rules are idempotent for a
         version they have seen)."""
+        self._tell(writes)
         prepared = await self.hook.prepare(writes, session, True) if self.hook else None
         by_type: dict[str, list[VersionWrite]] = defaultdict(list)
         for w in writes:
