@@ -89,8 +89,12 @@ class Freshness:
                         self.changed()
             except asyncio.CancelledError:
                 raise
-            except PyMongoError as exc:
-                log.warning("terminology change stream closed (%s); reopening", exc)
+            except PyMongoError as exc:  # once per outage: a standalone mongod fails forever
+                (log.debug if failures else log.warning)(
+                    "terminology change stream closed (%s); definitions are looked up on "
+                    "every request until it reopens",
+                    exc,
+                )
             finally:
                 self.live = False
                 self.opened.clear()
