@@ -63,6 +63,14 @@ def make_sample(schema: str, patients: int, source: str, seed: int, replace: boo
         click.echo(f"{table}: {count}")
 
 
+_OVERRIDES = click.option(
+    "--mapping-overrides",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="YAML/JSON file of code-map entries completing the mapping (what `import "
+    "profile --skeleton` wrote, filled in).",
+)
+
+
 @import_group.command("run")
 @click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
 @click.option(
@@ -71,6 +79,7 @@ def make_sample(schema: str, patients: int, source: str, seed: int, replace: boo
     metavar="NAME|FILE",
     help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
 )
+@_OVERRIDES
 @click.option("--fhir-url", metavar="BASE", help="FHIR base URL (not needed with --dry-run).")
 @click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
 @click.option("--dry-run", is_flag=True, help="Map and validate everything, write nothing.")
@@ -102,6 +111,7 @@ def make_sample(schema: str, patients: int, source: str, seed: int, replace: boo
 def run(
     source: str,
     mapping: str,
+    mapping_overrides: Path | None,
     fhir_url: str | None,
     token: str | None,
     dry_run: bool,
@@ -136,6 +146,7 @@ def run(
     options = RunOptions(
         source_url=source,
         mapping=mapping,
+        mapping_overrides=mapping_overrides,
         fhir_url=fhir_url,
         token=token,
         dry_run=dry_run,
@@ -153,6 +164,63 @@ def run(
     for line in summary.lines():
         click.echo(line)
     sys.exit(0 if summary.ok else 1)
+
+
+@import_group.command("profile")
+@click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
+@click.option(
+    "--mapping",
+    required=True,
+    metavar="NAME|FILE",
+    help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
+)
+@_OVERRIDES
+@click.option(
+    "--skeleton",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the code-map entries the mapping lacks here (.json: JSON, else YAML), to "
+    "fill in and pass back with --mapping-overrides.",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the whole profile as JSON.",
+)  # fmt: skip
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True)
+def profile(
+    source: str,
+    mapping: str,
+    mapping_overrides: Path | None,
+    skeleton: Path | None,
+    json_out: Path | None,
+    top: int,
+) -> None:
+    """Show what the legacy database holds in every column the mapping checks, before
+    importing: distinct values with counts, values no code map handles, NULL and empty
+    counts, unreadable dates and times, orphan keys, duplicate cédulas and row keys.
+
+    Read-only. Exit code 0 when the mapping refuses or drops nothing, 1 otherwise, 2 for
+    usage, mapping or database errors.
+    """
+    import json
+
+    from importers.mapping.model import load_mapping
+    from importers.profile import profile_source, report_lines, write_skeleton
+
+    with _exit_on_source_errors():
+        m = load_mapping(mapping, mapping_overrides)
+        found = profile_source(m, source, top)
+    for line in report_lines(found):
+        click.echo(line)
+    try:
+        if skeleton is not None:
+            n = write_skeleton(found, m, skeleton)
+            click.echo(f"{n} code-map entries to fill in written to {skeleton}")
+        if json_out is not None:
+            json_out.write_text(json.dumps(found.as_json(), ensure_ascii=False, indent=1))
+    except OSError as exc:
+        click.echo(f"cannot write {exc.filename}: {exc.strerror}", err=True)
+        sys.exit(2)
+    sys.exit(0 if found.clean else 1)
 
 
 @import_group.command("check-mapping")

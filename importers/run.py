@@ -55,6 +55,7 @@ class RunOptions:
     retries: int = 5
     timeout_s: float = 300.0
     validate_first: bool = False  # validate every resource before sending (dry runs do)
+    mapping_overrides: Path | None = None  # code-map entries completing the mapping
 
 
 @dataclass(slots=True)
@@ -184,7 +185,7 @@ def _outcome_text(outcome: Any) -> str:
 class Importer:
     def __init__(self, options: RunOptions, progress: Any = None) -> None:
         self.o = options
-        self.mapping: Mapping = load_mapping(options.mapping)
+        self.mapping: Mapping = load_mapping(options.mapping, options.mapping_overrides)
         self.source = Source(options.source_url)
         self.state = State.load(
             state_path(options.state_dir, options.source_url, self.mapping.path)

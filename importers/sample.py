@@ -284,6 +284,7 @@ class Generator:
         rng = self.rng
         t: dict[str, list[dict[str, Any]]] = {}
         n_clinics = max(2, patients // 1500)
+        cities = rng.sample(CITIES, min(n_clinics, len(CITIES)))  # then again, past 50k
         t["clinics_clinic"] = [
             {
                 "id": i,
@@ -296,7 +297,7 @@ class Generator:
                 "is_active": 1,
                 "updated_at": self.stamp(),
             }
-            for i, c in enumerate(rng.sample(CITIES, n_clinics), start=1)
+            for i, c in enumerate((cities[k % len(cities)] for k in range(n_clinics)), start=1)
         ]
         t["clinics_room"] = [
             {

@@ -21,7 +21,8 @@ from test_import_support import (
 
 from importers import cedula
 from importers.mapping import MappingError, load_mapping, parse_mapping
-from importers.mapping.expressions import Functions, norm_code
+from importers.mapping.codemaps import fold
+from importers.mapping.expressions import Functions
 from importers.text import repair_mojibake
 
 fhir_base = support.fhir_base  # a fixture
@@ -57,8 +58,12 @@ def test_mojibake_is_repaired_only_when_it_round_trips() -> None:
 def test_code_maps_local_times_and_numbers() -> None:
     f = Functions("America/Guayaquil", {"st": {"CONFIRMED": "booked", "$default": "x"}})
     assert f.f_code("st", "  confirmed ") == "booked"
-    assert norm_code(" No  Asistió ") == norm_code("NO_ASISTIO")
-    assert f.f_code("st", "otro") == "x" and f.issues == []  # configured default: no issue
+    assert fold(" No  Asistió ") == fold("NO_ASISTIO")
+    # a $default the author wrote is used, and each use is reported
+    assert f.f_code("st", "otro", _col="estado") == "x"
+    assert [(i.severity, i.column) for i in f.issues] == [("warning", "estado")]
+    assert "imported as its $default 'x'" in f.issues[0].reason
+    f.issues.clear()
     # America/Guayaquil is UTC-05:00 all year (no DST); MySQL TIME arrives as timedelta.
     assert f.f_datetime(date(2025, 7, 1), timedelta(hours=8, minutes=20)) == (
         "2025-07-01T08:20:00-05:00"
@@ -105,6 +110,37 @@ def test_mapping_schema_errors() -> None:
         parse_mapping({**_doc({}), "timezone": "Mars/Olympus"})
     for name in ("clinica", "historial_medico"):
         assert load_mapping(name).resources
+
+
+@pytest.mark.parametrize(
+    ("typed", "same_as"),
+    [
+        (" Programada.", "programada"),
+        ("PROGRAMADA", "programada"),
+        ("No  asistió", "NO_ASISTIO"),
+        ("no-asistio", "NO_ASISTIO"),
+        ("Niño", "NINO"),
+        ("A+", "A pos"),
+        ("O Rh(-)", "O RH NEG"),
+        ("AB -", "ab neg"),
+    ],
+)
+def test_code_keys_fold_case_accents_spaces_and_punctuation(typed: str, same_as: str) -> None:
+    assert fold(typed) == fold(same_as)
+
+
+def test_built_in_vocabularies_and_their_errors() -> None:
+    f = Functions("UTC", {"st": {"$synonyms": "appointment-status", "AGENDADA": "pending"}})
+    words = {"Reservada": "booked", "no asistió": "noshow", "Anulada": "cancelled",
+             "ATENDIDA": "fulfilled", "agendada ": "pending"}  # fmt: skip
+    assert {w: f.f_code("st", w) for w in words} == words  # own entries win
+    blood = Functions("UTC", {"abo": {"$synonyms": "blood-type"}})
+    assert blood.f_code("abo", "O+") == blood.f_code("abo", "0 Rh positivo") == "278147001"
+    assert blood.f_code("abo", "AB-") == "278154007" and blood.f_code("abo", "A") == "112144000"
+    with pytest.raises(MappingError, match="no built-in vocabulary 'estados'"):
+        parse_mapping({**_doc({}), "codes": {"st": {"$synonyms": "estados"}}})
+    with pytest.raises(MappingError, match="same key as another entry"):
+        parse_mapping({**_doc({}), "codes": {"st": {"No show": "noshow", "NO_SHOW": "booked"}}})
 
 
 def test_check_mapping_command(tmp_path: Path) -> None:

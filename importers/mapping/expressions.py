@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from importers import cedula as ced
+from importers.mapping.codemaps import code_maps, fold
 from importers.text import clean, repair_mojibake
 
 
@@ -46,13 +47,6 @@ class Reject(Exception):
         self.column, self.reason = column, reason
 
 
-def norm_code(value: Any) -> str:
-    """How code-map keys and values are compared: case, spaces and accents of the
-    hand-typed legacy statuses do not matter (`` Confirmada`` = ``CONFIRMADA``)."""
-    text = re.sub(r"[\s_\-]+", "_", str(value).strip()).casefold()
-    return text.translate(str.maketrans("áéíóúüñ", "aeiouun"))
-
-
 _ALLOWED = (
     ast.Expression, ast.Name, ast.Load, ast.Constant, ast.Call, ast.keyword, ast.BoolOp,
     ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare, ast.Eq, ast.NotEq, ast.Lt,
@@ -70,6 +64,16 @@ FUNCTION_PREFIX = "__fn_"
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """A column an expression passes straight to a checking function: what
+    ``import profile`` examines before anything is imported."""
+
+    check: str  # "code", "ref", "date", "datetime", "time", "cedula"
+    column: str
+    arg: str | None = None  # the code map (code) or resource mapping (ref) named
+
+
+@dataclass(frozen=True, slots=True)
 class Expression:
     """One compiled expression and what it reads."""
 
@@ -77,6 +81,32 @@ class Expression:
     code: Any
     names: frozenset[str]
     refs: frozenset[str]  # resource mappings named by ref("...", ...)
+    reads: tuple[Read, ...] = ()
+
+
+def _reads_of(call: ast.Call) -> list[Read]:
+    """The plain columns of one call that a checking function reads."""
+    name = call.func.id  # type: ignore[attr-defined]
+    args = call.args
+
+    def column(i: int) -> str | None:
+        arg = args[i] if len(args) > i else None
+        return arg.id if isinstance(arg, ast.Name) else None
+
+    def constant(i: int) -> str | None:
+        arg = args[i] if len(args) > i else None
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value
+        return None
+
+    found: list[tuple[str, str | None, str | None]] = []
+    if name in ("code", "ref"):
+        found.append((name, column(1), constant(0)))
+    elif name in ("date", "cedula", "ruc"):
+        found.append(("cedula" if name == "ruc" else name, column(0), None))
+    elif name == "datetime":  # datetime(timestamp) or datetime(date, time, ...)
+        found += [("datetime", column(0), None), ("time", column(1), None)]
+    return [Read(check, col, arg) for check, col, arg in found if col is not None]
 
 
 def _column_of(call: ast.Call) -> str:
@@ -96,6 +126,7 @@ def compile_expression(source: str, functions: frozenset[str], where: str) -> Ex
         raise MappingError(f"{where}: not an expression: {source!r} ({exc.msg})") from None
     refs: set[str] = set()
     called: set[int] = set()
+    reads: list[Read] = []
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             raise MappingError(f"{where}: {type(node).__name__} is not allowed in {source!r}")
@@ -112,6 +143,7 @@ def compile_expression(source: str, functions: frozenset[str], where: str) -> Ex
             if name in _COLUMN_AWARE and not any(k.arg == "_col" for k in node.keywords):
                 node.keywords.append(ast.keyword("_col", ast.Constant(_column_of(node))))
             called.add(id(node.func))
+            reads += _reads_of(node)
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
     # Functions live under a prefix so that a column named like one (``cedula``) is
     # still the column: ``cedula(cedula)`` reads column cedula and checks it.
@@ -120,7 +152,7 @@ def compile_expression(source: str, functions: frozenset[str], where: str) -> Ex
             node.func.id = FUNCTION_PREFIX + node.func.id
     ast.fix_missing_locations(tree)
     code = compile(tree, f"<{where}>", "eval")
-    return Expression(source, code, frozenset(names), frozenset(refs))
+    return Expression(source, code, frozenset(names), frozenset(refs), tuple(reads))
 
 
 RefTarget = Callable[[str, Any], str | None]
@@ -134,11 +166,7 @@ class Functions:
         self, tz: str, codes: dict[str, dict[str, Any]], resolve_ref: RefTarget | None = None
     ) -> None:
         self.zone = ZoneInfo(tz)
-        self.codes = {
-            name: {norm_code(k): v for k, v in table.items() if k != "$default"}
-            for name, table in codes.items()
-        }
-        self.defaults = {name: table.get("$default") for name, table in codes.items()}
+        self.codes = code_maps(codes)
         self.resolve_ref = resolve_ref
         self.issues: list[RowIssue] = []
         self.row: dict[str, Any] = {}
@@ -279,12 +307,13 @@ class Functions:
         codes = self.codes.get(table)
         if codes is None:
             raise MappingError(f"unknown code map {table!r}")
-        found = codes.get(norm_code(value))
+        found = codes.get(value)
         if found is not None:
             return found
-        if default is None and self.defaults.get(table) is not None:
-            return self.defaults[table]  # a configured $default: expected, no warning
         reason = f"value {value!r} is not in code map {table!r}"
+        if default is None and codes.default is not None:
+            self.warn(_col, f"{reason}; imported as its $default {codes.default!r}")
+            return codes.default
         self.warn(_col, reason + (f"; imported as {default!r}" if default else "; left out"))
         return default
 
@@ -352,7 +381,7 @@ class Functions:
         if value is None:
             return None
         if isinstance(value, str):
-            return norm_code(value) in ("1", "true", "t", "si", "s", "yes", "y")
+            return fold(value) in ("1", "true", "t", "si", "s", "yes", "y")
         return bool(value)
 
     def f_email(self, value: Any, _col: str = "") -> str | None:

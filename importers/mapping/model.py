@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
+from importers.mapping.codemaps import CodeMapError, code_maps, with_overrides
 from importers.mapping.expressions import Expression, Functions, MappingError, compile_expression
 from importers.mapping.template import children_of, compile_template, expressions_of
 
@@ -83,17 +84,35 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("importers").joinpath("mappings", f"{name}.yaml")))
 
 
-def load_mapping(name_or_path: str) -> Mapping:
-    """A built-in mapping by name, or a mapping file."""
-    path = builtin_path(name_or_path) if name_or_path in BUILTIN else Path(name_or_path)
+def _read_yaml(path: Path, what: str) -> Any:
     try:
         text = path.read_text("utf-8")
     except OSError as exc:
-        raise MappingError(f"cannot read mapping {name_or_path!r}: {exc.strerror}") from None
+        raise MappingError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{path}: not valid YAML: {exc}") from None
+        return yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:  # one line: where and what, not PyYAML's drawing
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MappingError(f"{path}: not valid YAML or JSON ({at}{problem})") from None
+
+
+def load_mapping(name_or_path: str, overrides: Path | None = None) -> Mapping:
+    """A built-in mapping by name, or a mapping file; with ``overrides``, a file whose
+    ``codes:`` entries complete or replace the mapping's code maps (what
+    ``import profile --skeleton`` wrote, filled in)."""
+    path = builtin_path(name_or_path) if name_or_path in BUILTIN else Path(name_or_path)
+    doc = _read_yaml(path, "mapping")
+    if overrides is not None:
+        extra = _read_yaml(overrides, "mapping overrides")
+        if not (isinstance(extra, dict) and isinstance(extra.get("codes"), dict)):
+            raise MappingError(f"{overrides}: expected a 'codes:' table of code maps")
+        if isinstance(doc, dict):
+            try:
+                doc["codes"] = with_overrides(doc.get("codes") or {}, extra["codes"])
+            except CodeMapError as exc:
+                raise MappingError(f"{overrides}: {exc}") from None
     mapping = parse_mapping(doc, str(path))
     mapping.path = str(path)
     return mapping
@@ -117,6 +136,10 @@ def parse_mapping(doc: Any, where: str = "mapping") -> Mapping:
         raise MappingError(f"{where}: unknown time zone {tz!r}") from None
     source = doc["source"]
     codes = doc.get("codes", {})
+    try:
+        code_maps(codes)
+    except CodeMapError as exc:
+        raise MappingError(f"{where}: {exc}") from None
     seen: set[str] = set()
     out: list[ResourceMapping] = []
     for i, r in enumerate(doc["resources"]):
