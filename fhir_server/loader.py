@@ -100,6 +100,9 @@ class Options:
     retries: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 300.0
+    # what each response carries: an importer asks for OperationOutcome to learn which
+    # entries made no new version (bundles.py codes the ones that did)
+    prefer_return: str = "minimal"
 
 
 @dataclass(slots=True)
@@ -401,7 +404,11 @@ class Sender:
     def __init__(self, options: Options, transport: httpx.AsyncBaseTransport | None = None):
         self.options = options
         self.base = options.base_url.rstrip("/")
-        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Prefer": "return=minimal"}
+        headers = {
+            "Content-Type": FHIR_JSON,
+            "Accept": FHIR_JSON,
+            "Prefer": f"return={options.prefer_return}",
+        }
         if options.token:
             headers["Authorization"] = f"Bearer {options.token}"
         n = max(1, options.concurrency)

@@ -16,7 +16,7 @@ import asyncio
 import csv
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -31,6 +31,7 @@ from fhir_server.jsonio import dumps
 from importers.build import Mapped, References, RowMapper, r4_problems, request_url
 from importers.mapping.expressions import RowIssue
 from importers.mapping.model import Mapping, ResourceMapping, load_mapping
+from importers.retry import Retries
 from importers.source import Source
 from importers.state import State, state_path
 
@@ -73,6 +74,8 @@ class TableStats:
     merged: int = 0
     failed: int = 0
     warnings: int = 0
+    retried: int = 0  # rows that had failed in an earlier run, tried again
+    retried_failed: int = 0  # ... and failed again
     elapsed_s: float = 0.0
 
     @property
@@ -121,6 +124,13 @@ class Summary:
             f"elapsed {self.elapsed_s:.1f} s: {rows / max(self.elapsed_s, 1e-9):.0f} rows/s, "
             f"{rate:.0f} resources/s" + (" (dry run: nothing written)" if self.dry_run else "")
         )
+        for t in self.tables:
+            if t.retried:
+                out.append(
+                    f"{t.name}: {t.retried} rows that failed in an earlier run were retried: "
+                    f"{t.retried - t.retried_failed} went in or were settled, "
+                    f"{t.retried_failed} failed again"
+                )
         if self.resumed_from:
             out.append(f"resumed an interrupted run at {self.resumed_from}")
             if self.failed_earlier:
@@ -161,6 +171,8 @@ class Batch:
     rows: int
     entries: list[tuple[str, dict[str, Any]]]  # (legacy key, resource)
     max_updated: Any = None
+    updated: dict[str, Any] = field(default_factory=dict)  # legacy key -> its update time
+    retry_pass: bool = False  # rows fetched by key because they had failed before
 
 
 def _parse_since(since: str, tz: str) -> datetime:
@@ -265,6 +277,7 @@ class Importer:
                     concurrency=self.o.concurrency,
                     retries=self.o.retries,
                     timeout_s=self.o.timeout_s,
+                    prefer_return="OperationOutcome",
                 )
             )
         try:
@@ -325,7 +338,25 @@ class Importer:
             self.progress.start_table(rm.name, total)
         if self.state.run is not None and not self.o.dry_run:
             self.state.run.setdefault("checkpoints", {})[rm.name] = after
-        batches = self.source.batches(rm, after, since, self.o.batch_size)
+        retries = Retries({} if self.o.dry_run else self.state.failed.setdefault(rm.name, {}))
+        # a run that reads only some rows fetches earlier failures it did not read by key
+        restricted = since is not None or after is not None
+        main = self.source.batches(rm, after, since, self.o.batch_size)
+        retry_pass = [False]
+
+        def again() -> Iterator[list[dict[str, Any]]]:
+            keys = retries.remaining()  # (the main pass is over: the reader is here)
+            if not restricted:
+                retries.gone(keys)
+                return
+            retry_pass[0] = True
+            yield from self.source.rows_by_keys(rm, keys, self.o.batch_size)
+
+        def rows() -> Generator[list[dict[str, Any]], None, None]:
+            yield from main
+            yield from again()
+
+        batches = rows()
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.o.concurrency * 2)
         tracker = _Checkpoints(after)
         max_updated: list[Any] = [None]
@@ -334,13 +365,14 @@ class Importer:
             rows = next(batches, None)
             if rows is None:
                 return None
-            batch = Batch(seq, rows[-1][rm.key], len(rows), [])
+            batch = Batch(seq, rows[-1][rm.key], len(rows), [], retry_pass=retry_pass[0])
             self._attach_children(rm, rows)
             for row in rows:
                 mapped = mapper.map(row, validate=self.o.dry_run or self.o.validate_first)
-                self._account(rm, stats, mapped)
+                self._account(rm, stats, mapped, retries, batch.retry_pass)
                 if mapped.resource is not None:
                     batch.entries.append((mapped.key, mapped.resource))
+                    batch.updated[mapped.key] = mapped.updated
                 # (a zero or unreadable timestamp arrives as text: not a watermark)
                 if isinstance(mapped.updated, date) and (
                     batch.max_updated is None or mapped.updated > batch.max_updated
@@ -365,7 +397,12 @@ class Importer:
         async def consume() -> None:
             while (batch := await queue.get()) is not None:
                 if not self.o.dry_run and batch.entries:
-                    await self._send(rm, stats, batch.entries)
+                    refused = await self._send(rm, stats, batch.entries)
+                    for key, _ in batch.entries:
+                        if key in refused:
+                            retries.failed(key, batch.updated.get(key), batch.retry_pass)
+                        else:
+                            retries.done(key, "imported")
                 if self.progress is not None:
                     self.progress.advance(rm.name, batch.rows)
                 if tracker.done(batch.seq, batch.last_key) and not self.o.dry_run:
@@ -387,8 +424,15 @@ class Importer:
             assert self.state.run is not None
             self.state.run["done"] = [*self.state.run.get("done", []), rm.name]
             self.state.run["checkpoints"].pop(rm.name, None)
-            if rm.updated and max_updated[0] is not None:
-                self.state.watermarks[rm.name] = max_updated[0].isoformat()
+            newest = retries.watermark(max_updated[0])
+            if rm.updated and newest is not None:
+                self.state.watermarks[rm.name] = newest.isoformat()
+            for key, how in retries.ended.items():
+                stats.retried += 1
+                stats.retried_failed += how.startswith("failed")
+                self.report.add(
+                    rm, key, RowIssue("retried", "", f"failed in an earlier run; {how}")
+                )
             self._save()
 
     def _attach_children(self, rm: ResourceMapping, rows: list[dict[str, Any]]) -> None:
@@ -398,8 +442,16 @@ class Importer:
             for row in rows:
                 row[f"$children:{child.name}"] = groups.get(str(row[rm.key]).strip(), [])
 
-    def _account(self, rm: ResourceMapping, stats: TableStats, mapped: Mapped) -> None:
+    def _account(
+        self,
+        rm: ResourceMapping,
+        stats: TableStats,
+        mapped: Mapped,
+        retries: Retries,
+        retry_pass: bool,
+    ) -> None:
         stats.read += 1
+        retries.read(mapped.key)
         for issue in mapped.issues:
             self.report.add(rm, mapped.key, issue)
             stats.warnings += issue.severity == "warning"
@@ -410,30 +462,33 @@ class Importer:
         elif mapped.outcome == "skipped":
             stats.skipped += 1
             absent.add(mapped.key)
+            retries.done(mapped.key, "skipped (its `when` is false)")
         elif mapped.outcome == "merged":
             stats.merged += 1
+            retries.done(mapped.key, "merged into its duplicate")
         else:
             stats.failed += 1
             absent.add(mapped.key)
+            retries.failed(mapped.key, mapped.updated, retry_pass)
 
     # --- sending ----------------------------------------------------------------------
     async def _send(
         self, rm: ResourceMapping, stats: TableStats, entries: list[tuple[str, dict[str, Any]]]
-    ) -> None:
+    ) -> set[str]:
         """One transaction; if the server rejects it, each entry alone, so that only the
-        resources the server refuses fail (and are reported with its diagnostics)."""
+        resources the server refuses fail (and are reported with its diagnostics).
+        Returns the keys of the entries that failed."""
         assert self.sender is not None
         body = bundle_body(rm, entries)
         upload = loader.Upload(
             file=rm.name, method="POST", path="", body=body, entries=[],
             bundle_type="transaction", source_bytes=0, idempotent=True,
         )  # fmt: skip
-        sent_at = datetime.now().astimezone()
         async with self.slots:
             status, content = await self.sender.send(upload)
         if status is not None and 200 <= status < 300:
-            self._count_responses(stats, entries, content, sent_at)
-            return
+            self._count_responses(stats, entries, content)
+            return set()
         if len(entries) > 1:
             # Validation is left to the server on the fast path; when it refuses a
             # bundle, the invalid resources are found here, reported, and the rest sent
@@ -441,11 +496,10 @@ class Importer:
             invalid = await self._in_reader(self._invalid_entries, rm, stats, entries)
             valid = [e for e in entries if e[0] not in invalid]
             if invalid and valid:
-                await self._send(rm, stats, valid)
-                return
+                return invalid | await self._send(rm, stats, valid)
             for entry in valid:
-                await self._send(rm, stats, [entry])
-            return
+                invalid |= await self._send(rm, stats, [entry])
+            return invalid
         key = entries[0][0]
         reason = content.decode("utf-8", "replace")[:500] if status is None else ""
         if status is not None:
@@ -455,6 +509,7 @@ class Importer:
                 reason = f"HTTP {status}"
         issue = RowIssue("error", "", f"the server refused it: {reason}")
         await self._in_reader(self._refused, rm, stats, key, issue)
+        return {key}
 
     def _refused(self, rm: ResourceMapping, stats: TableStats, key: str, issue: RowIssue) -> None:
         """(In the reader thread, which owns the report and the counts.)"""
@@ -477,14 +532,11 @@ class Importer:
         return invalid
 
     def _count_responses(
-        self,
-        stats: TableStats,
-        entries: list[tuple[str, dict[str, Any]]],
-        content: bytes,
-        sent_at: datetime,
+        self, stats: TableStats, entries: list[tuple[str, dict[str, Any]]], content: bytes
     ) -> None:
-        """201: created. 200: updated when the version is newer than the request,
-        unchanged when the server kept the version it had (same content)."""
+        """201: created. 200: updated when the server wrote a new version (its outcome
+        says MSG_UPDATED), unchanged when it kept the version it had because the content
+        was the same: decided by the server comparing content, not by clocks."""
         try:
             answers = orjson.loads(content).get("entry") or []
         except (orjson.JSONDecodeError, AttributeError):
@@ -494,16 +546,19 @@ class Importer:
             status = str(response.get("status", ""))
             if status.startswith("201"):
                 stats.created += 1
-                continue
-            modified = response.get("lastModified")
-            try:
-                when = datetime.fromisoformat(modified) if modified else None
-            except ValueError:
-                when = None
-            if when is not None and when < sent_at:
-                stats.unchanged += 1
-            else:
+            elif _new_version(response) or not status:
                 stats.updated += 1
+            else:
+                stats.unchanged += 1
+
+
+def _new_version(response: dict[str, Any]) -> bool:
+    issues = (response.get("outcome") or {}).get("issue") or []
+    return any(
+        c.get("code") in ("MSG_CREATED", "MSG_UPDATED")
+        for issue in issues
+        for c in (issue.get("details") or {}).get("coding") or []
+    )
 
 
 def bundle_body(rm: ResourceMapping, entries: list[tuple[str, dict[str, Any]]]) -> bytes:

@@ -61,6 +61,22 @@ class Source:
             for part in result.mappings().partitions(size):
                 yield [dict(row) for row in part]
 
+    def rows_by_keys(
+        self, rm: ResourceMapping, keys: list[str], size: int
+    ) -> Generator[list[dict[str, Any]], None, None]:
+        """The rows with these keys (compared as text, as ``key_text``), in batches."""
+        as_text = "CHAR" if self.engine.dialect.name in ("mysql", "mariadb") else "VARCHAR"
+        sql = text(
+            f"SELECT * FROM {self._from(rm.table, rm.query)} "
+            f"WHERE CAST(src.{self.q(rm.key)} AS {as_text}) IN :keys ORDER BY src.{self.q(rm.key)}"
+        ).bindparams(bindparam("keys", expanding=True))
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), size):
+                rows = conn.execute(sql, {"keys": keys[start : start + size]}).mappings()
+                part = [dict(row) for row in rows]
+                if part:
+                    yield part
+
     def keys(self, rm: ResourceMapping) -> set[str]:
         sql = f"SELECT src.{self.q(rm.key)} FROM {self._from(rm.table, rm.query)}"
         with self.engine.connect() as conn:

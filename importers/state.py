@@ -5,6 +5,8 @@
 - ``absent``: per resource mapping, legacy keys that produced no resource (rejected,
   failed or skipped by ``when``), so that later runs drop references to them instead of
   sending conditional references that cannot resolve;
+- ``failed``: per resource mapping, the keys of rows that failed and when each was last
+  updated, retried by every later run until they go in (importers/retry.py);
 - ``run``: the run in progress: mappings finished and, for the current one, the last
   key of the last batch committed with every batch before it; a run that crashed is
   resumed from there.
@@ -37,6 +39,7 @@ class State:
     watermarks: dict[str, str] = field(default_factory=dict)
     absent: dict[str, set[str]] = field(default_factory=dict)
     run: dict[str, Any] | None = None
+    failed: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -48,6 +51,7 @@ class State:
             dict(doc.get("watermarks", {})),
             {k: set(v) for k, v in doc.get("absent", {}).items()},
             doc.get("run"),
+            {k: dict(v) for k, v in doc.get("failed", {}).items()},
         )
 
     def save(self) -> None:
@@ -56,6 +60,8 @@ class State:
             "watermarks": self.watermarks,
             "absent": {k: sorted(v) for k, v in self.absent.items() if v},
             "run": self.run,
+            # (copies: the reader thread may be adding to them)
+            "failed": {k: dict(v) for k, v in self.failed.items() if v},
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, default=str), "utf-8")

@@ -236,3 +236,60 @@ def _builtin(name: str) -> str:
     from importers.mapping.model import builtin_path
 
     return str(builtin_path(name))
+
+
+def test_failed_rows_are_retried_until_they_go_in(
+    mariadb_url: str, fhir_base: str, tmp_path: Path
+) -> None:
+    """The watermark never passes a failed row, and rows that failed are fetched again
+    by the next incremental run even when nothing marks them updated (importers/retry.py);
+    the report says which rows were retried and how each ended."""
+    clean = Dirt(mojibake=0, null=0, zero_date=0, orphan=0, duplicate=0, bad_cedula=0)
+    make_sample(mariadb_url, "clinica", 30, seed=4, dirt=clean)
+    table = "appointments_appointment"
+    execute(
+        mariadb_url,
+        f"UPDATE {table} SET updated_at = '2024-01-01 00:00:00'",
+        # two rows fail for a patient not migrated, older than the newest row ...
+        f"UPDATE {table} SET patient_id = 999999, updated_at = '2029-01-01 00:00:00' WHERE id = 3",
+        f"UPDATE {table} SET patient_id = 999998, updated_at = '2029-06-01 00:00:00' WHERE id = 5",
+        # ... one with no update time at all (an incremental run never reads it)
+        f"UPDATE {table} SET patient_id = 999997, updated_at = NULL WHERE id = 6",
+        f"UPDATE {table} SET updated_at = '2030-01-01 00:00:00' WHERE id = 4",
+    )
+    first = run(mariadb_url, "clinica", fhir_base, tmp_path)
+    assert stats(first, "appointments").failed == 3
+    state = State.load(state_path(tmp_path, mariadb_url, _builtin("clinica")))
+    assert state.watermarks["appointments"] == "2029-01-01T00:00:00"  # not 2030
+    assert state.failed["appointments"] == {
+        "3": "2029-01-01T00:00:00",
+        "5": "2029-06-01T00:00:00",
+        "6": None,
+    }
+
+    # Rows 3 and 6 are fixed in the legacy system without touching their update time.
+    execute(mariadb_url, f"UPDATE {table} SET patient_id = 1 WHERE id IN (3, 6)")
+    second = run(mariadb_url, "clinica", fhir_base, tmp_path, incremental=True)
+    appointments = stats(second, "appointments")
+    assert (appointments.retried, appointments.retried_failed) == (3, 1)
+    assert (appointments.created, appointments.failed) == (2, 1)
+    retried = {
+        r["key"]: r["reason"]
+        for r in report_rows(tmp_path / "report.csv")
+        if r["severity"] == "retried" and r["mapping"] == "appointments"
+    }
+    assert retried == {
+        "3": "failed in an earlier run; imported",
+        "5": "failed in an earlier run; failed again (see this run's errors for the row)",
+        "6": "failed in an earlier run; imported",
+    }
+    assert any("3 rows that failed in an earlier run were retried" in line
+               for line in second.lines())  # fmt: skip
+    for key in ("3", "6"):
+        appt = by_identifier(fhir_base, "Appointment", L + table, key)
+        assert appt["participant"][0]["actor"]["reference"].startswith("Patient/")
+
+    third = run(mariadb_url, "clinica", fhir_base, tmp_path, incremental=True)
+    assert (stats(third, "appointments").retried, stats(third, "appointments").failed) == (1, 1)
+    state = State.load(state_path(tmp_path, mariadb_url, _builtin("clinica")))
+    assert state.failed["appointments"] == {"5": "2029-06-01T00:00:00"}

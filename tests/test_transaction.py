@@ -834,6 +834,40 @@ def test_prefer_minimal_and_representation(client):
         assert "resource" not in e, e
         assert e["response"]["status"] == "201 Created"
         assert e["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert codes(e) == ["MSG_CREATED"]
+
+
+def codes(entry: dict) -> list[str]:
+    """The operation-outcome codes of an entry's response outcome."""
+    return [
+        c["code"]
+        for issue in entry["response"]["outcome"]["issue"]
+        for c in issue.get("details", {}).get("coding", [])
+    ]
+
+
+def test_outcome_says_which_writes_made_no_new_version(client):
+    """Bundle.entry.response.outcome: "An OperationOutcome containing hints and warnings
+    produced as part of processing this entry". A PUT of the content already stored
+    writes no version (it is not coded MSG_UPDATED): an importer re-sending its data
+    counts it unchanged without comparing clocks."""
+    put = {"method": "PUT", "url": "Patient?identifier=urn:x|o1"}
+    first = {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "o1"}]}
+    changed = {**first, "gender": "female"}
+
+    def send(*resources: dict) -> list[dict]:
+        entries = [{"resource": r, "request": put} for r in resources]
+        return bundle_response(post_bundle(client, entries, Prefer="return=OperationOutcome"))
+
+    created = send(first)[0]
+    assert created["response"]["status"] == "201 Created" and codes(created) == ["MSG_CREATED"]
+    same = send(first)[0]
+    assert same["response"]["status"] == "200 OK" and codes(same) == []
+    assert same["response"]["etag"] == 'W/"1"'
+    assert "no change" in same["response"]["outcome"]["issue"][0]["diagnostics"]
+    updated = send(changed)[0]
+    assert updated["response"]["status"] == "200 OK" and codes(updated) == ["MSG_UPDATED"]
+    assert updated["response"]["etag"] == 'W/"2"'
 
 
 # --- many identifier conditions in one transaction (a migration's bundle) -------------

@@ -108,9 +108,30 @@ def _write_entry(e: Entry, base: str, prefer_return: str) -> dict[str, Any]:
         # Bundle.entry.response.outcome: "An OperationOutcome containing hints and
         # warnings produced as part of processing this entry in a batch or transaction"
         what = f"{e.type}/{e.id}" + (f" version {stored.version}" if stored else "")
-        response["outcome"] = info_outcome(f"{e.method} {what}: {e.status}")
+        response["outcome"] = _entry_outcome(e, f"{e.method} {what}: {e.status}")
     entry["response"] = response
     return entry
+
+
+def _entry_outcome(e: Entry, message: str) -> dict[str, Any]:
+    """Says whether a write made a new version, in codes of
+    http://hl7.org/fhir/operation-outcome (MSG_CREATED, MSG_UPDATED, MSG_DELETED_DONE):
+    a PUT or POST whose content equals the current version's makes none (then no code),
+    which a client re-sending data (an importer) counts as unchanged without comparing
+    clocks."""
+    outcome = info_outcome(message)
+    code = None
+    if e.write is not None and e.method == "DELETE":
+        code = "MSG_DELETED_DONE"
+    elif e.write is not None:
+        code = "MSG_CREATED" if e.status.startswith("201") else "MSG_UPDATED"
+    elif e.stored is not None and e.method in ("PUT", "POST", "PATCH"):
+        outcome["issue"][0]["diagnostics"] = f"{message}; no change (the same content)"
+    if code is not None:
+        outcome["issue"][0]["details"] = {
+            "coding": [{"system": "http://hl7.org/fhir/operation-outcome", "code": code}]
+        }
+    return outcome
 
 
 # --- batch --------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""Rows that failed stay failed until a run gets them in.
+
+An incremental run reads the rows updated since the watermark. A row that failed (a
+required reference to a patient not migrated yet, a resource the server refused) and is
+then fixed in the legacy system without touching its update column would never be read
+again, so each resource mapping keeps its failed keys in the state (``State.failed``):
+
+- the watermark never passes the earliest row that failed in the run's main pass, so
+  the next incremental run reads from there again;
+- rows that failed before and are not among the rows a restricted run (``--incremental``,
+  ``--since``, a resumed run) reads are fetched again by key after the others;
+- every row retried is reported with how it ended this time.
+
+The failed keys are updated as batches end (and saved with every checkpoint), so a
+killed run loses none.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import date
+from typing import Any
+
+
+def _stamp(updated: Any) -> str | None:
+    return updated.isoformat() if isinstance(updated, date) else None
+
+
+class Retries:
+    """One resource mapping's failed rows during one run. Called from the reader thread
+    (rows mapped) and the event loop (bundles answered), hence the lock."""
+
+    def __init__(self, failed: dict[str, str | None]) -> None:
+        self.live = failed  # the state's own dict: saved with every checkpoint
+        self.earlier = dict(failed)  # what had failed before this run
+        self.seen: set[str] = set()  # earlier failures read again in the main pass
+        self.ended: dict[str, str] = {}  # earlier failure -> how it ended this time
+        self.earliest: date | None = None  # earliest updated of a main-pass failure
+        self._lock = threading.Lock()
+
+    def read(self, key: str) -> None:
+        if key in self.earlier:
+            with self._lock:
+                self.seen.add(key)
+
+    def failed(self, key: str, updated: Any, retry_pass: bool = False) -> None:
+        with self._lock:
+            self.live[key] = _stamp(updated)
+            if key in self.earlier:
+                self.ended[key] = "failed again (see this run's errors for the row)"
+            main_pass = not retry_pass and isinstance(updated, date)
+            if main_pass and (self.earliest is None or updated < self.earliest):
+                self.earliest = updated
+
+    def done(self, key: str, how: str) -> None:
+        """The row went in (``imported``), or was skipped or merged: no longer failed."""
+        with self._lock:
+            self.live.pop(key, None)
+            if key in self.earlier:
+                self.ended[key] = how
+
+    def remaining(self) -> list[str]:
+        """Earlier failures the main pass did not read."""
+        with self._lock:
+            return sorted(set(self.earlier) - self.seen)
+
+    def gone(self, keys: list[str]) -> None:
+        """Earlier failures a full run did not find: the rows were deleted."""
+        for key in keys:
+            self.done(key, "no longer in the source")
+
+    def watermark(self, newest: Any) -> Any:
+        """The watermark to keep: the newest row read, but never past a failed row."""
+        if self.earliest is None:
+            return newest
+        if newest is None or self.earliest < newest:
+            return self.earliest
+        return newest
