@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from fhir_server.validation import validate_resource
 from importers.mapping.expressions import Functions, MappingError, Reject, RowIssue
 from importers.mapping.model import Mapping, ResourceMapping
@@ -61,6 +63,7 @@ class RowMapper:
         self.env = self.fn.env()
         self.merged: dict[str, str] = {}
         self.extra: dict[str, list[str]] = {}
+        self.duplicates: dict[str, list[dict[str, Any]]] = {}  # kept key -> merged rows
         self.checked_columns = False
 
     def prepare_dedupe(self, source: Source) -> None:
@@ -81,6 +84,7 @@ class RowMapper:
             if value in first:
                 self.merged[key] = first[value]
                 self.extra.setdefault(first[value], []).append(key)
+                self.duplicates.setdefault(first[value], []).append(row)
             else:
                 first[value] = key
 
@@ -108,12 +112,14 @@ class RowMapper:
                 fn.warn(
                     rm.key,
                     f"duplicate of {rm.name} {self.merged[key]} (same {same}); "
-                    "merged into it, its key kept as an identifier",
+                    "merged into it: its key, identifiers, telecom and addresses kept there",
                 )
             elif rm.when is not None and not eval(rm.when.code, self.env, row):
                 out.outcome = "skipped"
             else:
                 body = render(rm.template, row, self.env) or {}
+                if key in self.duplicates:
+                    body = self._with_duplicates(key, body, row)
                 out.resource = self._resource(key, body)
         except Reject as exc:
             fn.issues.append(RowIssue("error", exc.column, exc.reason))
@@ -133,6 +139,40 @@ class RowMapper:
         out.issues = list(dict.fromkeys(fn.issues))  # the same warning once per row
         return out
 
+    def _with_duplicates(
+        self, key: str, body: dict[str, Any], row: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The kept row's resource with what its merged duplicates hold: every
+        identifier, telecom and address of each (once), any element only a duplicate
+        has, and a warning for each element where they disagree (the kept row's wins)."""
+        fn = self.fn
+        for dup in self.duplicates[key]:
+            dup_key = key_text(dup[self.rm.key])
+            dup = {**dup, "_key": dup_key}
+            for child in self.rm.children:  # (a duplicate's child rows are not read)
+                dup.setdefault(f"$children:{child}", [])
+            # (warnings about the duplicate's own values are reported on its own row)
+            issues, fn.row, fn.issues = fn.issues, dup, []
+            try:
+                other = render(self.rm.template, dup, self.env) or {}
+            except Reject:
+                continue
+            finally:
+                fn.row, fn.issues = row, issues
+            for name, value in other.items():
+                mine = body.get(name)
+                if name in _ALL_OF_EACH and isinstance(value, list):
+                    body[name] = [*(mine or []), *(v for v in value if v not in (mine or []))]
+                elif mine is None:
+                    body[name] = value
+                elif mine != value:
+                    fn.warn(
+                        self.rm.key,
+                        f"merged duplicate {self.rm.name} {dup_key} has {name} "
+                        f"{_brief(value)}; kept {_brief(mine)} of {key}",
+                    )
+        return body
+
     def _resource(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
         resource: dict[str, Any] = {"resourceType": self.rm.resource_type}
         if self.rm.identity == "id":
@@ -148,6 +188,16 @@ class RowMapper:
             resource["identifier"] = legacy + list(body.pop("identifier", None) or [])
         resource.update(body)
         return resource
+
+
+# Elements a merged duplicate adds to rather than competes with: every way to reach the
+# person and every identifier of each legacy row is kept.
+_ALL_OF_EACH = frozenset({"identifier", "telecom", "address"})
+
+
+def _brief(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def r4_problems(resource: dict[str, Any]) -> list[RowIssue]:

@@ -47,10 +47,11 @@ ROWS = [
     " (1, '1710034066', 'JosÃ© MarÃ­a', 'NÃºÃ±ez  Ordóñez', '0000-00-00', ' Masculino ',"
     " '098-123-4567', 'Jose@Correo.EC', 'Calle Sucre 12', 'Quito', 'Inés Núñez',"
     " '0991112222', '2025-01-02 08:00:00')",
-    # Patient 2: the same person typed again (same cédula, other format): merged into 1.
+    # Patient 2: the same person typed again (same cédula, other format): merged into 1,
+    # keeping its own phone and address, and the birth date 1 lacks.
     "INSERT INTO patients_patient (id, cedula, first_name, last_name, birth_date, gender,"
-    " updated_at) VALUES (2, '171003406-6', 'JOSE MARIA', 'Nuñez', '1980-05-04', 'M',"
-    " '2025-01-03 08:00:00')",
+    " phone, address, city, updated_at) VALUES (2, '171003406-6', 'JOSE MARIA', 'Nuñez',"
+    " '1980-05-04', 'M', '0987776655', 'Av. Amazonas 100', 'Quito', '2025-01-03 08:00:00')",
     # Patient 3: a clean one.
     "INSERT INTO patients_patient (id, cedula, first_name, last_name, birth_date, gender,"
     " updated_at) VALUES (3, '0102030405', 'Lucía', 'Andrade', '1990-12-31', 'f',"
@@ -124,7 +125,8 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
     assert stats(summary, "patients").merged == 1
 
     # Patient: mojibake repaired, name words, cédula kept though its check digit is
-    # wrong, zero date left out, both legacy keys of the merged duplicate kept.
+    # wrong, zero date left out, both legacy keys of the merged duplicate kept, and its
+    # phone, address and birth date (patient 1 has none) with them.
     patient = by_identifier(fhir_base, "Patient", L + "patients_patient", "1")
     assert _strip(patient) == {
         "resourceType": "Patient",
@@ -138,9 +140,14 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
         "telecom": [
             {"system": "phone", "value": "0981234567", "use": "mobile"},
             {"system": "email", "value": "jose@correo.ec", "use": "home"},
+            {"system": "phone", "value": "0987776655", "use": "mobile"},
         ],
         "gender": "male",
-        "address": [{"use": "home", "line": ["Calle Sucre 12"], "city": "Quito", "country": "EC"}],
+        "birthDate": "1980-05-04",
+        "address": [
+            {"use": "home", "line": ["Calle Sucre 12"], "city": "Quito", "country": "EC"},
+            {"use": "home", "line": ["Av. Amazonas 100"], "city": "Quito", "country": "EC"},
+        ],
         "contact": [
             {
                 "relationship": [
@@ -307,13 +314,18 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
     assert prov2["activity"]["coding"][0]["code"] == "CREATE"
 
     # Every kind of dirt is in the report, with table, key and column.
-    report = {(r["mapping"], r["key"], r["column"], r["severity"]) for r in report_rows(
-        tmp_path / "report.csv")}  # fmt: skip
+    rows = report_rows(tmp_path / "report.csv")
+    report = {(r["mapping"], r["key"], r["column"], r["severity"]) for r in rows}
     reasons = "\n".join(r["reason"] for r in report_rows(tmp_path / "report.csv"))
     assert ("patients", "1", "first_name", "warning") in report  # mojibake repaired
     assert ("patients", "1", "cedula", "warning") in report  # check digit
     assert ("patients", "1", "birth_date", "warning") in report  # 0000-00-00
     assert ("patients", "2", "id", "warning") in report  # duplicate merged
+    # where the duplicate disagrees, patient 1's value is kept and the conflict reported
+    conflicts = [
+        r["reason"] for r in rows if r["key"] == "1" and "merged duplicate" in r["reason"]
+    ]
+    assert len(conflicts) == 1 and conflicts[0].startswith("merged duplicate patients 2 has name")
     assert ("appointments", "2", "doctor_id", "warning") in report  # orphan, dropped
     assert ("appointments", "3", "patient_id", "error") in report  # orphan, required
     assert ("appointments", "4", "status", "error") in report  # unknown status
