@@ -6,12 +6,14 @@ role (admin, practitioner, patient or operator) and linked record (``fhir_user``
 resources were migrated to, so ``fhir_user`` is the real ``Practitioner/<id>`` or
 ``Patient/<id>``. Legacy password hashes cannot be carried over (other algorithms, other
 salts): each new user gets a random password it is never told and must choose a new one
-(``must_reset_password``), through the administrator's reset. Users that already exist
-are left alone, so the command can be re-run.
+(``must_reset_password``), through the administrator's reset. The e-mail is kept on the
+user and, when the linked record lacks it, added to that record's telecom. Users that
+already exist are left alone, so the command can be re-run.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +34,14 @@ class UserSummary:
     created: int = 0
     existing: int = 0
     failed: int = 0
+    emails_added: int = 0  # e-mails added to the linked record's telecom
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [
             f"users: {self.read} read, {self.created} created, {self.existing} already there, "
-            f"{self.failed} failed (new users must reset their password)"
+            f"{self.failed} failed (new users must reset their password); "
+            f"{self.emails_added} e-mails added to the linked Practitioner or Patient"
         ]
         return out + [f"  {p}" for p in self.problems]
 
@@ -52,6 +56,36 @@ def _resolve(client: httpx.Client, reference: str | None) -> str | None:
         return None
     entries = [e for e in r.json().get("entry", []) if e.get("resource")]
     return f"{type_}/{entries[0]['resource']['id']}" if len(entries) == 1 else None
+
+
+def _add_email(
+    client: httpx.Client, reference: str, email: str, summary: UserSummary
+) -> str | None:
+    """Add ``email`` to the record's telecom unless it has it (JSON Patch, If-Match: a
+    record changed meanwhile is not overwritten); returns a problem, or None."""
+    r = client.get(reference)
+    if r.status_code != 200:
+        return f"{reference}: HTTP {r.status_code}; e-mail not added to it"
+    record = r.json()
+    telecom = record.get("telecom") or []
+    if any(t.get("system") == "email" and str(t.get("value", "")).lower() == email
+           for t in telecom):  # fmt: skip
+        return None
+    point = {"system": "email", "value": email}
+    patch = (
+        [{"op": "add", "path": "/telecom/-", "value": point}]
+        if telecom
+        else [{"op": "add", "path": "/telecom", "value": [point]}]
+    )
+    version = record.get("meta", {}).get("versionId")
+    headers = {"Content-Type": "application/json-patch+json"}
+    if version:
+        headers["If-Match"] = f'W/"{version}"'
+    r = client.patch(reference, content=json.dumps(patch), headers=headers)
+    if r.status_code != 200:
+        return f"{reference}: HTTP {r.status_code}; e-mail not added to it"
+    summary.emails_added += 1
+    return None
 
 
 def import_users(
@@ -108,6 +142,7 @@ def import_users(
                     summary.existing += 1
                     continue
                 fhir_user = _resolve(client, got.get("fhir_user"))
+                email = functions.f_email(got.get("email"))
                 try:
                     create_user(
                         db,
@@ -116,12 +151,17 @@ def import_users(
                         str(got.get("role") or ""),
                         fhir_user,
                         must_reset_password=True,
+                        email=email,
                     )
                 except UserError as exc:
                     summary.failed += 1
                     summary.problems.append(f"user {key} ({username}): {exc}")
                     continue
                 summary.created += 1
+                if email and fhir_user:
+                    problem = _add_email(client, fhir_user, email, summary)
+                    if problem:
+                        summary.problems.append(f"user {key} ({username}): {problem}")
     finally:
         engine.dispose()
     return summary

@@ -115,6 +115,7 @@ def create_client_command(
 @click.option("--fhir-user", help="Linked record: Practitioner/123 or Patient/456.")
 @click.option("--totp", is_flag=True, help="Require a TOTP second factor (secret printed).")
 @click.option("--must-reset-password", is_flag=True, help="Ask for a new password at login.")
+@click.option("--email", help="The user's e-mail address.")
 def create_user_command(
     mongo_url: str | None,
     database: str | None,
@@ -124,13 +125,14 @@ def create_user_command(
     fhir_user: str | None,
     totp: bool,
     must_reset_password: bool,
+    email: str | None,
 ) -> None:
     """Create a user; prints it as JSON (with the TOTP secret and URI when --totp)."""
     from smart_auth.users import UserError, create_user
 
     client, db = _database(mongo_url, database)
     try:
-        out = create_user(db, username, password, role, fhir_user, totp, must_reset_password)
+        out = create_user(db, username, password, role, fhir_user, totp, must_reset_password, email)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -5,6 +5,7 @@ is recorded in ``auth_login_attempts``)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from smart_auth.throttle import LoginThrottle, Throttled
 Role = Literal["admin", "practitioner", "patient", "operator"]
 ROLES: tuple[str, ...] = ("admin", "practitioner", "patient", "operator")
 _HASHER = PasswordHasher()
+
+
+# one @, something on each side, no spaces, at most 254 characters (RFC 5321's path limit)
+_EMAIL = re.compile(r"(?=.{3,254}$)[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class UserError(ValueError):
@@ -69,9 +74,11 @@ def create_user(
     fhir_user: str | None = None,
     totp: bool = False,
     must_reset_password: bool = False,
+    email: str | None = None,
 ) -> dict[str, Any]:
-    """Create a user; returns ``{"username", "role", "fhir_user"}`` plus ``totp_secret``
-    and ``totp_uri`` when TOTP is on (shown once, for the user's authenticator app)."""
+    """Create a user; returns ``{"username", "role", "fhir_user"}`` (and ``email`` when
+    given) plus ``totp_secret`` and ``totp_uri`` when TOTP is on (shown once, for the
+    user's authenticator app)."""
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     if not username or len(username) > 200:
@@ -87,6 +94,8 @@ def create_user(
             raise UserError(f"a {role} user's fhir_user must be a {' or '.join(allowed)}")
     if role == "patient" and fhir_user is None:
         raise UserError("a patient user needs fhir_user=Patient/<id>")
+    if email is not None and not _EMAIL.fullmatch(email):
+        raise UserError(f"{email!r} is not an e-mail address")
     totp_secret = pyotp.random_base32() if totp else None
     doc = {
         "_id": username,
@@ -98,11 +107,15 @@ def create_user(
         "must_reset_password": must_reset_password,
         "created": time.time(),
     }
+    if email is not None:
+        doc["email"] = email
     try:
         db[USERS].insert_one(doc)
     except DuplicateKeyError:
         raise UserError(f"user {username!r} already exists") from None
     out: dict[str, Any] = {"username": username, "role": role, "fhir_user": fhir_user}
+    if email is not None:
+        out["email"] = email
     if totp_secret:
         out["totp_secret"] = totp_secret
         out["totp_uri"] = pyotp.TOTP(totp_secret).provisioning_uri(

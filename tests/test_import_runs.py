@@ -164,7 +164,13 @@ def test_accented_column_names_historial_medico(
     assert any(r["column"] == "Nombre" and "mojibake" in r["reason"] for r in rows)
 
     # Legacy users and roles become smart_auth users linked to their records, with a
-    # password they must reset; a second run leaves them alone.
+    # password they must reset, and their e-mail (added to the linked record when it
+    # lacks it); a second run leaves them alone.
+    execute(
+        mariadb_url,
+        "UPDATE `Usuario` SET `Correo` = ' Ramon.Nuevo@Historial.EC' "
+        "WHERE `Nombre_Usuario` = 'medico2'",
+    )
     args = [
         sys.executable, "-m", "fhir_server", "import", "users", "--source", mariadb_url,
         "--mapping", "historial_medico", "--fhir-url", fhir_base,
@@ -179,8 +185,20 @@ def test_accented_column_names_historial_medico(
     assert users["admin"]["role"] == "admin" and users["admin"]["must_reset_password"]
     assert users["medico2"]["role"] == "practitioner"
     assert users["medico2"]["fhir_user"] == f"Practitioner/{doctor['id']}"
+    assert users["medico2"]["email"] == "ramon.nuevo@historial.ec"
+    assert users["admin"]["email"] == "admin@historial.ec"
+    emails = [t["value"] for t in get(fhir_base, f"Practitioner/{doctor['id']}")["telecom"]
+              if t["system"] == "email"]  # fmt: skip
+    assert emails == [doctor_email(doctor), "ramon.nuevo@historial.ec"]
+    assert "1 e-mails added" in first.stdout
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "0 created" in again.stdout
+
+
+def doctor_email(doctor: dict[str, object]) -> str:
+    telecom = doctor["telecom"]
+    assert isinstance(telecom, list)
+    return str(next(t["value"] for t in telecom if t["system"] == "email"))
 
 
 def test_resume_after_a_killed_run(mariadb_url: str, fhir_base: str, tmp_path: Path) -> None:

@@ -115,6 +115,17 @@ def test_cli_and_real_server_end_to_end(mongo_url: str, database: str, tmp_path:
             "admin",
         )
         assert bad.returncode == 2 and "8 characters" in bad.stderr
+        bad_email = cli(
+            mongo_url, database, "create-user", "--username", "y", "--password",
+            "long-enough", "--role", "operator", "--email", "y at clinic",
+        )  # fmt: skip
+        assert bad_email.returncode == 2
+        assert bad_email.stderr.strip() == "error: 'y at clinic' is not an e-mail address"
+        mail = cli(
+            mongo_url, database, "create-user", "--username", "z", "--password",
+            "long-enough", "--role", "operator", "--email", "z@clinica.ec",
+        )  # fmt: skip
+        assert mail.returncode == 0 and json.loads(mail.stdout)["email"] == "z@clinica.ec"
 
         # backend services: write the patient with a system/ token
         now = int(time.time())
