@@ -80,7 +80,13 @@ _OVERRIDES = click.option(
     help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
 )
 @_OVERRIDES
-@click.option("--fhir-url", metavar="BASE", help="FHIR base URL (not needed with --dry-run).")
+@click.option(
+    "--fhir-url",
+    metavar="BASE",
+    help="FHIR base URL. With --dry-run it is optional: given, every resource is checked "
+    "by that server's $validate (its profiles and required profiles included), nothing "
+    "written; without it, only against the R4 base definitions.",
+)
 @click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
 @click.option("--dry-run", is_flag=True, help="Map and validate everything, write nothing.")
 @click.option(

@@ -29,7 +29,7 @@ import orjson
 from fhir_server import loader
 from fhir_server.jsonio import dumps
 from importers.build import Mapped, References, RowMapper, r4_problems, request_url
-from importers.mapping.expressions import RowIssue
+from importers.mapping.expressions import MappingError, RowIssue
 from importers.mapping.model import Mapping, ResourceMapping, load_mapping
 from importers.retry import Retries
 from importers.source import Source
@@ -268,8 +268,7 @@ class Importer:
     # --- the run ----------------------------------------------------------------------
     async def run(self) -> Summary:
         start = time.perf_counter()
-        if not self.o.dry_run:
-            assert self.o.fhir_url
+        if self.o.fhir_url:  # (a dry run with a server validates with its $validate)
             self.sender = loader.Sender(
                 loader.Options(
                     base_url=self.o.fhir_url,
@@ -396,7 +395,9 @@ class Importer:
 
         async def consume() -> None:
             while (batch := await queue.get()) is not None:
-                if not self.o.dry_run and batch.entries:
+                if self.o.dry_run and self.sender is not None and batch.entries:
+                    await self._validate_remotely(rm, stats, batch.entries)
+                elif not self.o.dry_run and batch.entries:
                     refused = await self._send(rm, stats, batch.entries)
                     for key, _ in batch.entries:
                         if key in refused:
@@ -510,6 +511,64 @@ class Importer:
         issue = RowIssue("error", "", f"the server refused it: {reason}")
         await self._in_reader(self._refused, rm, stats, key, issue)
         return {key}
+
+    async def _validate_remotely(
+        self, rm: ResourceMapping, stats: TableStats, entries: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """A dry run against a server: each resource through that server's own $validate
+        (its profiles, required profiles, bindings and invariants), a batch Bundle of
+        them per batch; every error is reported and its row counted failed."""
+        assert self.sender is not None
+        body = dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "batch",
+                "entry": [
+                    {
+                        "request": {"method": "POST", "url": f"{rm.resource_type}/$validate"},
+                        "resource": resource,
+                    }
+                    for _key, resource in entries
+                ],
+            }
+        )
+        upload = loader.Upload(
+            file=rm.name, method="POST", path="", body=body, entries=[],
+            bundle_type="batch", source_bytes=0, idempotent=True,
+        )  # fmt: skip
+        async with self.slots:
+            status, content = await self.sender.send(upload)
+        if status is None or not 200 <= status < 300:
+            what = f"HTTP {status}" if status is not None else content.decode("utf-8", "replace")
+            raise MappingError(f"the server could not validate {rm.name}: {what[:300]}")
+        answers = orjson.loads(content).get("entry") or []
+        for (key, _resource), answer in zip(entries, answers, strict=False):
+            response = answer.get("response") or {}
+            outcome = response.get("outcome") or answer.get("resource") or {}
+            errors = [
+                i for i in outcome.get("issue") or [] if i.get("severity") in ("error", "fatal")
+            ]
+            if not str(response.get("status", "")).startswith("2") and not errors:
+                errors = [{"diagnostics": f"HTTP {response.get('status')}"}]
+            if errors:
+                issues = [
+                    RowIssue(
+                        "error",
+                        ", ".join(i.get("expression") or []),
+                        f"$validate: {i.get('diagnostics') or i.get('code')}",
+                    )
+                    for i in errors
+                ]
+                await self._in_reader(self._invalid_remotely, rm, stats, key, issues)
+
+    def _invalid_remotely(
+        self, rm: ResourceMapping, stats: TableStats, key: str, issues: list[RowIssue]
+    ) -> None:
+        """(In the reader thread, which owns the report and the counts.)"""
+        for issue in issues:
+            self.report.add(rm, key, issue)
+        stats.mapped -= 1
+        stats.failed += 1
 
     def _refused(self, rm: ResourceMapping, stats: TableStats, key: str, issue: RowIssue) -> None:
         """(In the reader thread, which owns the report and the counts.)"""

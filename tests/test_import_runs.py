@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import test_import_support as support
 from pymongo import MongoClient
 from test_import_support import (
@@ -311,3 +312,44 @@ def test_failed_rows_are_retried_until_they_go_in(
     assert (stats(third, "appointments").retried, stats(third, "appointments").failed) == (1, 1)
     state = State.load(state_path(tmp_path, mariadb_url, _builtin("clinica")))
     assert state.failed["appointments"] == {"5": "2029-06-01T00:00:00"}
+
+
+def test_dry_run_against_a_server_catches_a_profile_violation(
+    mariadb_url: str, mongo_url: str, tmp_path: Path
+) -> None:
+    """--dry-run with --fhir-url checks every resource with that server's $validate, so
+    it finds what the real run would refuse: here a required profile (birthDate 1..1)
+    that the R4 base definitions alone do not ask for. Nothing is written."""
+    from fhir_helpers import constraint_profile
+
+    from fhir_server.testing import ServerProcess
+
+    url = "http://clinic.example/StructureDefinition/born-patient"
+    make_sample(mariadb_url, "clinica", 12, seed=2, dirt=Dirt(0, 0, 0, 0, 0, 0))
+    execute(mariadb_url, "UPDATE patients_patient SET birth_date = NULL WHERE id IN (3, 7)")
+    server = ServerProcess(
+        mongo_url=mongo_url,
+        database=f"imp_{os.getpid()}_dry",
+        env={"FHIR_AUTH_ENABLED": "false", "FHIR_REQUIRED_PROFILES": f"Patient={url}"},
+        log_file=tmp_path / "server.log",
+    )
+    with server:
+        profile = constraint_profile(url, "Patient", [{"path": "Patient.birthDate", "min": 1}])
+        r = httpx.post(f"{server.base_url}/StructureDefinition", json=profile, timeout=30)
+        assert r.status_code == 201, r.text
+        local = run(mariadb_url, "clinica", None, tmp_path / "local", dry_run=True)
+        assert stats(local, "patients").failed == 0  # the base definitions allow it
+        remote = run(mariadb_url, "clinica", server.base_url, tmp_path / "remote", dry_run=True)
+        patients = stats(remote, "patients")
+        assert (patients.read, patients.mapped, patients.failed) == (12, 10, 2)
+        refused = {
+            r["key"]: r["reason"]
+            for r in report_rows(tmp_path / "remote" / "report.csv")
+            if r["mapping"] == "patients" and r["severity"] == "error"
+        }
+        assert set(refused) == {"3", "7"}
+        assert all(reason.startswith("$validate: ") and url in reason
+                   for reason in refused.values())  # fmt: skip
+        assert count(server.base_url, "Patient") == 0
+        with MongoClient(mongo_url) as mc:
+            mc.drop_database(f"imp_{os.getpid()}_dry")
