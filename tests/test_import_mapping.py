@@ -322,9 +322,7 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
     assert ("patients", "1", "birth_date", "warning") in report  # 0000-00-00
     assert ("patients", "2", "id", "warning") in report  # duplicate merged
     # where the duplicate disagrees, patient 1's value is kept and the conflict reported
-    conflicts = [
-        r["reason"] for r in rows if r["key"] == "1" and "merged duplicate" in r["reason"]
-    ]
+    conflicts = [r["reason"] for r in rows if r["key"] == "1" and "merged duplicate" in r["reason"]]
     assert len(conflicts) == 1 and conflicts[0].startswith("merged duplicate patients 2 has name")
     assert ("appointments", "2", "doctor_id", "warning") in report  # orphan, dropped
     assert ("appointments", "3", "patient_id", "error") in report  # orphan, required
