@@ -185,6 +185,9 @@ HM_STATUSES = {
     "CANCELLED": ["Cancelada", "CANCELADA", "cancelada "],
     "NO_SHOW": ["No asistió", "no asistio"],
 }
+# Treatments without medication (a Procedure, not a MedicationRequest)
+PROCEDURES = ["Fisioterapia, 10 sesiones", "Curación de herida", "Nebulización",
+              "Retiro de puntos", "Lavado de oído"]  # fmt: skip
 ZERO_DATE = "0000-00-00"
 Row = dict[str, Any]
 
@@ -826,16 +829,17 @@ class Generator:
             )
             if self.chance(0.7):
                 t_id = len(trat) + 1
+                procedure = rng.choice(PROCEDURES) if self.chance(0.25) else None
                 trat.append(
                     {
                         "ID_Tratamiento": t_id,
                         "ID_Diagnóstico": d_id,
-                        "Descripción": "Tratamiento ambulatorio",
+                        "Descripción": procedure or "Tratamiento ambulatorio",
                         "Fecha_Inicio": day,
                         "Fecha_Fin": day + timedelta(days=rng.choice([5, 7, 10])),
                     }
                 )
-                for _ in range(rng.choice([1, 2])):
+                for _ in range(0 if procedure else rng.choice([1, 2])):
                     _, name, strength, _ = rng.choice(MEDICATIONS)
                     meds.append(
                         {

@@ -88,6 +88,9 @@ ROWS = [
     "INSERT INTO pharmacy_medication (id, code, name, generic_name, atc_code, form, strength,"
     " is_active) VALUES (1, 'MED-0001', 'Enalapril 10 mg', 'Enalapril', 'c09aa02', 'tableta',"
     " '10 mg', 1)",
+    # Two lots of it in stock, one with no expiry typed.
+    "INSERT INTO pharmacy_medicationbatch (id, medication_id, batch_number, expiry_date,"
+    " quantity) VALUES (1, 1, 'L000123', '2026-04-01', 120), (2, 1, ' l000456', NULL, 0)",
     "INSERT INTO medical_records_prescription (id, medical_record_id, patient_id, doctor_id,"
     " issued_at, status) VALUES (1, 1, 1, 1, '2025-03-10 08:40:00', 'active ')",
     "INSERT INTO medical_records_prescriptionitem (id, prescription_id, medication_id, dosage,"
@@ -260,6 +263,27 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
     assert medication["code"]["coding"] == [
         {"system": "http://www.whocc.no/atc", "code": "C09AA02", "display": "Enalapril"}
     ]
+    # Stock: a Medication per lot (R4's Medication.batch is 0..1) and a completed
+    # SupplyDelivery bringing its quantity on hand into the pharmacy (the opening balance).
+    pharmacy = by_identifier(fhir_base, "Location", L + "pharmacy", "1")
+    assert pharmacy["name"] == "Farmacia" and pharmacy["type"][0]["coding"][0]["code"] == "PHARM"
+    for key, lot, expiry, quantity in (
+        ("1", "L000123", "2026-04-01", 120),
+        ("2", "l000456", None, 0),
+    ):
+        batch = by_identifier(fhir_base, "Medication", L + "pharmacy_medicationbatch", key)
+        assert batch["code"] == medication["code"]
+        assert batch["batch"] == ({"lotNumber": lot, "expirationDate": expiry} if expiry
+                                  else {"lotNumber": lot})  # fmt: skip
+        receipt = by_identifier(
+            fhir_base, "SupplyDelivery", L + "pharmacy_medicationbatch:receipt", key
+        )
+        assert receipt["status"] == "completed"
+        assert receipt["suppliedItem"] == {
+            "quantity": {"value": quantity, "unit": "unidades"},
+            "itemReference": {"reference": f"Medication/{batch['id']}"},
+        }
+        assert receipt["destination"] == {"reference": f"Location/{pharmacy['id']}"}
     request = by_identifier(
         fhir_base, "MedicationRequest", L + "medical_records_prescriptionitem", "1"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import test_import_support as support
 from pymongo import MongoClient
+from sqlalchemy import create_engine, text
 from test_import_support import (
     by_identifier,
     count,
@@ -163,6 +164,31 @@ def test_accented_column_names_historial_medico(
     assert encounter["appointment"] == [{"reference": f"Appointment/{appt['id']}"}]
     rows = report_rows(tmp_path / "report.csv")
     assert any(r["column"] == "Nombre" and "mojibake" in r["reason"] for r in rows)
+    # A treatment without medications is a Procedure; one with them, its medications'
+    # MedicationRequests, the treatment's description a note on each.
+    engine = create_engine(mariadb_url)
+    with engine.connect() as conn:
+        alone = conn.execute(text(
+            "SELECT t.`ID_Tratamiento`, t.`Descripción`, t.`Fecha_Inicio`, t.`Fecha_Fin`"
+            " FROM `Tratamiento` t WHERE NOT EXISTS (SELECT 1 FROM `Medicamento` m"
+            " WHERE m.`ID_Tratamiento` = t.`ID_Tratamiento`) ORDER BY 1")).all()  # fmt: skip
+        medicated = conn.execute(text(
+            "SELECT m.`ID_Medicamento`, t.`Descripción` FROM `Medicamento` m"
+            " JOIN `Tratamiento` t ON t.`ID_Tratamiento` = m.`ID_Tratamiento` ORDER BY 1"
+        )).first()  # fmt: skip
+    engine.dispose()
+    assert alone and medicated
+    assert stats(summary, "procedures").created == len(alone)
+    key, description, start, end = alone[0]
+    procedure = by_identifier(fhir_base, "Procedure", system + "Tratamiento", str(key))
+    assert procedure["code"] == {"text": description}
+    assert procedure["performedPeriod"] == {"start": start.isoformat(), "end": end.isoformat()}
+    assert procedure["status"] == "completed"
+    assert procedure["subject"]["reference"].startswith("Patient/")
+    request = by_identifier(
+        fhir_base, "MedicationRequest", system + "Medicamento", str(medicated[0])
+    )
+    assert request["note"] == [{"text": medicated[1]}]
 
     # Legacy users and roles become smart_auth users linked to their records, with a
     # password they must reset, and their e-mail (added to the linked record when it
