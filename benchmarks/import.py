@@ -47,8 +47,9 @@ class _Capture(Importer):
 
     async def _send(
         self, rm: ResourceMapping, stats: TableStats, entries: list[tuple[str, dict[str, Any]]]
-    ) -> None:
+    ) -> set[str]:
         self.bundles.append((rm.name, bundle_body(rm, entries), len(entries)))
+        return set()  # (nothing refused)
 
 
 @contextmanager

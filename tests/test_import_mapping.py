@@ -52,10 +52,11 @@ ROWS = [
     "INSERT INTO patients_patient (id, cedula, first_name, last_name, birth_date, gender,"
     " phone, address, city, updated_at) VALUES (2, '171003406-6', 'JOSE MARIA', 'Nuñez',"
     " '1980-05-04', 'M', '0987776655', 'Av. Amazonas 100', 'Quito', '2025-01-03 08:00:00')",
-    # Patient 3: a clean one.
+    # Patient 3: a clean one, with a blood group and allergies typed by hand.
     "INSERT INTO patients_patient (id, cedula, first_name, last_name, birth_date, gender,"
-    " updated_at) VALUES (3, '0102030405', 'Lucía', 'Andrade', '1990-12-31', 'f',"
-    " '2025-01-03 09:00:00')",
+    " blood_type, allergies, updated_at) VALUES (3, '0102030405', 'Lucía', 'Andrade',"
+    " '1990-12-31', 'f', 'o Rh+', 'Penicilina, sulfas', '2025-01-03 09:00:00')",
+    "UPDATE patients_patient SET allergies = 'Ninguna.', blood_type = 'X' WHERE id = 1",
     "INSERT INTO schedules_schedule (id, doctor_id, room_id, date, start_time, end_time,"
     " slot_minutes, is_active) VALUES (1, 1, 1, '2025-03-10', '08:00:00', '12:00:00', 20, 1)",
     # Appointment 1: hand-typed status with spaces and case; booked via schedule 1.
@@ -170,6 +171,28 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
         ],
     }
     assert search(fhir_base, "Patient", identifier=f"{L}patients_patient|2") == [patient]
+
+    # The chart header: blood group (LOINC 882-1, SNOMED CT value from the blood-type
+    # vocabulary, typed text kept; an unknown one keeps only its text and is reported)
+    # and allergies ("Ninguna." is SNOMED CT's No known allergy).
+    lucia = by_identifier(fhir_base, "Patient", L + "patients_patient", "3")
+    group = by_identifier(fhir_base, "Observation", L + "patients_patient:blood_group", "3")
+    assert group["code"]["coding"][0]["code"] == "882-1"
+    assert group["subject"] == {"reference": f"Patient/{lucia['id']}"}
+    assert group["valueCodeableConcept"] == {
+        "coding": [{"system": "http://snomed.info/sct", "code": "278147001"}],
+        "text": "o Rh+",
+    }
+    unknown = by_identifier(fhir_base, "Observation", L + "patients_patient:blood_group", "1")
+    assert unknown["valueCodeableConcept"] == {"text": "X"}
+    allergy = by_identifier(fhir_base, "AllergyIntolerance", L + "patients_patient:allergies", "3")
+    assert allergy["code"] == {"text": "Penicilina, sulfas"}
+    assert allergy["patient"] == {"reference": f"Patient/{lucia['id']}"}
+    assert allergy["clinicalStatus"]["coding"][0]["code"] == "active"
+    none = by_identifier(fhir_base, "AllergyIntolerance", L + "patients_patient:allergies", "1")
+    assert none["code"]["coding"] == [
+        {"system": "http://snomed.info/sct", "code": "716186003", "display": "No known allergy"}
+    ]
 
     # Appointment: status code map over " confirmed ", local time with the
     # America/Guayaquil offset, end = start + duration, conditional references resolved.
@@ -345,6 +368,7 @@ def test_clinica_rules_hand_checked(mariadb_url: str, fhir_base: str, tmp_path: 
     assert ("patients", "1", "cedula", "warning") in report  # check digit
     assert ("patients", "1", "birth_date", "warning") in report  # 0000-00-00
     assert ("patients", "2", "id", "warning") in report  # duplicate merged
+    assert ("blood_groups", "1", "blood_type", "warning") in report  # 'X' not a group
     # where the duplicate disagrees, patient 1's value is kept and the conflict reported
     conflicts = [r["reason"] for r in rows if r["key"] == "1" and "merged duplicate" in r["reason"]]
     assert len(conflicts) == 1 and conflicts[0].startswith("merged duplicate patients 2 has name")

@@ -183,7 +183,7 @@ class Functions:
             for name in (
                 "text", "words", "lower", "upper", "concat", "join", "coalesce", "date",
                 "datetime", "code", "ref", "cedula", "ruc", "number", "integer", "boolean",
-                "email", "phone", "col", "required", "str", "digits",
+                "email", "phone", "col", "required", "str", "digits", "known",
             )
         }  # fmt: skip
 
@@ -316,6 +316,14 @@ class Functions:
             return codes.default
         self.warn(_col, reason + (f"; imported as {default!r}" if default else "; left out"))
         return default
+
+    def f_known(self, table: str, value: Any) -> bool:
+        """Whether code map ``table`` has the value (no warning either way): for telling
+        values apart (``known('no_allergy', Alergias)``) without mapping them."""
+        codes = self.codes.get(table)
+        if codes is None:
+            raise MappingError(f"unknown code map {table!r}")
+        return value is not None and codes.get(value) is not None
 
     def f_ref(self, mapping: str, key: Any, required: bool = False, _col: str = "") -> str | None:
         """A conditional reference to the resource made from row ``key`` of resource
