@@ -5,10 +5,12 @@ required reference to a patient not migrated yet, a resource the server refused)
 then fixed in the legacy system without touching its update column would never be read
 again, so each resource mapping keeps its failed keys in the state (``State.failed``):
 
-- the watermark never passes the earliest row that failed in the run's main pass, so
-  the next incremental run reads from there again;
+- the watermark never passes the earliest row that failed for the first time, so the
+  next incremental run reads from there again;
 - rows that failed before and are not among the rows a restricted run (``--incremental``,
-  ``--since``, a resumed run) reads are fetched again by key after the others;
+  ``--since``, a resumed run) reads are fetched again by key after the others, so a row
+  that keeps failing is retried on every run without holding the watermark back (the
+  rows updated after it are not read again and again);
 - every row retried is reported with how it ended this time.
 
 The failed keys are updated as batches end (and saved with every checkpoint), so a
@@ -35,7 +37,7 @@ class Retries:
         self.earlier = dict(failed)  # what had failed before this run
         self.seen: set[str] = set()  # earlier failures read again in the main pass
         self.ended: dict[str, str] = {}  # earlier failure -> how it ended this time
-        self.earliest: date | None = None  # earliest updated of a main-pass failure
+        self.earliest: date | None = None  # earliest updated of a first failure
         self._lock = threading.Lock()
 
     def read(self, key: str) -> None:
@@ -48,8 +50,12 @@ class Retries:
             self.live[key] = _stamp(updated)
             if key in self.earlier:
                 self.ended[key] = "failed again (see this run's errors for the row)"
-            main_pass = not retry_pass and isinstance(updated, date)
-            if main_pass and (self.earliest is None or updated < self.earliest):
+            first_time = key not in self.earlier and not retry_pass
+            if (
+                first_time
+                and isinstance(updated, date)
+                and (self.earliest is None or updated < self.earliest)
+            ):
                 self.earliest = updated
 
     def done(self, key: str, how: str) -> None:
