@@ -107,18 +107,22 @@ class EmbeddedMongo:
         log_to: Path | None = None,
         cache_size_gb: float | None = 0.5,
         close_idle_files_after: int = 600,
+        parameters: dict[str, str] | None = None,
     ) -> None:
         """``cache_size_gb`` caps the WiredTiger cache (None: mongod's default, ~half of RAM).
         ``close_idle_files_after`` (seconds) lets WiredTiger close the handle of a
         collection or index file nobody used for that long: every collection and index is
         a file, and a server with many databases (a test suite, many tenants) otherwise
-        keeps one descriptor per file it ever touched (MongoDB 6.0 waits 100,000 s)."""
+        keeps one descriptor per file it ever touched (MongoDB 6.0 waits 100,000 s).
+        ``parameters``: more ``--setParameter name=value`` (a test enabling
+        ``enableTestCommands`` for fail points, say)."""
         self.data_dir = Path(data_dir)
         self.mongod_bin = mongod_bin
         self.replica_set = replica_set
         self.log_path = Path(log_to) if log_to is not None else self.data_dir / "mongod.log"
         self.cache_size_gb = cache_size_gb
         self.close_idle_files_after = close_idle_files_after
+        self.parameters = dict(parameters or {})
         self.url: str | None = None
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -242,6 +246,8 @@ class EmbeddedMongo:
             "--setParameter", "diagnosticDataCollectionEnabled=false",
             "--setParameter", f"wiredTigerFileHandleCloseIdleTime={self.close_idle_files_after}",
         ]  # fmt: skip
+        for name, value in self.parameters.items():
+            args += ["--setParameter", f"{name}={value}"]
         if self.cache_size_gb is not None:
             args += ["--wiredTigerCacheSizeGB", str(self.cache_size_gb)]
         # Loader errors and output from before logging starts go to stdout/stderr: keep them.

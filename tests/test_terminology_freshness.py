@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from pymongo import MongoClient
 
+from fhir_server.embedded_mongo import EmbeddedMongo
 from fhir_server.testing import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -120,3 +123,44 @@ def test_another_process_sees_updates_and_deletes_once_reported(
     # a code system created again under the same url is found again
     assert a.put("/CodeSystem/fresh", json=code_system("again")).status_code == 201
     eventually(lambda: display(b) == "again a")
+
+
+def test_nothing_is_reused_while_the_change_stream_is_closed(tmp_path: Path) -> None:
+    """terminology/freshness.py: while a process's change stream is not open it cannot
+    learn of other processes' writes, so it must reuse nothing. Server b's stream is
+    broken with a MongoDB fail point (its getMore and aggregate fail, b's other reads do
+    not): a's update must be answered by b at once, where a b that kept trusting its
+    cache would answer the old display for ever."""
+    with EmbeddedMongo(
+        tmp_path / "mongo", close_idle_files_after=30, parameters={"enableTestCommands": "1"}
+    ) as mongo:
+        assert mongo.url is not None
+        b_url = mongo.url + "&appName=fresh-b"
+        with (
+            ServerProcess(mongo_url=mongo.url, database="fresh") as a_server,
+            ServerProcess(mongo_url=b_url, database="fresh") as b_server,
+            httpx.Client(base_url=a_server.base_url, timeout=30) as a,
+            httpx.Client(base_url=b_server.base_url, timeout=30) as b,
+            MongoClient(mongo.url) as admin,
+        ):
+            assert a.put("/CodeSystem/fresh", json=code_system("v0")).status_code == 201
+            for _ in range(5):  # b resolves it and reuses it
+                assert display(b) == "v0 a"
+            assert a.put("/CodeSystem/fresh", json=code_system("v1")).status_code == 200
+            eventually(lambda: display(b) == "v1 a")  # the stream works: b learns of it
+            admin.admin.command(
+                "configureFailPoint", "failCommand", mode="alwaysOn",
+                data={"failCommands": ["getMore", "aggregate"], "errorCode": 2,
+                      "appName": "fresh-b"},
+            )  # fmt: skip
+            try:
+                time.sleep(2.5)  # b's next getMore (at most 1 s away) fails: stream closed
+                for round_ in range(2, 12):
+                    r = a.put("/CodeSystem/fresh", json=code_system(f"v{round_}"))
+                    assert r.status_code == 200, r.text
+                    assert display(b) == f"v{round_} a"  # at once: nothing reused
+            finally:
+                admin.admin.command("configureFailPoint", "failCommand", mode="off")
+            # the stream reopens (backoff of at most 5 s) and b follows a again
+            assert a.put("/CodeSystem/fresh", json=code_system("v99")).status_code == 200
+            eventually(lambda: display(b) == "v99 a", within=10)
