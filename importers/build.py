@@ -54,6 +54,7 @@ class Mapped:
     resource: dict[str, Any] | None = None
     issues: list[RowIssue] = field(default_factory=list)
     updated: Any = None
+    merged_into: str | None = None  # (merged) the key of the row it was merged into
 
 
 class RowMapper:
@@ -107,7 +108,7 @@ class RowMapper:
         out = Mapped(key, "mapped", updated=row.get(rm.updated) if rm.updated else None)
         try:
             if key in self.merged:
-                out.outcome = "merged"
+                out.outcome, out.merged_into = "merged", self.merged[key]
                 same = rm.dedupe.source if rm.dedupe else ""
                 fn.warn(
                     rm.key,

@@ -13,6 +13,10 @@ again, so each resource mapping keeps its failed keys in the state (``State.fail
   rows updated after it are not read again and again);
 - every row retried is reported with how it ended this time.
 
+A restricted run also fetches, the same way, the row a changed duplicate was merged into
+(``dedupe``) when it did not read that row: the merged record is rebuilt from all of its
+rows, so the duplicate's new phone or address reaches it.
+
 The failed keys are updated as batches end (and saved with every checkpoint), so a
 killed run loses none.
 """
@@ -32,18 +36,26 @@ class Retries:
     """One resource mapping's failed rows during one run. Called from the reader thread
     (rows mapped) and the event loop (bundles answered), hence the lock."""
 
-    def __init__(self, failed: dict[str, str | None]) -> None:
+    def __init__(self, failed: dict[str, str | None], restricted: bool = False) -> None:
         self.live = failed  # the state's own dict: saved with every checkpoint
         self.earlier = dict(failed)  # what had failed before this run
+        self.restricted = restricted  # the run reads only some rows (see remaining())
         self.seen: set[str] = set()  # earlier failures read again in the main pass
+        self.read_keys: set[str] = set()  # (restricted runs) every key read
+        self.merged_into: set[str] = set()  # (restricted runs) rows changed duplicates join
         self.ended: dict[str, str] = {}  # earlier failure -> how it ended this time
         self.earliest: date | None = None  # earliest updated of a first failure
         self._lock = threading.Lock()
 
-    def read(self, key: str) -> None:
+    def read(self, key: str, merged_into: str | None = None) -> None:
+        """(The reader thread, for every row of the main pass.)"""
         if key in self.earlier:
             with self._lock:
                 self.seen.add(key)
+        if self.restricted:
+            self.read_keys.add(key)
+            if merged_into is not None:
+                self.merged_into.add(merged_into)
 
     def failed(self, key: str, updated: Any, retry_pass: bool = False) -> None:
         with self._lock:
@@ -66,9 +78,10 @@ class Retries:
                 self.ended[key] = how
 
     def remaining(self) -> list[str]:
-        """Earlier failures the main pass did not read."""
+        """Earlier failures the main pass did not read, and (restricted runs) the rows
+        changed duplicates were merged into that it did not read."""
         with self._lock:
-            return sorted(set(self.earlier) - self.seen)
+            return sorted((set(self.earlier) - self.seen) | (self.merged_into - self.read_keys))
 
     def gone(self, keys: list[str]) -> None:
         """Earlier failures a full run did not find: the rows were deleted."""

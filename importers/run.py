@@ -337,9 +337,11 @@ class Importer:
             self.progress.start_table(rm.name, total)
         if self.state.run is not None and not self.o.dry_run:
             self.state.run.setdefault("checkpoints", {})[rm.name] = after
-        retries = Retries({} if self.o.dry_run else self.state.failed.setdefault(rm.name, {}))
         # a run that reads only some rows fetches earlier failures it did not read by key
         restricted = since is not None or after is not None
+        retries = Retries(
+            {} if self.o.dry_run else self.state.failed.setdefault(rm.name, {}), restricted
+        )
         main = self.source.batches(rm, after, since, self.o.batch_size)
         retry_pass = [False]
 
@@ -452,7 +454,8 @@ class Importer:
         retry_pass: bool,
     ) -> None:
         stats.read += 1
-        retries.read(mapped.key)
+        if not retry_pass:
+            retries.read(mapped.key, mapped.merged_into)
         for issue in mapped.issues:
             self.report.add(rm, mapped.key, issue)
             stats.warnings += issue.severity == "warning"

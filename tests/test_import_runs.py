@@ -384,3 +384,33 @@ def test_dry_run_against_a_server_catches_a_profile_violation(
         assert count(server.base_url, "Patient") == 0
         with MongoClient(mongo_url) as mc:
             mc.drop_database(f"imp_{os.getpid()}_dry")
+
+
+def test_a_changed_duplicate_reaches_the_record_it_was_merged_into(
+    mariadb_url: str, fhir_base: str, tmp_path: Path
+) -> None:
+    """dedupe merges a duplicate into the first row of its group, keeping its phones and
+    addresses. When only the duplicate changes, an incremental run reads only it: the
+    record it was merged into must still be rebuilt (importers/retry.py)."""
+    make_sample(mariadb_url, "clinica", 10, seed=6, dirt=Dirt(0, 0, 0, 0, 0, 0))
+    execute(
+        mariadb_url,
+        "UPDATE patients_patient SET updated_at = '2024-01-01' + INTERVAL id DAY",
+        "UPDATE patients_patient p JOIN patients_patient q ON q.id = 1"
+        " SET p.cedula = CONCAT(' ', q.cedula) WHERE p.id = 2",
+    )
+    first = run(mariadb_url, "clinica", fhir_base, tmp_path)
+    assert stats(first, "patients").merged == 1
+    execute(
+        mariadb_url,
+        "UPDATE patients_patient SET phone = '0991234500', updated_at = '2030-01-01 00:00:00'"
+        " WHERE id = 2",
+    )
+    second = run(mariadb_url, "clinica", fhir_base, tmp_path, incremental=True)
+    patients = stats(second, "patients")
+    # read: the duplicate, the newest row of the last run (>= the watermark), and by key
+    # the row the duplicate was merged into, rebuilt with the new phone
+    assert (patients.read, patients.merged, patients.updated, patients.unchanged) == (3, 1, 1, 1)
+    merged = by_identifier(fhir_base, "Patient", L + "patients_patient", "1")
+    assert {"system": "phone", "value": "0991234500", "use": "mobile"} in merged["telecom"]
+    assert by_identifier(fhir_base, "Patient", L + "patients_patient", "2") == merged
