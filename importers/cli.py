@@ -63,6 +63,15 @@ def make_sample(schema: str, patients: int, source: str, seed: int, replace: boo
         click.echo(f"{table}: {count}")
 
 
+_SOURCE = click.option(
+    "--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB."
+)
+_MAPPING = click.option(
+    "--mapping",
+    required=True,
+    metavar="NAME|FILE",
+    help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
+)
 _OVERRIDES = click.option(
     "--mapping-overrides",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -72,13 +81,8 @@ _OVERRIDES = click.option(
 
 
 @import_group.command("run")
-@click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
-@click.option(
-    "--mapping",
-    required=True,
-    metavar="NAME|FILE",
-    help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
-)
+@_SOURCE
+@_MAPPING
 @_OVERRIDES
 @click.option(
     "--fhir-url",
@@ -173,13 +177,8 @@ def run(
 
 
 @import_group.command("profile")
-@click.option("--source", required=True, metavar="URL", help="SQLAlchemy URL of the legacy DB.")
-@click.option(
-    "--mapping",
-    required=True,
-    metavar="NAME|FILE",
-    help=f"Built-in mapping ({', '.join(BUILTIN)}) or a mapping YAML file.",
-)
+@_SOURCE
+@_MAPPING
 @_OVERRIDES
 @click.option(
     "--skeleton",

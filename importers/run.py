@@ -482,14 +482,7 @@ class Importer:
         """One transaction; if the server rejects it, each entry alone, so that only the
         resources the server refuses fail (and are reported with its diagnostics).
         Returns the keys of the entries that failed."""
-        assert self.sender is not None
-        body = bundle_body(rm, entries)
-        upload = loader.Upload(
-            file=rm.name, method="POST", path="", body=body, entries=[],
-            bundle_type="transaction", source_bytes=0, idempotent=True,
-        )  # fmt: skip
-        async with self.slots:
-            status, content = await self.sender.send(upload)
+        status, content = await self._post(rm, bundle_body(rm, entries), "transaction")
         if status is not None and 200 <= status < 300:
             self._count_responses(stats, entries, content)
             return set()
@@ -515,13 +508,25 @@ class Importer:
         await self._in_reader(self._refused, rm, stats, key, issue)
         return {key}
 
+    async def _post(
+        self, rm: ResourceMapping, body: bytes, bundle_type: str
+    ) -> tuple[int | None, bytes]:
+        """POST one Bundle to the server within the run's concurrency (retried: every
+        Bundle the importer sends is idempotent)."""
+        assert self.sender is not None
+        upload = loader.Upload(
+            file=rm.name, method="POST", path="", body=body, entries=[],
+            bundle_type=bundle_type, source_bytes=0, idempotent=True,
+        )  # fmt: skip
+        async with self.slots:
+            return await self.sender.send(upload)
+
     async def _validate_remotely(
         self, rm: ResourceMapping, stats: TableStats, entries: list[tuple[str, dict[str, Any]]]
     ) -> None:
         """A dry run against a server: each resource through that server's own $validate
         (its profiles, required profiles, bindings and invariants), a batch Bundle of
         them per batch; every error is reported and its row counted failed."""
-        assert self.sender is not None
         body = dumps(
             {
                 "resourceType": "Bundle",
@@ -535,12 +540,7 @@ class Importer:
                 ],
             }
         )
-        upload = loader.Upload(
-            file=rm.name, method="POST", path="", body=body, entries=[],
-            bundle_type="batch", source_bytes=0, idempotent=True,
-        )  # fmt: skip
-        async with self.slots:
-            status, content = await self.sender.send(upload)
+        status, content = await self._post(rm, body, "batch")
         if status is None or not 200 <= status < 300:
             what = f"HTTP {status}" if status is not None else content.decode("utf-8", "replace")
             raise MappingError(f"the server could not validate {rm.name}: {what[:300]}")

@@ -15,9 +15,9 @@ import pytest
 import test_import_support as support
 import yaml
 from sqlalchemy import create_engine, text
-from test_import_support import by_identifier, execute
+from test_import_support import CLEAN, by_identifier, execute
 
-from importers.sample import Dirt, make_sample
+from importers.sample import make_sample
 
 fhir_base = support.fhir_base  # a fixture
 fhir_target = support.fhir_target  # a fixture
@@ -27,7 +27,6 @@ postgres_url = support.postgres_url  # a fixture
 postgres_server = support.postgres_server  # a fixture
 
 L = "urn:legacy:clinica:"
-CLEAN = Dirt(mojibake=0, null=0, zero_date=0, orphan=0, duplicate=0, bad_cedula=0)
 # appointment id -> what a receptionist typed, and the FHIR status it must become
 TYPED = {
     1: (" Programada.", "booked"),

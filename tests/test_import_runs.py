@@ -291,8 +291,7 @@ def test_failed_rows_are_retried_until_they_go_in(
     """The watermark never passes a row's first failure, and rows that failed are fetched
     again by the next incremental runs even when nothing marks them updated
     (importers/retry.py); the report says which rows were retried and how each ended."""
-    clean = Dirt(mojibake=0, null=0, zero_date=0, orphan=0, duplicate=0, bad_cedula=0)
-    make_sample(mariadb_url, "clinica", 30, seed=4, dirt=clean)
+    make_sample(mariadb_url, "clinica", 30, seed=4, dirt=support.CLEAN)
     table = "appointments_appointment"
     execute(
         mariadb_url,
@@ -356,7 +355,7 @@ def test_dry_run_against_a_server_catches_a_profile_violation(
     from fhir_server.testing import ServerProcess
 
     url = "http://clinic.example/StructureDefinition/born-patient"
-    make_sample(mariadb_url, "clinica", 12, seed=2, dirt=Dirt(0, 0, 0, 0, 0, 0))
+    make_sample(mariadb_url, "clinica", 12, seed=2, dirt=support.CLEAN)
     execute(mariadb_url, "UPDATE patients_patient SET birth_date = NULL WHERE id IN (3, 7)")
     server = ServerProcess(
         mongo_url=mongo_url,
@@ -392,7 +391,7 @@ def test_a_changed_duplicate_reaches_the_record_it_was_merged_into(
     """dedupe merges a duplicate into the first row of its group, keeping its phones and
     addresses. When only the duplicate changes, an incremental run reads only it: the
     record it was merged into must still be rebuilt (importers/retry.py)."""
-    make_sample(mariadb_url, "clinica", 10, seed=6, dirt=Dirt(0, 0, 0, 0, 0, 0))
+    make_sample(mariadb_url, "clinica", 10, seed=6, dirt=support.CLEAN)
     execute(
         mariadb_url,
         "UPDATE patients_patient SET updated_at = '2024-01-01' + INTERVAL id DAY",

@@ -24,7 +24,10 @@ from sqlalchemy import create_engine, text
 
 from fhir_server.testing import ServerProcess, free_port
 from importers.run import RunOptions, Summary, run_import
-from importers.sample import ensure_database
+from importers.sample import Dirt, ensure_database
+
+# a sample with no dirt: the tests that plant their own dirty values start from it
+CLEAN = Dirt(mojibake=0, null=0, zero_date=0, orphan=0, duplicate=0, bad_cedula=0)
 
 
 def _listening(host: str, port: int) -> bool:
