@@ -36,6 +36,8 @@ from fhir_server.service.search import SearchService
 from fhir_server.service.shipped import install
 from fhir_server.storage import Storage
 from fhir_server.workflows import rules
+from fhir_server.workflows.billing.operations import router as billing_router
+from fhir_server.workflows.pharmacy.operations import router as pharmacy_router
 from fhir_server.workflows.pipeline import WritePipeline
 from fhir_server.workflows.scheduling import definitions as scheduling_definitions
 from fhir_server.workflows.scheduling.holds import sweep_forever
@@ -141,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, prefix=BASE_PATH)
     app.include_router(terminology_router, prefix=BASE_PATH)
     app.include_router(scheduling_router, prefix=BASE_PATH)
+    app.include_router(billing_router, prefix=BASE_PATH)
+    app.include_router(pharmacy_router, prefix=BASE_PATH)
     app.include_router(operations_router, prefix=BASE_PATH)
     app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
     app.include_router(bulk_router, prefix=BASE_PATH)

@@ -7,6 +7,7 @@ description of each field is also its user-facing help text.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -108,6 +109,28 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds between a worker's checks for Schedules whose Slots are due "
         "to be generated (after a change of hours, or to roll on).",
+    )
+    billing_iva_rate: Decimal = Field(
+        Decimal("0.15"),
+        ge=0,
+        le=1,
+        description="IVA rate of a charge whose ChargeItemDefinition states no tax "
+        "component (0.15: 15 %); exempt items state a tax component with factor 0.",
+    )
+    billing_issuer: str | None = Field(
+        None,
+        description="The Organization (Organization/<id>, with its RUC) that issues the "
+        "invoices Invoice/$generate builds, and those of an Account without an owner.",
+    )
+    billing_establishment: str = Field(
+        "001",
+        pattern=r"^[0-9]{3}$",
+        description="Establecimiento (3 digits) of the invoice numbers (001-001-000000123).",
+    )
+    billing_emission_point: str = Field(
+        "001",
+        pattern=r"^[0-9]{3}$",
+        description="Punto de emisión (3 digits) of the invoice numbers (001-001-000000123).",
     )
     conditional_delete: Literal["single", "multiple"] = Field(
         "single",

@@ -8,6 +8,11 @@ Extensions for scheduling (docs/scheduling.md), where R4 has no element:
 Schedule; the shape of PractitionerRole.availableTime / notAvailable), ``timezone``
 (Schedule).
 
+Extensions for the pharmacy's stock (docs/pharmacy.md): ``stock-adjustment``
+(SupplyDelivery: a write-off or count, with its reason), ``dispensed-batch``
+(MedicationDispense: the batches the ledger took it from) and ``stock-threshold``
+(Medication: the low-stock minimum per location).
+
 The clinics' profile set (``ec-*``: Patient, Organization, Practitioner, Appointment,
 Slot, Invoice; profiles/clinics.py, docs/profiles.md): constraint profiles for the
 Ecuadorian identifiers (cédula, RUC, SENESCYT), the scheduling rules and IVA in USD.
@@ -29,6 +34,9 @@ SLOT_DURATION = BASE + "slot-duration"
 AVAILABLE_TIME = BASE + "available-time"
 NOT_AVAILABLE = BASE + "not-available"
 TIMEZONE = BASE + "timezone"
+STOCK_ADJUSTMENT = BASE + "stock-adjustment"
+DISPENSED_BATCH = BASE + "dispensed-batch"
+STOCK_THRESHOLD = BASE + "stock-threshold"
 WHAT = "fhir-server profiles"
 
 

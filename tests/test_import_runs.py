@@ -48,6 +48,19 @@ def test_rerun_creates_nothing_and_incremental_updates_only_changes(
     written = first.total("created")
     assert written == first.total("mapped") > 500
     assert first.total("updated") == first.total("unchanged") == 0
+    # the legacy quantities on hand open the stock ledger, batch by batch, and the
+    # historic dispenses (no location) take nothing from it (docs/pharmacy.md)
+    with create_engine(mariadb_url).connect() as db:
+        legacy = db.execute(
+            text("SELECT batch_number, quantity FROM pharmacy_medicationbatch WHERE quantity > 0")
+        ).all()
+    held = {
+        (parts["lotNumber"]["valueString"], parts["quantity"]["valueQuantity"]["value"])
+        for p in get(fhir_base, "$stock")["parameter"]
+        if p["name"] == "batch"
+        for parts in [{q["name"]: q for q in p["part"]}]
+    }
+    assert held == {(lot, quantity) for lot, quantity in legacy}
     versions = history_total(fhir_base)
     # each new appointment also gets its action-log Provenance (docs/scheduling.md)
     assert versions == written + stats(first, "appointments").created

@@ -439,6 +439,7 @@ class TransactionService:
             await self._re_resolve(s, changed, after, current)
         for e in active:  # what was written must be within the token's reach
             if e.write is not None:
+                e.stored = e.write.stored()  # as stored: a rule may have amended it
                 try:
                     await ResourceService.guard_after(s, self.policy, e.write)
                 except FhirError as exc:

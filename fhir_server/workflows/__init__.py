@@ -9,7 +9,20 @@ from fhir_server.workflows.pipeline import Rule
 
 def rules(settings: Settings) -> list[Rule]:
     """Every rule of the pipeline, in the order they run: refusals first (cheapest),
-    then the booking keys, then the action log."""
+    then the booking keys, then the action log; then the pharmacy's stock."""
+    from fhir_server.workflows.billing.charges import ChargeCapture
+    from fhir_server.workflows.billing.invoiced import InvoicedItems
+    from fhir_server.workflows.billing.lifecycle import (
+        BilledByInvoices,
+        InvoiceLifecycle,
+        StaffOnly,
+    )
+    from fhir_server.workflows.billing.numbering import InvoiceNumbers
+    from fhir_server.workflows.billing.payments import Payments
+    from fhir_server.workflows.billing.prices import PriceIndex
+    from fhir_server.workflows.pharmacy.alerts import StockThresholds
+    from fhir_server.workflows.pharmacy.limits import PrescriptionLimits
+    from fhir_server.workflows.pharmacy.movements import StockMovements
     from fhir_server.workflows.scheduling.actions import ActionLog
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
     from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
@@ -25,4 +38,16 @@ def rules(settings: Settings) -> list[Rule]:
         ActionLog(),
         ParticipantResponses(),
         SlotPlanning(),
+        PrescriptionLimits(),
+        StockMovements(settings.slot_timezone),
+        StockThresholds(settings.slot_timezone),
+        # billing (docs/billing.md): refusals, then prices, charges, invoices, payments
+        StaffOnly(),
+        InvoiceLifecycle(),
+        BilledByInvoices(),
+        PriceIndex(),
+        ChargeCapture(),
+        InvoicedItems(),
+        InvoiceNumbers(settings.billing_establishment, settings.billing_emission_point),
+        Payments(),
     ]

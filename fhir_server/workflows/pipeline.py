@@ -90,6 +90,7 @@ class Write:
     new: dict[str, Any] | None
     context: WriteContext
     rewrite: bool = False  # corrects a version written earlier in the same transaction
+    source: VersionWrite | None = None  # the version being written (for ``amend``)
 
     @property
     def key(self) -> str:
@@ -105,6 +106,7 @@ class Transaction:
     storage: Storage
     render: Callable[[VersionWrite, dict[str, Any]], None]
     created: list[VersionWrite] = field(default_factory=list)
+    amended: list[VersionWrite] = field(default_factory=list)
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -127,6 +129,17 @@ class Transaction:
         self.render(write, resource)
         self.created.append(write)
         return write
+
+    def amend(self, write: Write, resource: dict[str, Any]) -> None:
+        """Replace the content of the version being written (same version number): for
+        what only the rule can settle, such as the batches a dispense was taken from.
+        The requester's answer carries the amended content; the rules see it as a
+        rewrite."""
+        assert write.source is not None
+        self.render(write.source, resource)
+        write.new = resource
+        if not any(v is write.source for v in self.amended):
+            self.amended.append(write.source)
 
     def update(self, current: StoredVersion, resource: dict[str, Any]) -> VersionWrite:
         """Queue a new version of a stored resource (a Slot's status, say)."""
@@ -217,6 +230,7 @@ class WritePipeline:
                 new=load_stored(v.raw) if v.raw is not None else None,
                 context=context,
                 rewrite=rewrite,
+                source=v,
             )
             for v in watched
         ]
@@ -254,6 +268,8 @@ class _Prepared:
         for rule, writes in self.by_rule:
             await rule.in_transaction(tx, writes)
             messages.extend(rule.after_commit(writes))
+        if tx.amended:
+            await p.storage.rewrite(tx.amended, session)
         if tx.created:
             # What rules write (a Slot's status, a Provenance, an expired hold's
             # cancellation) is the server's doing, not the requester's: the rules on

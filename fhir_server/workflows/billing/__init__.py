@@ -1,0 +1,2 @@
+"""Billing (issue 16): prices, charges, invoices, numbering and payments
+(docs/billing.md)."""
