@@ -391,6 +391,7 @@ class ResourceService:
         """Fill a version's stored JSON and its search index from the resource."""
         stored = with_meta(resource, write)
         write.raw = dumps(stored)
+        write.content = stored
         base = request_base_url.get() or self.settings.base_url
         index = index_resource(stored, self.registry, base_url=base)
         write.sp, write.so, write.comp = index.sp, index.so, index.comp

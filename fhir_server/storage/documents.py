@@ -83,6 +83,8 @@ class VersionWrite:
     so: dict[str, Any] = field(default_factory=dict)  # sort keys
     comp: list[str] = field(default_factory=list)  # Patient compartments
     created: bool = False  # no live version before this one (new, or after a delete)
+    prior: dict[str, Any] | None = None  # the replaced content, when the writer parsed it
+    content: dict[str, Any] | None = None  # ``raw`` as a dict, as rendered (not re-parsed)
 
     def current_document(self) -> dict[str, Any]:
         return {

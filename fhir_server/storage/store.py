@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    IndexModel,
+    InsertOne,
+    ReplaceOne,
+    UpdateOne,
+)
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, NetworkTimeout
@@ -342,9 +350,12 @@ class Storage:
             result = await self.current(t).bulk_write(ops, session=session)
             if result.matched_count != len(ops):
                 raise ConcurrentModification(t)
-        if closed:
-            await self.history.bulk_write(closed, session=session)
-        await self.history.insert_many([w.history_document() for w in writes], session=session)
+        versions = [w.history_document() for w in writes]
+        if closed:  # one round trip: close the replaced versions, add the new ones
+            inserts = [InsertOne(d) for d in versions]
+            await self.history.bulk_write([*closed, *inserts], session=session)
+        else:
+            await self.history.insert_many(versions, session=session)
         if prepared is not None:
             await prepared.apply(session)
 

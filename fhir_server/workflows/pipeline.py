@@ -141,8 +141,12 @@ class Transaction:
         if not any(v is write.source for v in self.amended):
             self.amended.append(write.source)
 
-    def update(self, current: StoredVersion, resource: dict[str, Any]) -> VersionWrite:
-        """Queue a new version of a stored resource (a Slot's status, say)."""
+    def update(
+        self, current: StoredVersion, resource: dict[str, Any], was: dict[str, Any] | None = None
+    ) -> VersionWrite:
+        """Queue a new version of a stored resource (a Slot's status, say). ``was``: the
+        current content, when the rule has parsed it (the rules of the new version then
+        need not read it again)."""
         write = VersionWrite(
             type=current.type,
             id=current.id,
@@ -151,6 +155,7 @@ class Transaction:
             method="PUT",
             raw=None,
             previous=current.version,
+            prior=was,
         )
         self.render(write, resource)
         self.created.append(write)
@@ -224,10 +229,12 @@ class WritePipeline:
                 version=v.version,
                 last_updated=v.last_updated,
                 method=v.method,
-                previous=previous.get(history_key(v.type, v.id, v.previous))
+                previous=v.prior
+                if v.prior is not None
+                else previous.get(history_key(v.type, v.id, v.previous))
                 if v.previous is not None
                 else None,
-                new=load_stored(v.raw) if v.raw is not None else None,
+                new=None if v.raw is None else v.content or load_stored(v.raw),
                 context=context,
                 rewrite=rewrite,
                 source=v,
@@ -245,7 +252,11 @@ class WritePipeline:
     async def _previous(
         self, versions: Sequence[VersionWrite], session: Session
     ) -> dict[str, dict[str, Any]]:
-        keys = [history_key(v.type, v.id, v.previous) for v in versions if v.previous]
+        keys = [
+            history_key(v.type, v.id, v.previous)
+            for v in versions
+            if v.previous and v.prior is None
+        ]
         if not keys:
             return {}
         found: dict[str, dict[str, Any]] = {}

@@ -90,18 +90,19 @@ async def _prices(storage: Storage, items: list[tuple[str, dict[str, Any]]]) -> 
             if d.raw is not None:
                 definition = load_stored(d.raw)
                 by_url.setdefault(definition.get("url"), price_of(d.id, definition))
-    by_code = await prices_for(storage, [c for _, i in items for c in code_keys(i.get("code"))])
     found: dict[str, Price] = {}
     for key, item in items:
         for u in item.get("definitionCanonical") or []:
             if u in by_url:
                 found[key] = by_url[u]
                 break
-        else:
-            for code in code_keys(item.get("code")):
-                if code in by_code:
-                    found[key] = by_code[code]
-                    break
+    rest = [(key, item) for key, item in items if key not in found]
+    by_code = await prices_for(storage, [c for _, i in rest for c in code_keys(i.get("code"))])
+    for key, item in rest:
+        for code in code_keys(item.get("code")):
+            if code in by_code:
+                found[key] = by_code[code]
+                break
     return found
 
 

@@ -234,4 +234,4 @@ class ChargeCapture(Rule):
                 continue
             item = load_stored(current.raw)
             if item.get("status") == "billable":
-                tx.update(current, {**item, "status": VOID})
+                tx.update(current, {**item, "status": VOID}, item)

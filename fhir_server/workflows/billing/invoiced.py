@@ -55,10 +55,11 @@ class InvoicedItems(Rule):
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         keys = tx.db[INVOICED]
-        mine = [w.key for w in writes]
+        mine = [w.key for w in writes if w.previous is not None or w.rewrite]
         held: dict[str, str] = {}
-        async for doc in keys.find({"i": {"$in": mine}}, session=tx.session):
-            held[doc["_id"]] = doc["i"]
+        if mine:  # a new invoice holds nothing yet
+            async for doc in keys.find({"i": {"$in": mine}}, session=tx.session):
+                held[doc["_id"]] = doc["i"]
         wanted: dict[str, tuple[str, str]] = {}  # item -> (invoice, expression)
         for w in writes:
             for item, where in charge_items(w.new).items():
@@ -102,7 +103,7 @@ class InvoicedItems(Rule):
                     "invoiced",
                     where,
                 )
-            tx.update(current, {**charge, "status": "billed"})
+            tx.update(current, {**charge, "status": "billed"}, charge)
         for item in released:
             if item in added:
                 continue
@@ -111,7 +112,7 @@ class InvoicedItems(Rule):
                 continue
             charge = load_stored(current.raw)
             if charge.get("status") == "billed":
-                tx.update(current, {**charge, "status": "billable"})
+                tx.update(current, {**charge, "status": "billable"}, charge)
 
 
 def _twice(item: str, where: str) -> FhirError:

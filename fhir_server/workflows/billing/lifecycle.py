@@ -1,7 +1,7 @@
 """The Invoice life cycle (invoice.html#status: draft | issued | balanced | cancelled |
 entered-in-error), enforced on every write path:
 
-    draft  -> issued (with its number: Invoice/[id]/$issue), cancelled, entered-in-error
+    draft  -> issued (numbering.py gives the number), cancelled, entered-in-error
     issued -> balanced (paid: payments.py does it), cancelled (with ``cancelledReason``)
     balanced, cancelled, entered-in-error: final
 
@@ -145,10 +145,10 @@ class InvoiceLifecycle(Rule):
                 "issued (Invoice/[id]/$issue)",
                 "Invoice.identifier",
             )
-        if old == "draft" and status == "issued" and number_of(new) is None:
+        if old == "draft" and status == "issued" and number_of(new) is not None and not w.rewrite:
             raise _refuse(
-                f"Invoice/{w.id} is issued with Invoice/[id]/$issue, which gives it the "
-                "next invoice number",
+                f"Invoice/{w.id}: the server gives the invoice number when the invoice is "
+                "issued (the next of its issuer's series); issue it without one",
                 "Invoice.identifier",
             )
 

@@ -3,16 +3,17 @@ them (``001-001-000000123``), sequential per issuer, without gaps.
 
 The secuencial comes from a counter document per issuer (``billing_invoice_counters``,
 ``_id`` the issuer ``Organization/<id>``) incremented with ``find_one_and_update``
-in the transaction that stores the issued version (Invoice/[id]/$issue). Two issuings
+in the transaction that stores the issued version (by Invoice/[id]/$issue, or a plain
+update, patch or transaction entry setting ``issued``). Two issuings
 at once both write the counter: one of the transactions conflicts and is retried from
 the start, so each takes the next number after the other's commit; an issuing that
 fails (a refused write, a crash) rolls its increment back with it. Hence numbers
 1, 2, 3, ... in commit order, none skipped, none twice.
 
-The rule ``InvoiceNumbers`` makes that the only way to a number: a version that issues
-an invoice must carry exactly the number its transaction drew (the counter's current
-value), and every number is recorded once (``billing_invoice_numbers``, ``_id``
-issuer and number), so a number written by hand is refused. An imported invoice
+The rule ``InvoiceNumbers`` draws the number and puts it on the version being written
+(``Transaction.amend``: the answer carries it); lifecycle.py refuses a number written by
+hand, and every number is recorded once (``billing_invoice_numbers``, ``_id`` issuer and
+number). An imported invoice
 (created issued, balanced or cancelled by the server) keeps its number, in whatever
 format the old system wrote it; it is recorded, and when it is of this server's
 series (same establecimiento and punto de emisión) the counter moves past it.
@@ -77,22 +78,17 @@ class InvoiceNumbers(Rule):
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         for w in writes:
-            if w.new is None or w.new.get("status") not in NUMBERED:
+            if w.rewrite or w.new is None or w.new.get("status") not in NUMBERED:
+                continue
+            issuing = w.previous is not None and w.previous.get("status") == "draft"
+            issuer = issuer_of(w.new)
+            if issuing:
+                await self._issue(tx, w, issuer)
                 continue
             number = number_of(w.new)
             if number is None:
-                continue  # an import without a number (a draft is issued with one)
-            issuing = w.previous is not None and w.previous.get("status") == "draft"
-            issuer = issuer_of(w.new)
-            if issuer is None:
-                if issuing:
-                    raise FhirError.of(
-                        422,
-                        "business-rule",
-                        "An issued invoice needs its issuer (a reference to the Organization)",
-                        "Invoice.issuer",
-                    )
-                issuer = "-"  # an imported number without its issuer: unique all the same
+                continue  # an import without a number
+            issuer = issuer or "-"  # an imported number without its issuer: unique all the same
             key = f"{issuer}|{number}"
             found = await tx.db[NUMBERS].find_one({"_id": key}, session=tx.session)
             if found is not None:
@@ -105,9 +101,7 @@ class InvoiceNumbers(Rule):
                     "Invoice.identifier",
                 )
             match = _NUMBER.match(number)
-            if issuing:
-                await self._drawn(tx, issuer, number)
-            elif match is not None and match.group(1, 2) == (self.establishment, self.point):
+            if match is not None and match.group(1, 2) == (self.establishment, self.point):
                 # an import in this server's series: the counter moves past it
                 await tx.db[COUNTERS].update_one(
                     {"_id": issuer},
@@ -117,14 +111,22 @@ class InvoiceNumbers(Rule):
                 )
             await tx.db[NUMBERS].insert_one({"_id": key, "i": w.key}, session=tx.session)
 
-    async def _drawn(self, tx: Transaction, issuer: str, number: str) -> None:
-        counter = await tx.db[COUNTERS].find_one({"_id": issuer}, session=tx.session)
-        current = int(counter["n"]) if counter else 0
-        if current < 1 or number != formatted(self.establishment, self.point, current):
+    async def _issue(self, tx: Transaction, w: Write, issuer: str | None) -> None:
+        """Draw the issuer's next number and put it on the version being written (the
+        life cycle refuses a number given by hand)."""
+        assert w.new is not None
+        if issuer is None:
             raise FhirError.of(
                 422,
                 "business-rule",
-                f"Invoice number {number} was not drawn for this issuing: numbers are "
-                "given by Invoice/[id]/$issue",
-                "Invoice.identifier",
+                "An issued invoice needs its issuer (a reference to the Organization)",
+                "Invoice.issuer",
             )
+        number = formatted(
+            self.establishment, self.point, await draw(tx.storage, issuer, tx.session)
+        )
+        identifiers = [*(w.new.get("identifier") or []), {"system": NUMBER_SYSTEM, "value": number}]
+        tx.amend(w, {**w.new, "identifier": identifiers})
+        await tx.db[NUMBERS].insert_one(
+            {"_id": f"{issuer}|{number}", "i": w.key}, session=tx.session
+        )

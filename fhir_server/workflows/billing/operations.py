@@ -20,6 +20,7 @@ clinic makes them.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from starlette.responses import Response
 
 from fhir_server.api import negotiation as neg
 from fhir_server.api.operations import optional_body
-from fhir_server.api.rendering import json_response
+from fhir_server.api.rendering import resource_response
 from fhir_server.api.routes import base_url, bind_base_url, services
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
@@ -37,9 +38,8 @@ from fhir_server.outcome import FhirError, bad_request, not_found
 from fhir_server.service.context import request_access
 from fhir_server.service.parameters import Parameter, is_parameters, read_parameters
 from fhir_server.service.resources import WriteOutcome, check_id
-from fhir_server.storage.store import Session
 from fhir_server.workflows.billing.building import billable, invoice_of, lines_for
-from fhir_server.workflows.billing.numbering import NUMBER_SYSTEM, draw, formatted, issuer_of
+from fhir_server.workflows.billing.numbering import issuer_of
 from fhir_server.workflows.pipeline import WriteContext
 from fhir_server.workflows.scheduling.booking import local_reference
 from profiles.clinics import CEDULA, PASSPORT, RUC
@@ -118,6 +118,7 @@ async def _make(
     issuer: tuple[str, dict[str, Any]],
     account: str | None,
     where: str,
+    person: dict[str, Any] | None = None,
 ) -> Response:
     out = neg.negotiate(request)
     svc = services(request)
@@ -126,7 +127,8 @@ async def _make(
         raise FhirError.of(
             422, "business-rule", f"{account or patient} has no billable ChargeItems", where
         )
-    _, person = await _visible(request, policy, "Patient", patient.split("/", 1)[1])
+    if person is None:
+        _, person = await _visible(request, policy, "Patient", patient.split("/", 1)[1])
     lines = await lines_for(svc.resources.storage, chosen, svc.settings.billing_iva_rate)
     invoice = invoice_of(
         lines,
@@ -143,10 +145,8 @@ async def _make(
 
 def _answer(request: Request, result: WriteOutcome, out: neg.Output) -> Response:
     stored = result.stored
-    assert stored.raw is not None
-    url = f"{base_url(request)}/Invoice/{stored.id}"
-    headers = {"Location": f"{url}/_history/{stored.version}", "ETag": f'W/"{stored.version}"'}
-    return json_response(load_stored(stored.raw), out, 201 if result.created else 200, headers)
+    url = f"{base_url(request)}/Invoice/{stored.id}/_history/{stored.version}"
+    return resource_response(stored, out, 201 if result.created else 200, {"Location": url})
 
 
 async def _charge_items(request: Request, query: dict[str, Any]) -> list[Any]:
@@ -172,8 +172,10 @@ async def invoice_account(request: Request, rid: str) -> Response:
         )
     owner = local_reference(account.get("owner"), ("Organization",))
     where = "Account.owner"
-    issuer = await _issuer(request, owner or services(request).settings.billing_issuer, where)
-    items = await _charge_items(request, {"sp.account": f"Account/{rid}"})
+    issuer, items = await asyncio.gather(
+        _issuer(request, owner or services(request).settings.billing_issuer, where),
+        _charge_items(request, {"sp.account": f"Account/{rid}"}),
+    )
     return await _make(
         request,
         policy,
@@ -221,16 +223,16 @@ async def generate(request: Request) -> Response:
         raise bad_request("$generate needs the 'patient' parameter", "Parameters.parameter")
     refs = {name: _reference(p, types[name]) for name, p in given.items()}
     patient = refs["patient"]
-    await _visible(request, policy, "Patient", patient.split("/", 1)[1])
+    _, person = await _visible(request, policy, "Patient", patient.split("/", 1)[1])
     query: dict[str, Any] = {"sp.subject": patient}
     if "encounter" in refs:
         await _visible(request, policy, "Encounter", refs["encounter"].split("/", 1)[1])
         query["sp.context"] = refs["encounter"]
     where = f"{given['issuer'].path}.value[x]" if "issuer" in given else "Parameters.parameter"
-    issuer = await _issuer(
-        request, refs.get("issuer") or services(request).settings.billing_issuer, where
+    issuer, items = await asyncio.gather(  # independent reads: one wait, not two
+        _issuer(request, refs.get("issuer") or services(request).settings.billing_issuer, where),
+        _charge_items(request, query),
     )
-    items = await _charge_items(request, query)
     return await _make(
         request,
         policy,
@@ -239,6 +241,7 @@ async def generate(request: Request) -> Response:
         issuer=issuer,
         account=None,
         where=given["patient"].path,
+        person=person,
     )
 
 
@@ -261,25 +264,8 @@ async def issue(request: Request, rid: str) -> Response:
         raise FhirError.of(
             422, "business-rule", f"Invoice/{rid} has no issuer Organization", "Invoice.issuer"
         )
-    svc = services(request)
-    settings = svc.settings
-    resources = svc.resources
-    number = {"system": NUMBER_SYSTEM, "value": ""}
-    issued = {
-        **invoice,
-        "status": "issued",
-        "date": _now(),
-        "identifier": [*(invoice.get("identifier") or []), number],
-    }
-    number["value"] = formatted(settings.billing_establishment, settings.billing_emission_point, 1)
-    checked = _normalised(await resources.check("Invoice", issued))
-
-    async def txn(s: Session) -> WriteOutcome:
-        sequence = await draw(resources.storage, issuer, s)
-        value = formatted(settings.billing_establishment, settings.billing_emission_point, sequence)
-        numbered = [*checked["identifier"][:-1], {**number, "value": value}]
-        resource = {**checked, "identifier": numbered}
-        return await resources._put(s, "Invoice", rid, resource, current.version, "PUT", policy)
-
-    result = await resources.storage.transaction(txn, ("Invoice", "ChargeItem"))
+    # numbering.py gives the number, in the transaction that stores the issued version
+    issued = {**invoice, "status": "issued", "date": _now()}
+    resources = services(request).resources
+    result = await resources.update("Invoice", rid, issued, current.version, policy)
     return _answer(request, result, out)

@@ -100,7 +100,7 @@ class Payments(Rule):
                 continue
             total = amount_of(paid_for.get("totalGross"))
             if total is not None and await self._paid(tx, key) >= total:
-                tx.update(current, {**paid_for, "status": "balanced"})
+                tx.update(current, {**paid_for, "status": "balanced"}, paid_for)
 
     @staticmethod
     async def _invoices(tx: Transaction, keys: set[str]) -> dict[str, tuple[Any, dict[str, Any]]]:

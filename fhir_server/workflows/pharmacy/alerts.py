@@ -200,10 +200,10 @@ async def _close(tx: Transaction, alert: dict[str, Any]) -> None:
         content = load_stored(flag.raw)
         if content.get("status") == "active":
             period = {**(content.get("period") or {}), "end": stamp}
-            tx.update(flag, {**content, "status": "inactive", "period": period})
+            tx.update(flag, {**content, "status": "inactive", "period": period}, content)
     task = await tx.storage.read_current("Task", alert["task"], tx.session)
     if task is not None and task.raw is not None:
         content = load_stored(task.raw)
         if content.get("status") not in ("completed", "cancelled", "failed"):
-            tx.update(task, {**content, "status": "completed", "lastModified": stamp})
+            tx.update(task, {**content, "status": "completed", "lastModified": stamp}, content)
     await tx.db[ALERTS].delete_one({"_id": alert["_id"]}, session=tx.session)

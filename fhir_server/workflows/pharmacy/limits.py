@@ -137,10 +137,10 @@ class PrescriptionLimits(Rule):
                 )
         if amount > 0 and enforce:
             if limit is not None and total >= limit and status == "active":
-                tx.update(stored, {**content, "status": "completed"})
+                tx.update(stored, {**content, "status": "completed"}, content)
                 await totals.update_one(
                     {"_id": request}, {"$set": {"ours": True}}, session=tx.session
                 )
         elif status == "completed" and doc.get("ours") and (limit is None or total < limit):
-            tx.update(stored, {**content, "status": "active"})
+            tx.update(stored, {**content, "status": "active"}, content)
             await totals.update_one({"_id": request}, {"$set": {"ours": False}}, session=tx.session)

@@ -234,7 +234,7 @@ class NoDoubleBooking(Rule):
                 staying.append(f"Appointment/{current.id}")
                 continue
             reason = {"text": "hold expired"}
-            tx.update(current, {**held, "status": "cancelled", "cancelationReason": reason})
+            tx.update(current, {**held, "status": "cancelled", "cancelationReason": reason}, held)
         gone = [h for h in holders if h not in staying]
         await keys.delete_many({"a": {"$in": gone}}, session=tx.session)
         if staying:

@@ -55,4 +55,4 @@ class ParticipantResponses(Rule):
             changed = [
                 {**p, "status": status} if i in found else p for i, p in enumerate(participants)
             ]
-            tx.update(current, {**appointment, "participant": changed})
+            tx.update(current, {**appointment, "participant": changed}, appointment)

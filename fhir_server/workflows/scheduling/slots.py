@@ -56,4 +56,4 @@ class SlotStatus(Rule):
             slot = load_stored(current.raw)
             status = wanted[current.id]
             if slot.get("status") in _MANAGED and slot.get("status") != status:
-                tx.update(current, {**slot, "status": status})
+                tx.update(current, {**slot, "status": status}, slot)
