@@ -35,11 +35,10 @@ from fhir_server.service.resources import ResourceService
 from fhir_server.service.search import SearchService
 from fhir_server.service.shipped import install
 from fhir_server.storage import Storage
-from fhir_server.workflows import rules
+from fhir_server.workflows import operations_shipment, rules
 from fhir_server.workflows.billing.operations import router as billing_router
 from fhir_server.workflows.pharmacy.operations import router as pharmacy_router
 from fhir_server.workflows.pipeline import WritePipeline
-from fhir_server.workflows.scheduling import definitions as scheduling_definitions
 from fhir_server.workflows.scheduling.holds import sweep_forever
 from fhir_server.workflows.scheduling.operations import router as scheduling_router
 from profiles.registry import ProfileRegistry, warn_unheld_required
@@ -87,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the conformance resources the server's own declarations point at (together:
         # on a fresh database each creates its type's collection and indexes)
         await asyncio.gather(
-            install(storage, search.registry, scheduling_definitions.shipment()),
+            install(storage, search.registry, operations_shipment()),
             install(storage, search.registry, profiles.shipment()),
         )
         size = settings.cpu_pool_size or pool_size(settings.workers)

@@ -183,10 +183,10 @@ def shipped_resources() -> set[str]:
     """``Type/id`` of the conformance resources the app installs at start-up
     (fhir_server/service/shipped.py): stored resources, so in the system history."""
     import profiles
-    from fhir_server.workflows.scheduling import definitions as scheduling_definitions
+    from fhir_server.workflows import operations
 
     return {f"StructureDefinition/{d['id']}" for d in profiles.definitions()} | {
-        f"OperationDefinition/{d['id']}" for d in scheduling_definitions.operation_definitions()
+        f"OperationDefinition/{d['id']}" for ops in operations() for d in ops.definitions()
     }
 
 

@@ -93,7 +93,9 @@ def test_a_plain_update_or_a_transaction_issues_with_the_next_number(billing):
     assert r.status_code == 200, r.text
     assert number(r.json()) == "002-001-000000001"
     assert number(current(billing, first["id"])) == "002-001-000000001"
-    r = post_bundle(billing, [entry("PUT", f"Invoice/{second['id']}", {**second, "status": "issued"})])
+    r = post_bundle(
+        billing, [entry("PUT", f"Invoice/{second['id']}", {**second, "status": "issued"})]
+    )
     assert r.status_code == 200, r.text
     assert number(bundle_response(r)[0]["resource"]) == "002-001-000000002"
 

@@ -86,9 +86,15 @@ def test_openapi_is_public_valid_3_1_and_lists_what_the_capability_statement_lis
         path, method = SYSTEM_ENDPOINTS[interaction["code"]]
         assert method in paths[path], interaction["code"]
     names = {op["name"] for op in rest["operation"]}
-    assert names == {"validate", "export"}
+    assert names == {"validate", "export", "stock"}
     assert all("post" in paths[f"/{r['type']}/$validate"] for r in rest["resource"])
     assert {"get", "post"} <= set(paths["/$export"])
+    # the workflows' operations, described from their OperationDefinitions
+    assert {"get", "post"} <= set(paths["/$stock"]) and set(paths["/Location/{id}/$stock"])
+    stock = {q["name"] for q in paths["/Medication/{id}/$stock"]["get"]["parameters"]}
+    assert {"id", "location", "expiring-before"} <= stock
+    assert set(paths["/Invoice/$generate"]) == {"post"}  # it writes: no GET
+    assert set(paths["/Invoice/{id}/$issue"]) == set(paths["/Account/{id}/$invoice"]) == {"post"}
     # request and response media types (http.html#mime-type)
     create = paths["/Observation"]["post"]
     assert "application/fhir+json" in create["requestBody"]["content"]

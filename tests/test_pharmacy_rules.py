@@ -156,3 +156,27 @@ def test_a_patient_sees_no_stock_and_cannot_move_it(mongo_url):
         assert held[("A", "Location/farmacia")] == D(3)
         no_scope = mint.headers("user/Medication.rs")
         assert_outcome(client.get("/fhir/Medication/para/$stock", headers=no_scope), 403)
+
+
+def test_stock_is_declared_and_its_definition_is_served(client):
+    """capabilitystatement.html: rest.resource.operation.definition and rest.operation
+    are canonical URLs; this server holds the OperationDefinition each one names."""
+    rest = client.get("/fhir/metadata").json()["rest"][0]
+    by_type = {r["type"]: r.get("operation", []) for r in rest["resource"]}
+    url = "urn:fhir-server:OperationDefinition/stock"
+    assert {"name": "stock", "definition": url} in by_type["Location"]
+    assert {"name": "stock", "definition": url} in by_type["Medication"]
+    assert {"name": "stock", "definition": url} in rest["operation"]
+    found = search(client, "OperationDefinition", [("url", url)])["entry"]
+    definition = found[0]["resource"]
+    assert (definition["code"], definition["system"], definition["instance"]) == (
+        "stock",
+        True,
+        True,
+    )
+    assert {p["name"] for p in definition["parameter"]} == {
+        "medication",
+        "location",
+        "expiring-before",
+        "return",
+    }

@@ -23,6 +23,7 @@ from fhir_server.service.capability import capability_statement
 from fhir_server.service.everything import PARAMS as EVERYTHING_PARAMS
 from fhir_server.subsetting import SUMMARY_MODES
 from fhir_server.validation.model import raw_definitions
+from fhir_server.workflows import operations as workflow_operations
 from smart_auth.discovery import SCOPES
 from terminology.service import OPERATIONS as TERMINOLOGY_OPERATIONS
 
@@ -505,6 +506,8 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
             )
     elif definition.endswith(("/appointment-hold", "/appointment-book", "/appointment-cancel")):
         _scheduling_path(add, name, definition)
+    elif definition in WORKFLOW:
+        _workflow_paths(add, WORKFLOW[definition], types)
     elif definition in TERMINOLOGY:
         _terminology_paths(add, TERMINOLOGY[definition])
     elif definition.endswith("/StructureDefinition-snapshot"):
@@ -575,6 +578,56 @@ def _scheduling_path(add: Adder, name: str, definition: str) -> None:
     )
 
 
+def _workflow_paths(add: Adder, od: Json, types: list[str]) -> None:
+    """A workflow operation (fhir_server/workflows/*/conformance/), described from its
+    OperationDefinition: at system level when declared in ``rest.operation`` (``types``
+    is then every type), else at type and/or instance level of the one type. GET as well
+    as POST when it does not affect state (http.html#operations), its primitive inputs as
+    query parameters; the ``return`` output's type is the answer."""
+    code = od["code"]
+    inputs = [q for q in od.get("parameter", []) if q["use"] == "in"]
+    answer = next((q["type"] for q in od.get("parameter", []) if q["name"] == "return"), None)
+    schema = _ref("schemas", answer) if answer else _ref("schemas", "Parameters")
+    query = [
+        _query(q["name"], {"type": "string", **({"format": "date"} if q["type"] == "date" else {})})
+        for q in inputs
+        if q["type"] in ("string", "date", "code", "uri", "Reference")
+    ]
+    levels: list[tuple[str, str, list[Json], str]] = []
+    if len(types) > 1:
+        if od.get("system"):
+            levels.append((f"/${code}", "system", [], "system"))
+    else:
+        (t,) = types
+        if od.get("type"):
+            levels.append((f"/{t}/${code}", "type", [], t))
+        if od.get("instance"):
+            levels.append((f"/{t}/{{id}}/${code}", "instance", [_path_param("id")], t))
+    methods = ("post",) if od.get("affectsState") else ("get", "post")
+    body = {
+        "requestBody": {
+            "required": False,
+            "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+        }
+    }
+    for path, level, extra, tag in levels:
+        for method in methods:
+            add(
+                path,
+                method,
+                {
+                    "operationId": f"{code}-{level}-{tag}-{method}",
+                    "tags": [tag],
+                    "summary": f"{od.get('title', code)} ({od['url']})",
+                    "description": od.get("description", ""),
+                    "parameters": [*extra, *(query if method == "get" else [])],
+                    "responses": _fhir_body(schema),
+                    **(body if method == "post" else {}),
+                },
+            )
+
+
+WORKFLOW = {d["url"]: d for ops in workflow_operations() for d in ops.definitions()}
 TERMINOLOGY = {op.definition["definition"]: op for op in TERMINOLOGY_OPERATIONS}
 # inputs that only a POSTed Parameters resource can carry (a Coding, a resource ...)
 _COMPLEX_INPUTS = frozenset(

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
+from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
 from fhir_server.workflows.scheduling.definitions import APPOINTMENT_OPERATIONS
 from terminology.service import capability_operations
 
@@ -41,13 +43,17 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
         "Patient": (PATIENT_EVERYTHING, PATIENT_EXPORT),
         "Group": (GROUP_EXPORT,),
         "Appointment": APPOINTMENT_OPERATIONS,  # fhir_server/workflows/scheduling
+        "Location": PHARMACY.on("Location"),  # fhir_server/workflows/pharmacy: $stock
+        "Medication": PHARMACY.on("Medication"),
+        "Invoice": BILLING.on("Invoice"),  # fhir_server/workflows/billing
+        "Account": BILLING.on("Account"),
         "StructureDefinition": (STRUCTUREDEFINITION_SNAPSHOT,),  # api/snapshot.py
         # terminology/: CodeSystem, ValueSet and ConceptMap operations
         **capability_operations(),
     }
 )
 # rest.operation ($validate works on every type, so it is declared once here)
-SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE, EXPORT)
+SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE, EXPORT, *PHARMACY.system())
 
 
 def operation_json(operations: tuple[Mapping[str, str], ...]) -> list[dict[str, str]]:

@@ -4,7 +4,23 @@
 from __future__ import annotations
 
 from fhir_server.config import Settings
+from fhir_server.service.shipped import Shipment
+from fhir_server.workflows.conformance import Operations, shipment_of
 from fhir_server.workflows.pipeline import Rule
+
+
+def operations() -> list[Operations]:
+    """The OperationDefinitions of every workflow (each package's ``conformance/``)."""
+    from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
+    from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
+    from fhir_server.workflows.scheduling.definitions import OPERATIONS as SCHEDULING
+
+    return [SCHEDULING, PHARMACY, BILLING]
+
+
+def operations_shipment() -> Shipment:
+    """What start-up installs, so the CapabilityStatement's canonicals resolve here."""
+    return shipment_of("workflow OperationDefinitions", "workflow-operations", operations())
 
 
 def rules(settings: Settings) -> list[Rule]:
