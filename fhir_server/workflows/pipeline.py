@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from fhir_server.datetimes import after
 from fhir_server.jsonio import load_stored
@@ -39,6 +40,7 @@ from fhir_server.storage.store import Session, Storage
 from smart_auth.tokens import AccessToken
 
 OUTBOX = "outbox"
+DUPLICATE_KEY = 11000  # MongoDB's error code
 _STAFF_USERS = ("Practitioner/", "PractitionerRole/")
 
 
@@ -129,6 +131,19 @@ class Transaction:
         self.render(write, resource)
         self.created.append(write)
         return write
+
+    async def claim(self, collection: str, docs: list[dict[str, Any]]) -> str | None:
+        """Insert key documents (each ``_id`` unique) in this transaction: None when
+        every key was free, else the first ``_id`` another write already holds. A
+        concurrent transaction claiming the same key conflicts, and its retry sees it."""
+        try:
+            await self.db[collection].insert_many(docs, ordered=True, session=self.session)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                raise
+            return str((errors[0].get("keyValue") or {}).get("_id", ""))
+        return None
 
     def amend(self, write: Write, resource: dict[str, Any]) -> None:
         """Replace the content of the version being written (same version number): for

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import BulkWriteError
 
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
@@ -28,7 +27,6 @@ from fhir_server.workflows.scheduling.booking import local_reference
 
 INVOICED = "billing_invoiced"
 HOLDING = frozenset({"draft", "issued", "balanced"})
-DUPLICATE_KEY = 11000
 
 
 def charge_items(invoice: dict[str, Any] | None) -> dict[str, str]:
@@ -73,14 +71,9 @@ class InvoicedItems(Rule):
         await self._set_status(tx, released, added)
         if added:
             docs = [{"_id": item, "i": invoice} for item, (invoice, _) in added.items()]
-            try:
-                await keys.insert_many(docs, ordered=True, session=tx.session)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors") or []
-                if not errors or errors[0].get("code") != DUPLICATE_KEY:
-                    raise
-                item = (errors[0].get("keyValue") or {}).get("_id", "")
-                raise _twice(item, added.get(item, ("", "Invoice.lineItem"))[1]) from None
+            taken = await tx.claim(INVOICED, docs)
+            if taken is not None:
+                raise _twice(taken, added.get(taken, ("", "Invoice.lineItem"))[1])
 
     @staticmethod
     async def _set_status(

@@ -19,7 +19,6 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import BulkWriteError
 
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
@@ -28,7 +27,6 @@ from fhir_server.workflows.billing.money import amount_of, decimal_of, is_iva
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
 
 PRICES = "billing_prices"
-DUPLICATE_KEY = 11000
 
 
 def code_keys(concept: Any) -> list[str]:
@@ -129,13 +127,9 @@ class PriceIndex(Rule):
                 docs.append({"_id": key, "d": w.key})
         if not docs:
             return
-        try:
-            await prices.insert_many(docs, ordered=True, session=tx.session)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or []
-            if not errors or errors[0].get("code") != DUPLICATE_KEY:
-                raise
-            raise _taken((errors[0].get("keyValue") or {}).get("_id", "")) from None
+        taken = await tx.claim(PRICES, docs)
+        if taken is not None:
+            raise _taken(taken)
 
 
 def _taken(key: str) -> FhirError:

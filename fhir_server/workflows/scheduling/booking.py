@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import BulkWriteError
 
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
@@ -43,7 +42,6 @@ from fhir_server.workflows.pipeline import Rule, Transaction, Write
 from fhir_server.workflows.scheduling.marker import is_hold
 
 KEYS = "booking_keys"
-DUPLICATE_KEY = 11000
 INACTIVE = frozenset({"cancelled", "noshow", "entered-in-error"})
 ACTOR_TYPES = ("Practitioner", "PractitionerRole", "Location")
 _PERSON = ("Practitioner",)
@@ -203,14 +201,9 @@ class NoDoubleBooking(Rule):
         if not docs:
             return
         await self._expire(tx, list(where), now)
-        try:
-            await keys.insert_many(docs, ordered=True, session=tx.session)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or []
-            if not errors or errors[0].get("code") != DUPLICATE_KEY:
-                raise
-            key = (errors[0].get("keyValue") or {}).get("_id", "")
-            raise conflict(key, where.get(key, "Appointment")) from None
+        taken = await tx.claim(KEYS, docs)
+        if taken is not None:
+            raise conflict(taken, where.get(taken, "Appointment"))
 
     @staticmethod
     async def _expire(tx: Transaction, wanted: list[str], now: datetime) -> None:
