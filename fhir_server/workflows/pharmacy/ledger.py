@@ -46,6 +46,9 @@ class Line:
     quantity: Decimal
     location: str
     product: str
+    lot: str | None = None
+    expiry: str | None = None
+    medication: str | None = None  # the batch Medication, when one was named
 
     def document(self) -> dict[str, Any]:
         return {
@@ -53,11 +56,22 @@ class Line:
             "q": Decimal128(self.quantity),
             "loc": self.location,
             "prod": self.product,
+            "lot": self.lot,
+            "exp": self.expiry,
+            "med": self.medication,
         }
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> Line:
-        return cls(doc["b"], decimal(doc["q"]), doc["loc"], doc["prod"])
+        return cls(
+            doc["b"],
+            decimal(doc["q"]),
+            doc["loc"],
+            doc["prod"],
+            doc.get("lot"),
+            doc.get("exp"),
+            doc.get("med"),
+        )
 
 
 def decimal(value: Any) -> Decimal:
@@ -120,7 +134,7 @@ class Ledger:
                 upsert=True,
                 session=self.session,
             )
-        return Line(key, quantity, location, item.product)
+        return Line(key, quantity, location, item.product, item.lot, item.expiry, item.medication)
 
     async def draw(
         self, location: str, item: Item, quantity: Decimal, today: date, where: str
@@ -143,7 +157,8 @@ class Ledger:
         for b in usable:
             take = min(decimal(b["qty"]), left)
             await self._take(b["_id"], take, where)
-            lines.append(Line(b["_id"], -take, location, item.product))
+            lot, expiry, med = b.get("lot"), b.get("exp"), b.get("med")
+            lines.append(Line(b["_id"], -take, location, item.product, lot, expiry, med))
             left -= take
             if left == 0:
                 break

@@ -28,6 +28,7 @@ from fhir_server.workflows.pharmacy import alerts
 from fhir_server.workflows.pharmacy.items import Item, location, plain, quantity, resolve
 from fhir_server.workflows.pharmacy.ledger import INDEXES, MOVES, Ledger, Line
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
+from fhir_server.workflows.scheduling.booking import local_reference
 from profiles import DISPENSED_BATCH
 from profiles import STOCK_ADJUSTMENT as ADJUSTMENT
 
@@ -109,9 +110,8 @@ class StockMovements(Rule):
             return None
         concept, ref = supplied.get("itemCodeableConcept"), supplied.get("itemReference")
         kind = ((resource.get("type") or {}).get("coding") or [{}])[0].get("code")
-        names_medication = isinstance(ref, dict) and (
-            str(ref.get("reference", "")).split("/_history/")[0].split("/")[-2:-1] == ["Medication"]
-            or str(ref.get("reference", "")).startswith("#")
+        names_medication = local_reference(ref, ("Medication",)) is not None or (
+            isinstance(ref, dict) and str(ref.get("reference", "")).startswith("#")
         )
         if not names_medication and not (concept is not None and kind == "medication"):
             return None  # a device or another supply: not kept in this ledger
@@ -151,24 +151,17 @@ class StockMovements(Rule):
                     "MedicationDispense.status",
                 )
             lines = [Line.of(d) for d in recorded["lines"]]
-            if _batches(new) != _batch_extensions(lines, recorded):
-                tx.amend(w, _with_batches(new, lines, recorded))
+            if _batches(new) != _batch_extensions(lines):
+                tx.amend(w, _with_batches(new, lines))
             return
         moved = await self._dispense_move(tx, new)
         if moved is None:
             return
         where, item, amount = moved
         lines = await ledger.draw(where, item, amount, self.today(), "MedicationDispense.quantity")
-        batches = {b["_id"]: b for b in await ledger.batches(where, item)}
         await ledger.record(w.key, lines, _signature(moved))
-        await ledger.moves.update_one(
-            {"_id": w.key},
-            {"$set": {"lots": {line.batch: _lot(batches.get(line.batch)) for line in lines}}},
-            session=tx.session,
-        )
-        recorded = await ledger.recorded(w.key)
-        assert new is not None and recorded is not None
-        tx.amend(w, _with_batches(new, lines, recorded))
+        assert new is not None
+        tx.amend(w, _with_batches(new, lines))
         touched.add((where, item.product))
 
     async def _dispense_move(
@@ -219,25 +212,17 @@ def _pairs(recorded: dict[str, Any]) -> set[tuple[str, str]]:
     return {(d["loc"], d["prod"]) for d in recorded["lines"]}
 
 
-def _lot(batch: dict[str, Any] | None) -> dict[str, Any]:
-    if batch is None:
-        return {}
-    return {k: batch.get(k) for k in ("lot", "exp", "med") if batch.get(k) is not None}
-
-
-def _batch_extensions(lines: list[Line], recorded: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``dispensed-batch`` extensions for a dispense's recorded lines."""
-    lots = recorded.get("lots") or {}
+def _batch_extensions(lines: list[Line]) -> list[dict[str, Any]]:
+    """The ``dispensed-batch`` extensions for a dispense's lines."""
     out = []
     for line in lines:
-        lot = lots.get(line.batch, {})
         parts: list[dict[str, Any]] = []
-        if lot.get("lot"):
-            parts.append({"url": "lotNumber", "valueString": lot["lot"]})
-        if lot.get("exp"):
-            parts.append({"url": "expirationDate", "valueDateTime": lot["exp"]})
-        if lot.get("med"):
-            parts.append({"url": "medication", "valueReference": {"reference": lot["med"]}})
+        if line.lot:
+            parts.append({"url": "lotNumber", "valueString": line.lot})
+        if line.expiry:
+            parts.append({"url": "expirationDate", "valueDateTime": line.expiry})
+        if line.medication:
+            parts.append({"url": "medication", "valueReference": {"reference": line.medication}})
         parts.append({"url": "quantity", "valueQuantity": {"value": plain(-line.quantity)}})
         out.append({"url": DISPENSED_BATCH, "extension": parts})
     return out
@@ -247,11 +232,9 @@ def _batches(resource: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in resource.get("extension") or [] if e.get("url") == DISPENSED_BATCH]
 
 
-def _with_batches(
-    resource: dict[str, Any], lines: list[Line], recorded: dict[str, Any]
-) -> dict[str, Any]:
+def _with_batches(resource: dict[str, Any], lines: list[Line]) -> dict[str, Any]:
     others = [e for e in resource.get("extension") or [] if e.get("url") != DISPENSED_BATCH]
-    return {**resource, "extension": [*others, *_batch_extensions(lines, recorded)]}
+    return {**resource, "extension": [*others, *_batch_extensions(lines)]}
 
 
 __all__ = ["MOVES", "StockMovements"]
