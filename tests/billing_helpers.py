@@ -113,8 +113,14 @@ def stock(client: TestClient, *codes: tuple[str, str], **headers: str) -> None:
 
 
 def encounter(
-    rid: str, status: str = "in-progress", *, patient: str = "pa", account: str | None = None
+    rid: str,
+    status: str = "in-progress",
+    *,
+    patient: str = "pa",
+    account: str | None = None,
+    provider: str = ISSUER,
 ) -> dict[str, Any]:
+    """A visit; by default one of the clinic (``serviceProvider`` the billing issuer)."""
     resource: dict[str, Any] = {
         "resourceType": "Encounter",
         "id": rid,
@@ -124,6 +130,7 @@ def encounter(
             "code": "AMB",
         },
         "subject": {"reference": f"Patient/{patient}"},
+        "serviceProvider": {"reference": provider},
     }
     if account is not None:
         resource["account"] = [{"reference": f"Account/{account}"}]

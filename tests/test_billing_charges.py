@@ -133,6 +133,26 @@ def test_a_finished_encounter_charges_its_procedures(billing):
     assert len(charge_items(billing)) == 3
 
 
+def test_only_the_clinics_own_encounters_are_charged(billing):
+    """encounter.html: serviceProvider is "the organization that is primarily
+    responsible for this Encounter's services". A visit at another provider, exchanged
+    through this server (a referral, a summary), is not the clinic's to charge."""
+    write(
+        billing,
+        encounter("elsewhere", "finished", provider="Organization/hospital"),
+        procedure("x1", CONSULTA, "elsewhere"),
+    )
+    assert charge_items(billing) == []
+    write(billing, encounter("ours", "finished"), procedure("x2", CONSULTA, "ours"))
+    assert [i["service"][0]["reference"] for i in charge_items(billing)] == ["Procedure/x2"]
+
+
+def test_nothing_is_charged_for_encounters_without_a_billing_organization(settings):
+    with app_client(settings) as client:  # FHIR_BILLING_ISSUER not set
+        write(client, encounter("e1", "finished"), procedure("p1", CONSULTA, "e1"))
+        assert charge_items(client) == []
+
+
 def test_an_encounter_finished_in_the_same_transaction_as_its_procedures(billing):
     bundle = [
         entry("PUT", "Encounter/e9", encounter("e9", "finished")),

@@ -116,11 +116,19 @@ def test_a_completed_dispense_cannot_be_changed_only_cancelled(client):
     assert stock(client, "/fhir/$stock")[("A", FAR)] == D(6)
 
 
-def test_dispenses_without_a_location_move_nothing(client):
+def test_dispenses_from_no_stock_kept_here_move_nothing(client):
+    """Another pharmacy's dispense (or a history an importer brings) is a record of what
+    happened there: without a location, or at a location that keeps no stock here."""
     pharmacy(client, a="2031-01-31")
     post(client, receipt("Medication/a", 10))
     assert post(client, dispense(50, place=None)).status_code == 201
+    elsewhere = post(client, dispense(50, place="Location/otra-farmacia"))
+    assert elsewhere.status_code == 201, elsewhere.text
+    assert dispensed_lots(elsewhere.json()) == []
     assert stock(client, "/fhir/$stock")[("A", FAR)] == D(10)
+    # a location that once held stock keeps its ledger, empty or not
+    post(client, dispense(10))
+    assert_outcome(post(client, dispense(1)), 409)
 
 
 def test_every_path_moves_stock_in_one_transaction(client):

@@ -62,7 +62,7 @@ def rules(settings: Settings) -> list[Rule]:
         InvoiceLifecycle(),
         BilledByInvoices(),
         PriceIndex(),
-        ChargeCapture(),
+        ChargeCapture(settings.billing_issuer),
         InvoicedItems(),
         InvoiceNumbers(settings.billing_establishment, settings.billing_emission_point),
         Payments(),

@@ -1,16 +1,19 @@
 """ChargeItems (chargeitem.html) made by the server for what was done, once each:
 
-- a ``MedicationDispense`` that is ``completed`` and has a ``location`` charges its
-  medication: ``code`` the medication's code (``medicationCodeableConcept``, or the
-  Medication it references, stored or contained), ``quantity`` the dispensed
-  quantity. A dispense without a location was not given from this clinic's pharmacy
-  (another pharmacy's, or history brought by an importer, which the old system billed
-  and whose invoices are imported too): the stock rules move nothing for it
-  (docs/pharmacy.md), and it is not charged either;
-- an ``Encounter`` that is ``finished`` charges each of its Procedures
+- a ``MedicationDispense`` that is ``completed`` and took its quantity from a stock
+  this clinic keeps (the pharmacy's rules recorded its batches: docs/pharmacy.md)
+  charges its medication: ``code`` the medication's code (``medicationCodeableConcept``,
+  or the Medication it references, stored or contained), ``quantity`` the dispensed
+  quantity. Another pharmacy's dispense, or history an importer brings (which the old
+  system billed, and whose invoices are imported too), moves no stock and is not
+  charged;
+- an ``Encounter`` of the clinic (``serviceProvider`` the billing Organization,
+  FHIR_BILLING_ISSUER) that is ``finished`` charges each of its Procedures
   (``Procedure.encounter``) performed in whole or in part (``completed``, ``stopped``);
-  a Procedure written so, later, for an Encounter already finished is charged too (a
-  result recorded after the visit closed is still work done);
+  a Procedure written so, later, for such an Encounter already finished is charged too
+  (a result recorded after the visit closed is still work done). Other providers'
+  encounters exchanged through the server, and any encounter when FHIR_BILLING_ISSUER
+  is not set, are not charged;
 - the ChargeItem is ``billable``, ``subject`` the patient, ``context`` the Encounter
   (the dispense's ``context``), ``account`` the Encounter's accounts, ``service`` the
   dispense or Procedure, ``definitionCanonical`` the active ChargeItemDefinition of its
@@ -42,6 +45,7 @@ from fhir_server.jsonio import load_stored
 from fhir_server.workflows.billing.prices import code_keys, first_price, prices_for
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
 from fhir_server.workflows.scheduling.booking import local_reference
+from profiles import DISPENSED_BATCH
 
 CHARGES = "billing_charges"
 PERFORMED = frozenset({"completed", "stopped"})
@@ -54,12 +58,11 @@ def _source_ref(resource: dict[str, Any], field: str, types: tuple[str, ...]) ->
 
 
 def _dispensed_here(dispense: dict[str, Any]) -> bool:
-    """Completed, from a pharmacy of this clinic (a location: see the docstring)."""
-    place = dispense.get("location")
-    return (
-        dispense.get("status") == "completed"
-        and isinstance(place, dict)
-        and bool(place.get("reference") or place.get("identifier"))
+    """Completed, and taken from a stock this clinic keeps: the pharmacy's rules (which
+    run first, in the same transaction) recorded the batches on it."""
+    return dispense.get("status") == "completed" and any(
+        isinstance(e, dict) and e.get("url") == DISPENSED_BATCH
+        for e in dispense.get("extension") or []
     )
 
 
@@ -90,6 +93,17 @@ class ChargeCapture(Rule):
         CHARGES: [IndexModel([("c", ASCENDING)], name="charge")]
     }
 
+    def __init__(self, clinic: str | None = None) -> None:
+        self.clinic = clinic  # FHIR_BILLING_ISSUER: whose Encounters are charged
+
+    def _ours(self, encounter: dict[str, Any]) -> bool:
+        """The clinic's own visit: its serviceProvider is the billing Organization
+        (encounter.html: "the organization that is primarily responsible for this
+        Encounter's services"). Another provider's encounter, exchanged through this
+        server, is not the clinic's to charge."""
+        provider = _source_ref(encounter, "serviceProvider", ("Organization",))
+        return self.clinic is not None and provider == self.clinic
+
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         await self._void(tx, [w for w in writes if w.type != "Encounter"])
         sources: dict[str, dict[str, Any]] = {}
@@ -100,7 +114,7 @@ class ChargeCapture(Rule):
                 continue
             if w.type == "MedicationDispense" and _dispensed_here(new):
                 sources[w.key] = new
-            elif w.type == "Encounter" and new.get("status") == "finished":
+            elif w.type == "Encounter" and new.get("status") == "finished" and self._ours(new):
                 finished[w.key] = new
         late = {
             w.key: w.new
@@ -115,7 +129,8 @@ class ChargeCapture(Rule):
         encounters.update(finished)
         for key, procedure in late.items():
             encounter = _source_ref(procedure, "encounter", ("Encounter",))
-            if encounter and encounters.get(encounter, {}).get("status") == "finished":
+            visit = encounters.get(encounter or "", {})
+            if visit.get("status") == "finished" and self._ours(visit):
                 sources[key] = procedure
         if finished:
             theirs = {"sp.encounter": {"$in": sorted(finished)}}

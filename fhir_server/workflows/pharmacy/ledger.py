@@ -212,6 +212,12 @@ class Ledger:
         held = [decimal(b["qty"]) for b in await cursor.to_list(None) if not expired(b, today)]
         return sum(held, Decimal(0))
 
+    async def stocked(self, location: str) -> bool:
+        """Is stock kept at ``location``: has it ever received any (a receipt, or an
+        opening balance an importer brought)?"""
+        found = await self.stock.find_one({"loc": location}, {"_id": 1}, session=self.session)
+        return found is not None
+
     async def recorded(self, key: str) -> dict[str, Any] | None:
         return await self.moves.find_one({"_id": key}, session=self.session)
 

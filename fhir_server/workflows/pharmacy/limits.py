@@ -4,10 +4,10 @@
 so in all quantity x (1 + numberOfRepeatsAllowed)).
 
 A ``completed`` MedicationDispense whose ``authorizingPrescription`` is a
-MedicationRequest stored here counts against it. One given from a stock kept here (it
-has a ``location``, see movements.py) is refused (422) unless the request is ``active``
-and the total dispensed stays within what it allows; one without a location reports a
-fact from elsewhere (another pharmacy, an imported history): it is counted, but neither
+MedicationRequest stored here counts against it. One given from a stock kept here (at
+a location that keeps stock, see movements.py) is refused (422) unless the request is ``active``
+and the total dispensed stays within what it allows; any other reports a fact from
+elsewhere (another pharmacy, an imported history): it is counted, but neither
 refused nor allowed to change the request (an imported history keeps the status the
 legacy system gave it). When a dispense given here brings the total to what the request
 allows, the request becomes ``completed`` in the same transaction; a cancelled dispense
@@ -28,7 +28,7 @@ from bson.decimal128 import Decimal128
 from fhir_server.jsonio import load_stored
 from fhir_server.outcome import FhirError
 from fhir_server.workflows.pharmacy.items import location, plain, quantity
-from fhir_server.workflows.pharmacy.ledger import decimal
+from fhir_server.workflows.pharmacy.ledger import Ledger, decimal
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
 from fhir_server.workflows.scheduling.booking import local_reference
 
@@ -44,8 +44,10 @@ def _request(dispense: dict[str, Any]) -> str | None:
     return None
 
 
-def _enforced(dispense: dict[str, Any] | None) -> bool:
-    return dispense is not None and location(dispense.get("location")) is not None
+async def _enforced(tx: Transaction, dispense: dict[str, Any] | None) -> bool:
+    """Given from a stock kept here (movements.py): held to the prescription."""
+    place = location(dispense.get("location")) if dispense is not None else None
+    return place is not None and await Ledger(tx.db, tx.session).stocked(place)
 
 
 def _counted(dispense: dict[str, Any] | None) -> tuple[str, Decimal] | None:
@@ -81,7 +83,7 @@ class PrescriptionLimits(Rule):
             old = (before["req"], decimal(before["q"])) if before else None
             if old == now:
                 continue
-            enforce = _enforced(w.new)
+            enforce = await _enforced(tx, w.new)
             if old is not None and now is not None and old[0] == now[0]:
                 await self._count(tx, now[0], now[1] - old[1], enforce)
             else:

@@ -4,11 +4,12 @@
   or a stored Medication; its batch is the Medication's ``batch``) and a ``destination``
   Location adds its quantity there. With the ``stock-adjustment`` extension (breakage,
   expiry write-off, inventory count) the quantity may be negative: it is written off.
-- A ``MedicationDispense`` with status ``completed`` and a ``location`` takes its
-  quantity from that location's unexpired batches, earliest expiry first, and records
-  the batches on itself (``dispensed-batch`` extensions). A dispense without a location
-  was not given from a stock kept here (another pharmacy, an imported history) and moves
-  nothing.
+- A ``MedicationDispense`` with status ``completed`` at a ``location`` where stock is
+  kept (one that has ever received stock) takes its quantity from that location's
+  unexpired batches, earliest expiry first, and records the batches on itself
+  (``dispensed-batch`` extensions). A dispense without a location, or at one that keeps
+  no stock here, was not given from a stock kept here (another pharmacy, an imported
+  history) and moves nothing.
 - Corrections undo the recorded move and apply the new one (a receipt whose stock was
   used since cannot be withdrawn: 409). A completed dispense returns its quantity when it
   becomes ``entered-in-error`` or ``cancelled`` or is deleted; its medication, quantity
@@ -140,7 +141,7 @@ class StockMovements(Rule):
                 await ledger.forget(w.key)
                 touched.update(_pairs(recorded))
                 return
-            moved = await self._dispense_move(tx, new)
+            moved = await self._dispense_move(tx, ledger, new)
             if status != "completed" or _signature(moved) != recorded["sig"]:
                 raise FhirError.of(
                     422,
@@ -154,7 +155,7 @@ class StockMovements(Rule):
             if _batches(new) != _batch_extensions(lines):
                 tx.amend(w, _with_batches(new, lines))
             return
-        moved = await self._dispense_move(tx, new)
+        moved = await self._dispense_move(tx, ledger, new)
         if moved is None:
             return
         where, item, amount = moved
@@ -165,12 +166,12 @@ class StockMovements(Rule):
         touched.add((where, item.product))
 
     async def _dispense_move(
-        self, tx: Transaction, resource: dict[str, Any] | None
+        self, tx: Transaction, ledger: Ledger, resource: dict[str, Any] | None
     ) -> tuple[str, Item, Decimal] | None:
         if resource is None or resource.get("status") != "completed":
             return None
         place = location(resource.get("location"))
-        if place is None:
+        if place is None or not await ledger.stocked(place):
             return None
         item = await resolve(
             resource,
