@@ -119,8 +119,9 @@ class Settings(BaseSettings):
     )
     billing_issuer: str | None = Field(
         None,
-        description="The Organization (Organization/<id>, with its RUC) that issues the "
-        "invoices Invoice/$generate builds, and those of an Account without an owner.",
+        description="The clinic's Organization (Organization/<id>, with its RUC): it issues "
+        "the invoices Invoice/$generate builds and those of an Account without an owner, and "
+        "the Encounters whose serviceProvider it is are charged (none when unset).",
     )
     billing_establishment: str = Field(
         "001",
