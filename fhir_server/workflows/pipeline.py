@@ -21,6 +21,7 @@ all watched writes), ``Write.context`` who writes (the access token of the reque
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -216,18 +217,26 @@ class WritePipeline:
                 self.watching[t].append(rule)
 
     async def start(self) -> None:
-        """Create what the rules write into (run once at start-up)."""
-        await self.storage.db[OUTBOX].create_indexes(
-            [IndexModel([("created", ASCENDING)], name="created")]
-        )
-        for rule in self.rules:
+        """Create what the rules write into (run once at start-up), all at once: each is
+        a round trip, and on a new database a collection's files to create."""
+        wanted: dict[str, dict[str, IndexModel]] = {
+            OUTBOX: {"created": IndexModel([("created", ASCENDING)], name="created")}
+        }
+        for rule in self.rules:  # two rules may name the same collection and indexes
             for name, indexes in rule.collections.items():
-                if indexes:
-                    await self.storage.db[name].create_indexes(indexes)
-                else:
-                    await self.storage.db[name].create_index("_id")
-            for t in rule.creates:
-                await self.storage.ensure_type(t)
+                mine = wanted.setdefault(name, {})
+                mine.update((i.document["name"], i) for i in indexes)
+        types = sorted({t for rule in self.rules for t in rule.creates})
+        await asyncio.gather(
+            *(self._collection(name, list(indexes.values())) for name, indexes in wanted.items()),
+            *(self.storage.ensure_type(t) for t in types),
+        )
+
+    async def _collection(self, name: str, indexes: list[IndexModel]) -> None:
+        if indexes:
+            await self.storage.db[name].create_indexes(indexes)
+        else:
+            await self.storage.db[name].create_index("_id")
 
     async def prepare(
         self, versions: Sequence[VersionWrite], session: Session, rewrite: bool = False
