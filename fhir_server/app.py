@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await warn_unheld_required(registry, resources.enforcement.all_required())
         app.state.services = Services(settings, resources, HistoryService(storage), search)
         # Every write goes through the rules (fhir_server/workflows/pipeline.py).
-        pipeline = WritePipeline(storage, resources.render, rules(settings))
+        pipeline = WritePipeline(storage, resources.render, rules(settings, search))
         await pipeline.start()
         storage.hook = pipeline
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys

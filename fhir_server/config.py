@@ -287,6 +287,58 @@ class Settings(BaseSettings):
         description="Failed logins for one username from one client IP before each further "
         "attempt from that IP must wait (1 s, doubling per failure; other IPs unaffected).",
     )
+    # --- outbound messages: subscriptions (docs/subscriptions.md), mail -----------------
+    outbound_allow: str = Field(
+        "public",
+        description="Where subscription notifications may be sent (rest-hook endpoints), a "
+        "comma-separated list: 'public' (any address that is not loopback, private, "
+        "link-local, multicast or reserved), host names (example.org, *.example.org), "
+        "host:port, IP addresses and networks (10.1.2.0/24). Every address a name resolves "
+        "to must be allowed. Empty: nothing is sent.",
+    )
+    subscription_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Failed deliveries in a row after which a Subscription goes to 'error'.",
+    )
+    subscription_retry_base_seconds: float = Field(
+        2.0, gt=0, le=3600, description="Wait before the first retry (doubled each time)."
+    )
+    subscription_retry_max_seconds: float = Field(
+        600.0, gt=0, le=86400, description="Longest wait between two retries."
+    )
+    subscription_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Timeout of one delivery (connect, send, answer)."
+    )
+    subscription_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a worker holds a Subscription's deliveries without progress "
+        "before another worker takes them over (after a worker died).",
+    )
+    subscription_poll_interval: float = Field(
+        0.25, gt=0, le=60, description="Seconds between a worker's looks for due notifications."
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP server for email notifications and reminders (unset: none)."
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls",
+        description="starttls (STARTTLS, required), tls (TLS from the start, port 465) or "
+        "none (plain, for a relay on the same host).",
+    )
+    smtp_user: str | None = Field(None, description="SMTP login (unset: no AUTH).")
+    smtp_password: str | None = Field(None, description="SMTP password.")
+    smtp_from: str = Field(
+        "FHIR server <fhir-server@localhost>", description="Sender of the messages."
+    )
+    smtp_timeout_seconds: float = Field(10.0, gt=0, le=300, description="SMTP timeout.")
+    smtp_verify_tls: bool = Field(
+        True, description="Verify the SMTP server's certificate (off only for tests)."
+    )
     auth_lockout_seconds: int = Field(
         900, ge=1, description="Longest wait between failed logins (the doubling stops here)."
     )

@@ -105,6 +105,9 @@ def worker_app(settings: Settings) -> Celery:
     from fhir_server.workflows.scheduling import worker as slots
 
     slots.register(app, settings)  # slot generation (docs/scheduling.md)
+    from fhir_server.workflows.subscriptions import worker as subscriptions
+
+    subscriptions.register(app, settings)  # notifications (docs/subscriptions.md)
     return app
 
 
@@ -114,7 +117,10 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     from fhir_server.workflows.scheduling.worker import Beat
 
     app = worker_app(settings)
+    from fhir_server.workflows.subscriptions.worker import Dispatcher
+
     Beat(app, settings).start()  # queues slot generation when Schedules are due
+    Dispatcher(app, settings).start()  # queues subscription deliveries
     signals.worker_ready.connect(_stop_at_once_when_idle, weak=False)
     app.worker_main(
         [

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fhir_server.config import Settings
 from fhir_server.service.shipped import Shipment
 from fhir_server.workflows.conformance import Operations, shipment_of
 from fhir_server.workflows.pipeline import Rule
+
+if TYPE_CHECKING:
+    from fhir_server.service.search import SearchService
 
 
 def operations() -> list[Operations]:
@@ -23,9 +28,11 @@ def operations_shipment() -> Shipment:
     return shipment_of("workflow OperationDefinitions", "workflow-operations", operations())
 
 
-def rules(settings: Settings) -> list[Rule]:
+def rules(settings: Settings, search: SearchService) -> list[Rule]:
     """Every rule of the pipeline, in the order they run: refusals first (cheapest),
-    then the booking keys, then the action log; then the pharmacy's stock."""
+    then the booking keys, then the action log; then the pharmacy's stock, billing;
+    subscription matching last, so that it sees what the other rules made of a write."""
+    from fhir_server.outbound.allow import OutboundAllowList
     from fhir_server.workflows.billing.charges import ChargeCapture
     from fhir_server.workflows.billing.invoiced import InvoicedItems
     from fhir_server.workflows.billing.lifecycle import (
@@ -45,6 +52,13 @@ def rules(settings: Settings) -> list[Rule]:
     from fhir_server.workflows.scheduling.plans import SlotPlanning
     from fhir_server.workflows.scheduling.responses import ParticipantResponses
     from fhir_server.workflows.scheduling.slots import SlotStatus
+    from fhir_server.workflows.subscriptions.active import ActiveSubscriptions
+    from fhir_server.workflows.subscriptions.rules import (
+        SubscriptionLifecycle,
+        SubscriptionMatching,
+    )
+
+    active = ActiveSubscriptions(search.storage.db)
 
     return [
         StatusTransitions(),
@@ -66,4 +80,7 @@ def rules(settings: Settings) -> list[Rule]:
         InvoicedItems(),
         InvoiceNumbers(settings.billing_establishment, settings.billing_emission_point),
         Payments(),
+        # subscriptions (docs/subscriptions.md)
+        SubscriptionLifecycle(search, OutboundAllowList(settings.outbound_allow), active),
+        SubscriptionMatching(search, active),
     ]

@@ -187,6 +187,16 @@ class Rule:
     collections: ClassVar[dict[str, list[IndexModel]]] = {}
     # Resource types the rule creates (their collections must exist before a transaction).
     creates: ClassVar[frozenset[str]] = frozenset()
+    # A rule whose types change while the server runs (subscription matching: the types
+    # of the active Subscriptions) sets ``dynamic`` and overrides ``refresh`` and
+    # ``wants``; it does not get ``Write.previous`` (no history read for it).
+    dynamic: ClassVar[bool] = False
+
+    async def refresh(self) -> None:
+        """Bring what ``wants`` answers up to date (called before each write)."""
+
+    def wants(self, resource_type: str) -> bool:
+        return resource_type in self.types
 
     async def before_write(self, writes: Sequence[Write]) -> None:
         """Refuse a write by raising FhirError."""
@@ -212,9 +222,13 @@ class WritePipeline:
         self.render = render
         self.rules = list(rules)
         self.watching: dict[str, list[Rule]] = defaultdict(list)
+        self.dynamic = [rule for rule in self.rules if rule.dynamic]
         for rule in self.rules:
             for t in rule.types:
                 self.watching[t].append(rule)
+
+    def _watched(self, resource_type: str) -> bool:
+        return resource_type in self.watching or any(r.wants(resource_type) for r in self.dynamic)
 
     async def start(self) -> None:
         """Create what the rules write into (run once at start-up), all at once: each is
@@ -241,10 +255,12 @@ class WritePipeline:
     async def prepare(
         self, versions: Sequence[VersionWrite], session: Session, rewrite: bool = False
     ) -> _Prepared | None:
-        watched = [v for v in versions if v.type in self.watching]
+        for rule in self.dynamic:
+            await rule.refresh()
+        watched = [v for v in versions if self._watched(v.type)]
         if not watched:
             return None
-        previous = await self._previous(watched, session)
+        previous = await self._previous([v for v in watched if v.type in self.watching], session)
         context = WriteContext(request_access.get())
         writes = [
             Write(
@@ -267,7 +283,7 @@ class WritePipeline:
         ]
         by_rule: list[tuple[Rule, list[Write]]] = []
         for rule in self.rules:
-            mine = [w for w in writes if w.type in rule.types]
+            mine = [w for w in writes if rule.wants(w.type)]
             if mine:
                 await rule.before_write(mine)
                 by_rule.append((rule, mine))

@@ -42,23 +42,13 @@ def timing(settings: Settings) -> Timing:
 
 
 async def generate(settings: Settings, database: str, everything: bool) -> int:
-    """One run against ``database``: every Schedule, or the due ones."""
-    from pymongo import AsyncMongoClient
-
-    from fhir_server.service.resources import ResourceService
-    from fhir_server.service.search import SearchService
-    from fhir_server.storage import Storage
-    from fhir_server.workflows import rules
-    from fhir_server.workflows.pipeline import WritePipeline
+    """One run against ``database``: every Schedule, or the due ones. Slots are ordinary
+    writes: the rules see them too."""
     from fhir_server.workflows.scheduling.generation import Generator
+    from fhir_server.workflows.services import worker_services
 
-    client: Any = AsyncMongoClient(settings.mongo_url, tz_aware=True)
-    try:
-        storage = Storage(client, database)
-        resources = ResourceService(storage, settings, SearchService(storage, _registry()))
-        pipeline = WritePipeline(storage, resources.render, rules(settings))
-        await pipeline.start()
-        storage.hook = pipeline  # slots are ordinary writes: the rules see them too
+    async with worker_services(settings, database) as resources:
+        storage = resources.storage
         generator = Generator(storage, resources.new_version)
         try:
             if everything:
@@ -66,19 +56,6 @@ async def generate(settings: Settings, database: str, everything: bool) -> int:
             return await run_due(storage, generator, timing(settings))
         finally:
             await release_tick(storage)
-    finally:
-        await client.close()
-
-
-_REGISTRY: list[Any] = []
-
-
-def _registry() -> Any:
-    from fhir_server.search.registry import Registry
-
-    if not _REGISTRY:
-        _REGISTRY.append(Registry.from_definitions())
-    return _REGISTRY[0]
 
 
 def register(app: Celery, settings: Settings) -> None:

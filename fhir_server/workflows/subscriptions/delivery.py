@@ -1,0 +1,188 @@
+"""Delivering one Subscription's queued notifications, in order, on a worker.
+
+A worker delivers a Subscription's queue only while it holds the Subscription's lease
+(``lease``/``holder`` in its state; worker.py claims it). Notifications go in queue
+order, one at a time; each is removed from the queue once its endpoint accepted it
+(2xx, or the SMTP server took the mail). So a worker killed at any point loses nothing:
+another takes the lease when it runs out and starts from the first notification not
+yet removed. The one notification in flight when a worker died is sent again (at least
+once); nothing else is.
+
+A failure (timeout, refused connection, non-2xx answer, an address the allow-list no
+longer permits) stops the queue: the Subscription waits ``base * 2**(n-1)`` seconds
+(at most FHIR_SUBSCRIPTION_RETRY_MAX_SECONDS) before the n-th retry, and after
+FHIR_SUBSCRIPTION_MAX_ATTEMPTS failures in a row it goes to ``error`` with the reason
+in ``Subscription.error``; its queue is kept, so setting it back to ``requested``
+delivers what was waiting. Redirects are never followed (they could lead past the
+allow-list).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pymongo.database import Database
+
+from fhir_server.config import Settings
+from fhir_server.jsonio import dumps, load_stored
+from fhir_server.outbound.allow import OutboundAllowList, Refused
+from fhir_server.outbound.mail import Attachment, MailError, build_message, send_mail
+from fhir_server.storage.documents import HISTORY, history_key
+from fhir_server.workflows.subscriptions.active import EPOCH, NOTIFICATIONS, STATE
+from fhir_server.workflows.subscriptions.channel import JSON_PAYLOADS, mail_address
+
+log = logging.getLogger(__name__)
+BATCH = 100
+TURN_SECONDS = 2.0  # one task's turn: then the worker serves other Subscriptions too
+
+
+class Failed(Exception):
+    """A delivery failed; the text is the reason kept in Subscription.error."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    delivered: int = 0
+    failure: str | None = None
+    gave_up: bool = False
+
+
+class Deliverer:
+    """Sends a Subscription's notifications (one per worker process, reused)."""
+
+    def __init__(self, settings: Settings, db: Database[dict[str, Any]]) -> None:
+        self.settings = settings
+        self.db = db
+        self.allow = OutboundAllowList(settings.outbound_allow)
+        self.http = httpx.Client(
+            timeout=settings.subscription_timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": "fhir-server subscriptions"},
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def run(self, sub_id: str, holder: str) -> Outcome:
+        """Deliver from the head of ``sub_id``'s queue while holding its lease."""
+        outcome = Outcome()
+        state = self.db[STATE].find_one({"_id": sub_id, "holder": holder})
+        if state is None:
+            return outcome  # the lease went to another worker
+        try:
+            if state.get("active"):
+                self._drain(state, holder, outcome)
+        finally:
+            if outcome.failure is None:
+                self._release(sub_id, holder, {"failures": 0})
+        return outcome
+
+    def _drain(self, state: dict[str, Any], holder: str, outcome: Outcome) -> None:
+        sub_id = state["_id"]
+        stop = time.monotonic() + TURN_SECONDS
+        while time.monotonic() < stop:
+            batch = list(self.db[NOTIFICATIONS].find({"sub": sub_id}).sort("_id", 1).limit(BATCH))
+            if not batch:
+                return
+            for note in batch:
+                try:
+                    self.send(state, note)
+                except Failed as exc:
+                    self._failed(state, holder, str(exc), outcome)
+                    return
+                self.db[NOTIFICATIONS].delete_one({"_id": note["_id"]})
+                outcome.delivered += 1
+                kept = self.db[STATE].update_one(
+                    {"_id": sub_id, "holder": holder},
+                    {"$inc": {"events": 1}, "$set": {"lease": self._lease_end()}},
+                )
+                if kept.matched_count == 0 or time.monotonic() >= stop:
+                    return
+
+    def _lease_end(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.settings.subscription_lease_seconds)
+
+    def _release(self, sub_id: str, holder: str, fields: dict[str, Any]) -> None:
+        self.db[STATE].update_one(
+            {"_id": sub_id, "holder": holder},
+            {"$set": {"lease": EPOCH, "holder": None, **fields}},
+        )
+
+    def _failed(self, state: dict[str, Any], holder: str, reason: str, outcome: Outcome) -> None:
+        s = self.settings
+        failures = int(state.get("failures") or 0) + 1
+        wait = min(
+            s.subscription_retry_base_seconds * 2 ** (failures - 1),
+            s.subscription_retry_max_seconds,
+        )
+        outcome.failure = reason
+        outcome.gave_up = failures >= s.subscription_max_attempts
+        log.warning("subscription %s: delivery failed (%d): %s", state["_id"], failures, reason)
+        retry_at = datetime.now(UTC) + timedelta(seconds=wait)
+        self._release(state["_id"], holder, {"failures": failures, "retry_at": retry_at})
+
+    # --- channels ------------------------------------------------------------------------
+
+    def send(self, state: dict[str, Any], note: dict[str, Any]) -> None:
+        channel = state["channel"]
+        kind = channel["type"]
+        if kind == "rest-hook":
+            self._rest_hook(channel, note)
+        elif kind == "email":
+            self._email(state, channel, note)
+        else:
+            raise Failed(f"channel {kind} is not delivered by workers")
+
+    def _resource(self, note: dict[str, Any]) -> bytes:
+        doc = self.db[HISTORY].find_one({"_id": history_key(note["t"], note["rid"], note["v"])})
+        if doc is None or doc.get("raw") is None:
+            raise Failed(f"{note['t']}/{note['rid']}/_history/{note['v']} is no longer stored")
+        return dumps(load_stored(doc["raw"]))
+
+    def _rest_hook(self, channel: dict[str, Any], note: dict[str, Any]) -> None:
+        endpoint: str = channel["endpoint"]
+        try:
+            self.allow.check(endpoint)
+        except Refused as exc:
+            raise Failed(str(exc)) from None
+        headers = dict(channel.get("headers") or [])
+        method, url, content = "POST", endpoint, b""
+        if channel.get("payload") in JSON_PAYLOADS:
+            method, url = "PUT", f"{endpoint.rstrip('/')}/{note['t']}/{note['rid']}"
+            content = self._resource(note)
+            headers["Content-Type"] = "application/fhir+json"
+        try:
+            response = self.http.request(method, url, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Failed(f"{url}: {type(exc).__name__}: {exc}") from None
+        if not 200 <= response.status_code < 300:
+            raise Failed(f"{url} answered HTTP {response.status_code}")
+
+    def _email(self, state: dict[str, Any], channel: dict[str, Any], note: dict[str, Any]) -> None:
+        key = f"{note['t']}/{note['rid']}"
+        subject = f"FHIR Subscription {state['_id']}: {key} changed"
+        body = (
+            f"{key} (version {note['v']}) matches the criteria of Subscription "
+            f"{state['_id']}: {state['criteria']}\n"
+        )
+        attachment = None
+        if channel.get("payload") in JSON_PAYLOADS:
+            attachment = Attachment(f"{note['t']}-{note['rid']}.json", self._resource(note))
+        message = build_message(
+            self.settings,
+            mail_address(channel["endpoint"]),
+            subject,
+            body,
+            attachment,
+            message_id=f"<{note['_id']}@fhir-server.subscription>",
+        )
+        try:
+            send_mail(self.settings, message)
+        except MailError as exc:
+            raise Failed(str(exc)) from None

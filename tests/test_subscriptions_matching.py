@@ -1,0 +1,245 @@
+"""Subscription life cycle and criteria matching on every write path
+(http://hl7.org/fhir/R4/subscription.html). Matching is observed in the delivery queue
+the write's transaction fills; delivery itself is tested in test_subscriptions_delivery.
+
+R4 subscription.html: "criteria: The rules that the server should use to determine when
+to generate notifications for this subscription ... a search URL" and "requested: The
+client has requested the subscription, and the server has not yet set it up ... active:
+The subscription is active." """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir_helpers import app_client, assert_outcome, expressions, observation, patient
+from subscription_helpers import queued, subscribe, subscription
+
+from fhir_server.config import Settings
+
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture
+def hub(settings: Settings) -> Iterator[tuple[TestClient, Settings]]:
+    custom = {"outbound_allow": "127.0.0.1"}
+    with app_client(settings, **custom) as c:
+        c.base_url = "http://testserver/fhir"  # type: ignore[assignment]
+        yield c, c.app.state.services.settings  # type: ignore[attr-defined]
+
+
+def _obs(code: str, subject: str | None = None, **extra: Any) -> dict[str, Any]:
+    o = observation(code={"coding": [{"system": LOINC, "code": code}]}, **extra)
+    if subject:
+        o["subject"] = {"reference": subject}
+    return o
+
+
+def _created(client: TestClient, resource: dict[str, Any]) -> str:
+    r = client.post(f"/{resource['resourceType']}", json=resource)
+    assert r.status_code == 201, r.text
+    rid: str = r.json()["id"]
+    return rid
+
+
+def _located(entry: dict[str, Any]) -> str:
+    location: str = entry["response"]["location"]
+    return location.split("Patient/", 1)[1].split("/", 1)[0]
+
+
+def test_requested_becomes_active_and_off_stops_matching(
+    hub: tuple[TestClient, Settings],
+) -> None:
+    client, settings = hub
+    sid = subscribe(client, f"Observation?code={LOINC}|1234-5")
+    assert client.get(f"/Subscription/{sid}").json()["status"] == "active"
+    first = _created(client, _obs("1234-5"))
+    _created(client, _obs("9999-9"))  # another code: no notification
+    assert queued(settings, sid) == [("Observation", first, 1)]
+    current = client.get(f"/Subscription/{sid}").json()
+    current["status"] = "off"
+    assert client.put(f"/Subscription/{sid}", json=current).status_code == 200
+    _created(client, _obs("1234-5"))
+    assert queued(settings, sid) == [("Observation", first, 1)]
+    current = client.get(f"/Subscription/{sid}").json()
+    current["status"] = "requested"  # on again
+    r = client.put(f"/Subscription/{sid}", json=current)
+    assert r.json()["status"] == "active"
+    third = _created(client, _obs("1234-5"))
+    assert [q[1] for q in queued(settings, sid)] == [first, third]
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expression"),
+    [
+        ("Nope?code=1", "Subscription.criteria"),
+        ("Observation?no-such-param=1", "Subscription.criteria"),
+        ("Observation?code=1&_sort=date", "Subscription.criteria"),
+        ("Observation?date=notadate", "Subscription.criteria"),
+    ],
+)
+def test_invalid_criteria_are_422_naming_criteria(
+    hub: tuple[TestClient, Settings], criteria: str, expression: str
+) -> None:
+    client, _ = hub
+    r = client.post("/Subscription", json=subscription(criteria))
+    issues = assert_outcome(r, 422)
+    assert any(e.startswith(expression) for e in expressions(issues)), issues
+    assert client.get("/Subscription").json().get("total", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("channel", "endpoint", "expression"),
+    [
+        ("sms", "tel:+593999999999", "Subscription.channel.type"),
+        ("rest-hook", "http://10.0.0.1/hook", "Subscription.channel.endpoint"),
+        ("rest-hook", "http://169.254.169.254/latest/meta-data", "Subscription.channel.endpoint"),
+        ("rest-hook", "http://[::1]:8080/", "Subscription.channel.endpoint"),
+        ("rest-hook", "http://127.0.0.2:8080/", "Subscription.channel.endpoint"),
+        ("rest-hook", "http://0x7f000002/", "Subscription.channel.endpoint"),
+        ("rest-hook", "ftp://127.0.0.1/hook", "Subscription.channel.endpoint"),
+        ("email", "someone@example.org", "Subscription.channel.endpoint"),
+    ],
+)
+def test_channels_and_endpoints_outside_the_allow_list_are_422(
+    hub: tuple[TestClient, Settings], channel: str, endpoint: str, expression: str
+) -> None:
+    """FHIR_OUTBOUND_ALLOW here is 127.0.0.1 only: a private address, the cloud metadata
+    address, another loopback address (however it is spelled) are all refused before
+    anything is stored, so a Subscription cannot make the server reach them."""
+    client, _ = hub
+    r = client.post("/Subscription", json=subscription("Patient", endpoint, channel))
+    assert expression in expressions(assert_outcome(r, 422))
+
+
+def test_bad_headers_and_payloads_are_422(hub: tuple[TestClient, Settings]) -> None:
+    client, _ = hub
+    bad_header = subscription("Patient", headers=["Authorization: Bearer x", "Host: evil"])
+    r = client.post("/Subscription", json=bad_header)
+    assert "Subscription.channel.header[1]" in expressions(assert_outcome(r, 422))
+    r = client.post("/Subscription", json=subscription("Patient", payload="application/pdf"))
+    assert "Subscription.channel.payload" in expressions(assert_outcome(r, 422))
+
+
+def test_every_write_path_is_matched(hub: tuple[TestClient, Settings]) -> None:
+    """REST create, update, patch, conditional create and update, transaction and batch
+    entries: each new version that matches is queued once, in order; a delete is not a
+    match (a deleted resource matches no search)."""
+    client, settings = hub
+    sid = subscribe(client, "Patient?family=Quispe")
+    a = _created(client, patient(name=[{"family": "Quispe"}]))
+    _created(client, patient(name=[{"family": "Other"}]))
+    p = client.get(f"/Patient/{a}").json()
+    p["gender"] = "female"
+    assert client.put(f"/Patient/{a}", json=p).status_code == 200  # update: v2
+    r = client.patch(
+        f"/Patient/{a}",
+        json=[{"op": "replace", "path": "/gender", "value": "male"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert r.status_code == 200, r.text  # patch: v3
+    cond = patient(name=[{"family": "Quispe"}], identifier=[{"system": "urn:t", "value": "c1"}])
+    r = client.post("/Patient", json=cond, headers={"If-None-Exist": "identifier=urn:t|c1"})
+    c = r.json()["id"]
+    r = client.put("/Patient?identifier=urn:t|c1", json={**cond, "gender": "other"})
+    assert r.status_code == 200  # conditional update: v2
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0b7c7f4c-6d2a-4b59-8f55-5b1b3a1b2c3d",
+                "resource": patient(name=[{"family": "Quispe"}]),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": patient(name=[{"family": "Nope"}]),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+        ],
+    }
+    r = client.post("/", json=bundle)
+    assert r.status_code == 200, r.text
+    t = _located(r.json()["entry"][0])
+    batch = {**bundle, "type": "batch"}
+    r = client.post("/", json=batch)
+    b = _located(r.json()["entry"][0])
+    assert client.delete(f"/Patient/{a}").status_code in (200, 204)
+    assert queued(settings, sid) == [
+        ("Patient", a, 1),
+        ("Patient", a, 2),
+        ("Patient", a, 3),
+        ("Patient", c, 1),
+        ("Patient", c, 2),
+        ("Patient", t, 1),
+        ("Patient", b, 1),
+    ]
+
+
+def test_a_transaction_that_fails_notifies_nobody(hub: tuple[TestClient, Settings]) -> None:
+    client, settings = hub
+    sid = subscribe(client, "Patient")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "DELETE", "url": "Patient/x"}, "resource": None},
+            {"request": {"method": "GET", "url": "Nope/1"}},
+        ],
+    }
+    bundle["entry"][1].pop("resource")
+    r = client.post("/", json=bundle)
+    assert r.status_code >= 400
+    assert queued(settings, sid) == []
+
+
+@pytest.mark.parametrize(
+    ("criteria", "hits"),
+    [
+        (f"Observation?code={LOINC}|1234-5", {"a", "b"}),
+        ("Observation?code=1234-5", {"a", "b"}),
+        (f"Observation?code:not={LOINC}|1234-5", {"c"}),
+        ("Observation?subject=Patient/p1", {"a", "c"}),
+        ("Observation?subject=Patient/p1&code=1234-5", {"a"}),
+        ("Observation?date=ge2024-01-01", {"b", "c"}),
+        ("Observation?date=lt2024", {"a"}),
+        ("Observation?value-quantity=gt100", {"b"}),
+        ("Observation?value-quantity=le100|http://unitsofmeasure.org|mg", {"a"}),
+        ("Observation?status=final", {"a", "b", "c"}),
+        ("Observation?status=amended", set()),
+        ("Observation?subject:missing=true", {"b"}),
+        ("Observation?code=1234-5,5555-5", {"a", "b", "c"}),
+        ("Observation?_id=b", {"b"}),
+        ("Observation?subject.name=Lopez", {"a", "c"}),  # a chain: compiled at each write
+        ("Observation?subject:Patient.gender=female", set()),
+    ],
+)
+def test_criteria_match_as_the_same_search_would(
+    hub: tuple[TestClient, Settings], criteria: str, hits: set[str]
+) -> None:
+    """The queue holds exactly the resources the same search finds afterwards."""
+    client, settings = hub
+    client.put("/Patient/p1", json={**patient(name=[{"family": "Lopez"}]), "id": "p1"})
+    sid = subscribe(client, criteria)
+    mg = {"system": "http://unitsofmeasure.org", "code": "mg", "unit": "mg"}
+    rows = {
+        "a": _obs(
+            "1234-5",
+            "Patient/p1",
+            effectiveDateTime="2023-05-01",
+            valueQuantity={"value": 50, **mg},
+        ),
+        "b": _obs(
+            "1234-5", None, effectiveDateTime="2024-02-01", valueQuantity={"value": 150, **mg}
+        ),
+        "c": _obs("5555-5", "Patient/p1", effectiveDateTime="2024-03-01T10:00:00Z"),
+    }
+    for rid, resource in rows.items():
+        assert client.put(f"/Observation/{rid}", json={**resource, "id": rid}).status_code == 201
+    got = {rid for _, rid, _ in queued(settings, sid)}
+    assert got == hits
+    found = client.get("/" + criteria).json()
+    assert {e["resource"]["id"] for e in found.get("entry", [])} == hits
