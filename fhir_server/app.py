@@ -41,6 +41,8 @@ from fhir_server.workflows.pharmacy.operations import router as pharmacy_router
 from fhir_server.workflows.pipeline import WritePipeline
 from fhir_server.workflows.scheduling.holds import sweep_forever
 from fhir_server.workflows.scheduling.operations import router as scheduling_router
+from fhir_server.workflows.subscriptions.websocket import close_pings
+from fhir_server.workflows.subscriptions.websocket import router as websocket_router
 from profiles.registry import ProfileRegistry, warn_unheld_required
 from smart_auth.mount import close_auth, install_auth, install_smart_configuration, open_auth
 from smart_auth.tokens import TokenVerifier
@@ -112,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweep.cancel()
+            await close_pings(app)
             watching.cancel()
             heap.release(offload.busy())
             offload.close()
@@ -148,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
     app.include_router(bulk_router, prefix=BASE_PATH)
     app.include_router(bundles_router, prefix=BASE_PATH)
+    app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel
     app.include_router(unknown_operations, prefix=BASE_PATH)  # last of the FHIR routes
     app.include_router(health_router)  # /health/live, /health/ready (no token)
     install_auth(app, settings)  # /auth/...

@@ -156,11 +156,14 @@ def seed(client: TestClient, mint: TokenMint) -> None:
 
 
 @contextlib.contextmanager
-def smart_client(mongo_url: str) -> Iterator[tuple[TestClient, TokenMint]]:
+def smart_client(mongo_url: str, **overrides: Any) -> Iterator[tuple[TestClient, TokenMint]]:
     """A client on the real app with authorization on, its own seeded database, and a
-    mint for tokens the app accepts."""
+    mint for tokens the app accepts (``overrides``: other settings)."""
     settings = Settings(
-        mongo_url=mongo_url, database=f"test_{uuid.uuid4().hex[:12]}", auth_enabled=True
+        mongo_url=mongo_url,
+        database=f"test_{uuid.uuid4().hex[:12]}",
+        auth_enabled=True,
+        **overrides,
     )
     mint = TokenMint(mongo_url, settings.database)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import Request
 from starlette.datastructures import State
+from starlette.requests import HTTPConnection
 
 from fhir_server.outcome import FhirError
 from fhir_server.service.context import request_access
@@ -68,9 +69,14 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-async def authenticate(request: Request) -> None:
-    """FastAPI dependency: 401 unless the request carries a valid token for this API."""
+async def authenticate(connection: HTTPConnection) -> None:
+    """FastAPI dependency: 401 unless the request carries a valid token for this API. A
+    websocket (the Subscription channel) checks its upgrade request's token itself."""
     from fhir_server.api.routes import services
+
+    if not isinstance(connection, Request):
+        return
+    request = connection
 
     request.state.access = None
     request_access.set(None)

@@ -31,6 +31,9 @@ SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system"
 _STARTED = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
+WEBSOCKET_EXTENSION = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket"
+
+
 def statement_header(resource_type: str, description: str, base_url: str) -> dict[str, Any]:
     """The opening every statement of this server makes about itself (the
     CapabilityStatement, the TerminologyCapabilities): an active ``instance`` statement
@@ -160,6 +163,13 @@ def capability_statement(
         "rest": [
             {
                 "mode": "server",
+                # R4 subscription.html#2.46.7.2: where websocket Subscriptions bind
+                "extension": [
+                    {
+                        "url": WEBSOCKET_EXTENSION,
+                        "valueUri": "ws" + base_url.removeprefix("http") + "/websocket",
+                    }
+                ],
                 **({"security": _security(base_url)} if settings.auth_enabled else {}),
                 "documentation": (
                     "Search supports every R4 SearchParameter with an expression; "
