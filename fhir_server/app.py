@@ -39,8 +39,10 @@ from fhir_server.workflows import operations_shipment, rules
 from fhir_server.workflows.billing.operations import router as billing_router
 from fhir_server.workflows.pharmacy.operations import router as pharmacy_router
 from fhir_server.workflows.pipeline import WritePipeline
+from fhir_server.workflows.reminders.webhook import router as twilio_router
 from fhir_server.workflows.scheduling.holds import sweep_forever
 from fhir_server.workflows.scheduling.operations import router as scheduling_router
+from fhir_server.workflows.subscriptions.operations import router as subscriptions_router
 from fhir_server.workflows.subscriptions.websocket import close_pings
 from fhir_server.workflows.subscriptions.websocket import router as websocket_router
 from profiles.registry import ProfileRegistry, warn_unheld_required
@@ -147,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(scheduling_router, prefix=BASE_PATH)
     app.include_router(billing_router, prefix=BASE_PATH)
     app.include_router(pharmacy_router, prefix=BASE_PATH)
+    app.include_router(subscriptions_router, prefix=BASE_PATH)  # Subscription/$status
     app.include_router(operations_router, prefix=BASE_PATH)
     app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
     app.include_router(bulk_router, prefix=BASE_PATH)
@@ -154,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel
     app.include_router(unknown_operations, prefix=BASE_PATH)  # last of the FHIR routes
     app.include_router(health_router)  # /health/live, /health/ready (no token)
+    app.include_router(twilio_router)  # /webhooks/twilio: Twilio's signature, no token
     install_auth(app, settings)  # /auth/...
     return app
 

@@ -301,3 +301,76 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
     finally:
         hook.delay = 0.0
         workers.start()  # the module's second worker again
+
+
+def test_topic_subscription_handshake_events_and_heartbeat(
+    world: tuple[TestClient, Workers], hook: Receiver
+) -> None:
+    """Backport IG (R4 form): the rest-hook gets a handshake Bundle while the
+    Subscription is requested, then it is active; each event is a history Bundle whose
+    SubscriptionStatus counts the events and whose second entry is the resource
+    (full-resource); after a silence of the heartbeat period, a heartbeat Bundle."""
+    from test_subscriptions_topics import appointment, topic_subscription
+
+    client, _ = world
+    tag = uuid.uuid4().hex[:8]
+    heartbeat = {
+        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+        "backport-heartbeat-period",
+        "valueUnsignedInt": 2,
+    }
+    body = topic_subscription(
+        "appointment-booked",
+        (f"Appointment?patient=Patient/{tag}",),
+        channel="rest-hook",
+        endpoint=_path(hook, f"topic-{tag}"),
+        content="full-resource",
+        extension=[heartbeat],
+    )
+    r = client.post("/Subscription", json=body)
+    assert r.status_code == 201 and r.json()["status"] == "requested", r.text
+    sid = r.json()["id"]
+
+    def bundles() -> list[dict[str, Any]]:
+        return [json.loads(x.body) for x in hook.of("POST") if x.path == f"/topic-{tag}"]
+
+    def status_of(bundle: dict[str, Any]) -> dict[str, Any]:
+        return {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
+
+    wait_for(lambda: _status(client, sid)["status"] == "active")
+    handshake = status_of(bundles()[0])
+    assert handshake["type"]["valueCode"] == "handshake"
+    assert handshake["status"]["valueCode"] == "requested"
+    for n in (1, 2, 3):  # at other times: the practitioner is not booked twice
+        aid = f"{tag}-{n}"
+        at = {"start": f"2032-0{n}-01T10:00:00Z", "end": f"2032-0{n}-01T10:30:00Z"}
+        patient = tag if n < 3 else "other"
+        r = client.put(f"/Appointment/{aid}", json=appointment(aid, "booked", patient, **at))
+        assert r.status_code == 201, r.text
+    events = wait_for(
+        lambda: (
+            (
+                e := [
+                    b
+                    for b in bundles()
+                    if status_of(b)["type"]["valueCode"] == "event-notification"
+                ]
+            )
+            and len(e) >= 2
+            and e
+        )
+    )
+    assert [status_of(b)["events-since-subscription-start"]["valueString"] for b in events] == [
+        "1",
+        "2",
+    ]
+    assert [b["entry"][1]["resource"]["id"] for b in events] == [f"{tag}-1", f"{tag}-2"]
+    assert events[0]["type"] == "history"
+    beat = wait_for(
+        lambda: [b for b in bundles() if status_of(b)["type"]["valueCode"] == "heartbeat"],
+        timeout=15,
+    )
+    assert status_of(beat[0])["events-since-subscription-start"]["valueString"] == "2"
+    r = client.get(f"/Subscription/{sid}/$status")
+    params = {p["name"]: p for p in r.json()["entry"][0]["resource"]["parameter"]}
+    assert params["events-since-subscription-start"]["valueString"] == "2"

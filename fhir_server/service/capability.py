@@ -116,6 +116,14 @@ def _security(base_url: str) -> dict[str, Any]:
     }
 
 
+def _topics() -> list[dict[str, Any]]:
+    """The subscription topics offered (Subscriptions R5 Backport IG, R4 form)."""
+    from fhir_server.workflows.subscriptions.backport import TOPIC_CANONICAL
+    from fhir_server.workflows.subscriptions.topics import TOPICS
+
+    return [{"url": TOPIC_CANONICAL, "valueCanonical": url} for url in TOPICS]
+
+
 def capability_statement(
     settings: Settings,
     base_url: str,
@@ -133,6 +141,7 @@ def capability_statement(
     ]
     resources = [
         {
+            **({"extension": _topics()} if name == "Subscription" else {}),
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
             **({"supportedProfile": supported[name]} if supported.get(name) else {}),

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
 from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
 from fhir_server.workflows.scheduling.definitions import APPOINTMENT_OPERATIONS
+from fhir_server.workflows.subscriptions.definitions import OPERATIONS as SUBSCRIPTIONS
 from terminology.service import capability_operations
 
 PATIENT_EVERYTHING: Mapping[str, str] = MappingProxyType(
@@ -47,6 +48,7 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
         "Medication": PHARMACY.on("Medication"),
         "Invoice": BILLING.on("Invoice"),  # fhir_server/workflows/billing
         "Account": BILLING.on("Account"),
+        "Subscription": SUBSCRIPTIONS.on("Subscription"),  # workflows/subscriptions: $status
         "StructureDefinition": (STRUCTUREDEFINITION_SNAPSHOT,),  # api/snapshot.py
         # terminology/: CodeSystem, ValueSet and ConceptMap operations
         **capability_operations(),

@@ -19,8 +19,9 @@ def operations() -> list[Operations]:
     from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
     from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
     from fhir_server.workflows.scheduling.definitions import OPERATIONS as SCHEDULING
+    from fhir_server.workflows.subscriptions.definitions import OPERATIONS as SUBSCRIPTIONS
 
-    return [SCHEDULING, PHARMACY, BILLING]
+    return [SCHEDULING, PHARMACY, BILLING, SUBSCRIPTIONS]
 
 
 def operations_shipment() -> Shipment:
@@ -46,6 +47,7 @@ def rules(settings: Settings, search: SearchService) -> list[Rule]:
     from fhir_server.workflows.pharmacy.alerts import StockThresholds
     from fhir_server.workflows.pharmacy.limits import PrescriptionLimits
     from fhir_server.workflows.pharmacy.movements import StockMovements
+    from fhir_server.workflows.reminders.rules import reminder_rules
     from fhir_server.workflows.scheduling.actions import ActionLog
     from fhir_server.workflows.scheduling.booking import NoDoubleBooking
     from fhir_server.workflows.scheduling.lifecycle import MinimumNotice, StatusTransitions
@@ -80,7 +82,10 @@ def rules(settings: Settings, search: SearchService) -> list[Rule]:
         InvoicedItems(),
         InvoiceNumbers(settings.billing_establishment, settings.billing_emission_point),
         Payments(),
+        *reminder_rules(settings),  # reminders and replies (docs/reminders.md)
         # subscriptions (docs/subscriptions.md)
-        SubscriptionLifecycle(search, OutboundAllowList(settings.outbound_allow), active),
+        SubscriptionLifecycle(
+            search, OutboundAllowList(settings.outbound_allow), active, settings.base_url
+        ),
         SubscriptionMatching(search, active),
     ]

@@ -57,6 +57,7 @@ class Active:
     access: dict[str, Any] | None
     channel: str
     end: datetime | None
+    topic: str | None = None  # a topic-based Subscription (topics.py): its canonical
 
     def expired(self, now: datetime) -> bool:
         return self.end is not None and self.end <= now
@@ -123,17 +124,22 @@ def _strings(values: Any) -> set[str]:
     return out
 
 
-def active_of(doc: dict[str, Any]) -> Active:
-    return Active(
-        id=doc["_id"],
-        type=doc["type"],
-        query=bson.decode(doc["filter"]),
-        in_memory=bool(doc.get("in_memory")),
-        criteria=doc["criteria"],
-        access=doc.get("access"),
-        channel=doc["channel"]["type"],
-        end=doc.get("end"),
-    )
+def active_of(doc: dict[str, Any]) -> list[Active]:
+    """One Active per resource type the Subscription watches (a topic may watch two)."""
+    return [
+        Active(
+            id=doc["_id"],
+            type=part["type"],
+            query=bson.decode(part["filter"]),
+            in_memory=bool(part.get("in_memory")),
+            criteria=part["criteria"],
+            access=doc.get("access"),
+            channel=doc["channel"]["type"],
+            end=doc.get("end"),
+            topic=doc.get("topic"),
+        )
+        for part in doc.get("parts") or []
+    ]
 
 
 class ActiveSubscriptions:
@@ -172,9 +178,12 @@ class ActiveSubscriptions:
         if generation == self.generation:
             return
         by_type: dict[str, _ByType] = {}
-        async for state in self.db[STATE].find({"active": True}, {"lease": 0, "holder": 0}):
-            sub = active_of(state)
-            by_type.setdefault(sub.type, _ByType()).add(sub)
+        # A topic Subscription awaiting its handshake is matched already: its events wait
+        # in its queue behind the handshake (delivered once it is active, kept if not).
+        matching = {"$or": [{"active": True}, {"handshake": {"$in": ["pending", "passed"]}}]}
+        async for state in self.db[STATE].find(matching, {"lease": 0, "holder": 0}):
+            for sub in active_of(state):
+                by_type.setdefault(sub.type, _ByType()).add(sub)
         self.by_type = by_type
         self.generation = generation
 

@@ -32,13 +32,18 @@ def _invalid(message: str, expression: str) -> FhirError:
     return FhirError.of(422, "invalid", message, expression)
 
 
-def parse_channel(resource: dict[str, Any], allow: OutboundAllowList) -> dict[str, Any]:
-    """The channel of a Subscription being activated, as stored (422 names the element)."""
+def parse_channel(
+    resource: dict[str, Any], allow: OutboundAllowList, topic: bool = False
+) -> dict[str, Any]:
+    """The channel of a Subscription being activated, as stored (422 names the element).
+    A ``topic``-based one is delivered by rest-hook or email, as notification Bundles."""
     channel = resource.get("channel") or {}
     kind = channel.get("type")
-    if kind not in CHANNELS:
+    offered = CHANNELS[:2] if topic else CHANNELS
+    if kind not in offered:
         raise _invalid(
-            f"channel type {kind!r} is not supported here: use one of {', '.join(CHANNELS)}",
+            f"channel type {kind!r} is not supported here for this Subscription: use one of "
+            + ", ".join(offered),
             "Subscription.channel.type",
         )
     endpoint = channel.get("endpoint")

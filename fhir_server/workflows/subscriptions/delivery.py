@@ -34,6 +34,7 @@ from fhir_server.outbound.allow import OutboundAllowList, Refused
 from fhir_server.outbound.mail import Attachment, MailError, build_message, send_mail
 from fhir_server.storage.documents import HISTORY, history_key
 from fhir_server.workflows.subscriptions.active import EPOCH, NOTIFICATIONS, STATE
+from fhir_server.workflows.subscriptions.backport import notification_bundle
 from fhir_server.workflows.subscriptions.channel import JSON_PAYLOADS, mail_address
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Outcome:
     delivered: int = 0
     failure: str | None = None
     gave_up: bool = False
+    handshake: bool = False  # a handshake succeeded: the Subscription may be activated
 
 
 class Deliverer:
@@ -76,7 +78,7 @@ class Deliverer:
         if state is None:
             return outcome  # the lease went to another worker
         try:
-            if state.get("active"):
+            if state.get("active") or state.get("handshake") == "pending":
                 self._drain(state, holder, outcome)
         finally:
             if outcome.failure is None:
@@ -91,6 +93,9 @@ class Deliverer:
             if not batch:
                 return
             for note in batch:
+                kind = note.get("kind") or "event-notification"
+                if not state.get("active") and kind != "handshake":
+                    return  # events wait for the handshake (and the activation)
                 try:
                     self.send(state, note)
                 except Failed as exc:
@@ -98,12 +103,26 @@ class Deliverer:
                     return
                 self.db[NOTIFICATIONS].delete_one({"_id": note["_id"]})
                 outcome.delivered += 1
-                kept = self.db[STATE].update_one(
-                    {"_id": sub_id, "holder": holder},
-                    {"$inc": {"events": 1}, "$set": {"lease": self._lease_end()}},
-                )
-                if kept.matched_count == 0 or time.monotonic() >= stop:
+                done = self._delivered(state, holder, kind)
+                if kind == "handshake":
+                    outcome.handshake = True
                     return
+                if not done or time.monotonic() >= stop:
+                    return
+
+    def _delivered(self, state: dict[str, Any], holder: str, kind: str) -> bool:
+        """Record one delivery; False when the lease is no longer ours."""
+        fields: dict[str, Any] = {"lease": self._lease_end()}
+        if state.get("heartbeat"):  # a heartbeat follows a silence, not a notification
+            fields["beat_at"] = datetime.now(UTC) + timedelta(seconds=state["heartbeat"])
+        update: dict[str, Any] = {"$set": fields}
+        if kind == "event-notification":
+            update["$inc"] = {"events": 1}
+            state["events"] = int(state.get("events") or 0) + 1
+        if kind == "handshake":
+            fields["handshake"] = "passed"
+        kept = self.db[STATE].update_one({"_id": state["_id"], "holder": holder}, update)
+        return kept.matched_count > 0
 
     def _lease_end(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.settings.subscription_lease_seconds)
@@ -132,33 +151,81 @@ class Deliverer:
     def send(self, state: dict[str, Any], note: dict[str, Any]) -> None:
         channel = state["channel"]
         kind = channel["type"]
-        if kind == "rest-hook":
+        if state.get("topic"):
+            self._topic(state, channel, note)
+        elif kind == "rest-hook":
             self._rest_hook(channel, note)
         elif kind == "email":
             self._email(state, channel, note)
         else:
             raise Failed(f"channel {kind} is not delivered by workers")
 
-    def _resource(self, note: dict[str, Any]) -> bytes:
+    def _topic(self, state: dict[str, Any], channel: dict[str, Any], note: dict[str, Any]) -> None:
+        """A topic-based Subscription's notification Bundle (backport.py): POSTed to a
+        rest-hook, attached to an email."""
+        kind = note.get("kind") or "event-notification"
+        resource = None
+        if kind == "event-notification" and state.get("content") == "full-resource":
+            resource = self._stored(note)
+        number = int(state.get("events") or 0) + 1
+        bundle = dumps(notification_bundle(state, note, number, resource))
+        if channel["type"] == "email":
+            self._mail(
+                state,
+                channel,
+                f"FHIR Subscription {state['_id']}: {note.get('kind', 'event-notification')}",
+                f"Notification of Subscription {state['_id']} ({state.get('topic')}).\n",
+                Attachment("notification.json", bundle),
+                note,
+            )
+            return
+        timeout = min(
+            float(state.get("timeout") or self.settings.subscription_timeout_seconds),
+            self.settings.subscription_timeout_seconds,
+        )
+        headers = dict(channel.get("headers") or [])
+        headers["Content-Type"] = "application/fhir+json"
+        self._request(channel["endpoint"], "POST", channel["endpoint"], bundle, headers, timeout)
+
+    def _stored(self, note: dict[str, Any]) -> dict[str, Any]:
         doc = self.db[HISTORY].find_one({"_id": history_key(note["t"], note["rid"], note["v"])})
         if doc is None or doc.get("raw") is None:
             raise Failed(f"{note['t']}/{note['rid']}/_history/{note['v']} is no longer stored")
-        return dumps(load_stored(doc["raw"]))
+        resource: dict[str, Any] = load_stored(doc["raw"])
+        return resource
+
+    def _resource(self, note: dict[str, Any]) -> bytes:
+        return dumps(self._stored(note))
 
     def _rest_hook(self, channel: dict[str, Any], note: dict[str, Any]) -> None:
         endpoint: str = channel["endpoint"]
-        try:
-            self.allow.check(endpoint)
-        except Refused as exc:
-            raise Failed(str(exc)) from None
         headers = dict(channel.get("headers") or [])
         method, url, content = "POST", endpoint, b""
         if channel.get("payload") in JSON_PAYLOADS:
             method, url = "PUT", f"{endpoint.rstrip('/')}/{note['t']}/{note['rid']}"
             content = self._resource(note)
             headers["Content-Type"] = "application/fhir+json"
+        timeout = self.settings.subscription_timeout_seconds
+        self._request(endpoint, method, url, content, headers, timeout)
+
+    def _request(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> None:
+        """One HTTP delivery, after the allow-list check; Failed unless 2xx."""
         try:
-            response = self.http.request(method, url, content=content, headers=headers)
+            self.allow.check(endpoint)
+        except Refused as exc:
+            raise Failed(str(exc)) from None
+        try:
+            response = self.http.request(
+                method, url, content=content, headers=headers, timeout=timeout
+            )
         except httpx.HTTPError as exc:
             raise Failed(f"{url}: {type(exc).__name__}: {exc}") from None
         if not 200 <= response.status_code < 300:
@@ -166,14 +233,28 @@ class Deliverer:
 
     def _email(self, state: dict[str, Any], channel: dict[str, Any], note: dict[str, Any]) -> None:
         key = f"{note['t']}/{note['rid']}"
-        subject = f"FHIR Subscription {state['_id']}: {key} changed"
-        body = (
-            f"{key} (version {note['v']}) matches the criteria of Subscription "
-            f"{state['_id']}: {state['criteria']}\n"
-        )
         attachment = None
         if channel.get("payload") in JSON_PAYLOADS:
             attachment = Attachment(f"{note['t']}-{note['rid']}.json", self._resource(note))
+        self._mail(
+            state,
+            channel,
+            f"FHIR Subscription {state['_id']}: {key} changed",
+            f"{key} (version {note['v']}) matches the criteria of Subscription "
+            f"{state['_id']}: {state['criteria']}\n",
+            attachment,
+            note,
+        )
+
+    def _mail(
+        self,
+        state: dict[str, Any],
+        channel: dict[str, Any],
+        subject: str,
+        body: str,
+        attachment: Attachment | None,
+        note: dict[str, Any],
+    ) -> None:
         message = build_message(
             self.settings,
             mail_address(channel["endpoint"]),

@@ -16,15 +16,18 @@ nobody, and a committed one is never lost. The workers deliver the queue (delive
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import bson
 from pymongo import IndexModel, ReturnDocument
 
+from fhir_server.jsonio import load_stored
 from fhir_server.outbound.allow import OutboundAllowList
 from fhir_server.outcome import FhirError
 from fhir_server.search import memory
+from fhir_server.service.context import request_base_url
+from fhir_server.storage.documents import HISTORY, history_key
 from fhir_server.workflows.pipeline import Rule, Transaction, Write
 from fhir_server.workflows.subscriptions.active import (
     COLLECTIONS,
@@ -36,12 +39,15 @@ from fhir_server.workflows.subscriptions.active import (
     Active,
     ActiveSubscriptions,
 )
+from fhir_server.workflows.subscriptions.backport import is_topic, topic_request
 from fhir_server.workflows.subscriptions.channel import parse_channel
 from fhir_server.workflows.subscriptions.criteria import (
+    Criteria,
     access_document,
     access_of,
     compile_criteria,
 )
+from fhir_server.workflows.subscriptions.topics import TOPICS
 
 if TYPE_CHECKING:
     from fhir_server.service.search import SearchService
@@ -64,11 +70,16 @@ class SubscriptionLifecycle(Rule):
     collections: ClassVar[dict[str, list[IndexModel]]] = COLLECTIONS
 
     def __init__(
-        self, search: SearchService, allow: OutboundAllowList, active: ActiveSubscriptions
+        self,
+        search: SearchService,
+        allow: OutboundAllowList,
+        active: ActiveSubscriptions,
+        base_url: str | None = None,
     ) -> None:
         self.search = search
         self.allow = allow
         self.active = active
+        self.base_url = base_url or ""
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         changed = False
@@ -97,32 +108,99 @@ class SubscriptionLifecycle(Rule):
             self.active.written(int(doc["n"]) if doc else 0)
 
     async def _activate(self, tx: Transaction, w: Write, new: dict[str, Any]) -> None:
-        channel = parse_channel(new, self.allow)
         criteria_text = new.get("criteria")
         if not isinstance(criteria_text, str) or not criteria_text.strip():
             raise FhirError.of(422, "required", "criteria is required", "Subscription.criteria")
+        channel = parse_channel(new, self.allow, is_topic(criteria_text))
         access = w.context.access
-        criteria = await compile_criteria(self.search, criteria_text, access)
-        state = {
-            "active": True,
-            "type": criteria.type,
+        state = await tx.db[STATE].find_one({"_id": w.id}, session=tx.session)
+        if access is None and _handshake_passed(state, criteria_text, channel):
+            # The worker activates a Subscription whose handshake succeeded: what was
+            # compiled under its writer's token stays.
+            await tx.db[STATE].update_one(
+                {"_id": w.id},
+                {"$set": {"active": True, "handshake": "done"}},
+                session=tx.session,
+            )
+            return
+        fields: dict[str, Any] = {
             "criteria": criteria_text,
-            "filter": bson.encode(criteria.query),
-            "in_memory": criteria.in_memory,
             "access": access_document(access),
             "channel": channel,
             "end": _instant(new.get("end")),
+            "base": request_base_url.get() or self.base_url,
             "failures": 0,
             "retry_at": EPOCH,
+            "topic": None,
+            "handshake": None,
         }
-        fresh = {k: v for k, v in _fresh().items() if k not in state}
+        if is_topic(criteria_text):
+            await self._topic(tx, w, new, fields, channel)
+        else:
+            criteria = await compile_criteria(self.search, criteria_text, access)
+            fields["parts"] = [_part(criteria.type, criteria_text, criteria)]
+            fields["active"] = True
+        fresh = {k: v for k, v in _fresh().items() if k not in fields}
         await tx.db[STATE].update_one(
-            {"_id": w.id}, {"$set": state, "$setOnInsert": fresh}, upsert=True, session=tx.session
+            {"_id": w.id}, {"$set": fields, "$setOnInsert": fresh}, upsert=True, session=tx.session
         )
-        if new.get("status") != "active" or "error" in new:
+        if fields["active"] and (new.get("status") != "active" or "error" in new):
             amended = {k: v for k, v in new.items() if k != "error"}
             amended["status"] = "active"
             tx.amend(w, amended)
+
+    async def _topic(
+        self,
+        tx: Transaction,
+        w: Write,
+        new: dict[str, Any],
+        fields: dict[str, Any],
+        channel: dict[str, Any],
+    ) -> None:
+        """A topic-based Subscription (backport.py): one compiled filter per type of the
+        topic (the writer's restriction, and the filter criteria for that type). A
+        rest-hook stays ``requested`` until its handshake succeeds (the worker sends it
+        first and then activates it); email is active at once."""
+        wanted = topic_request(new)
+        parts = []
+        for rtype in wanted.topic.types:
+            text = wanted.filters.get(rtype, rtype)
+            criteria = await compile_criteria(self.search, text, w.context.access)
+            parts.append(_part(rtype, text, criteria))
+        hook = channel["type"] == "rest-hook"
+        fields.update(
+            parts=parts,
+            topic=wanted.topic.url,
+            content=wanted.content,
+            heartbeat=wanted.heartbeat,
+            beat_at=datetime.now(UTC) + timedelta(seconds=wanted.heartbeat or 0),
+            timeout=wanted.timeout,
+            active=not hook,
+            handshake="pending" if hook else None,
+            events=0,
+        )
+        if hook:  # first in the queue: nothing is delivered before it succeeded
+            await tx.db[NOTIFICATIONS].insert_one(
+                {"sub": w.id, "kind": "handshake", "at": datetime.now(UTC)}, session=tx.session
+            )
+
+
+def _part(rtype: str, text: str, criteria: Criteria) -> dict[str, Any]:
+    return {
+        "type": rtype,
+        "criteria": text,
+        "filter": bson.encode(criteria.query),
+        "in_memory": criteria.in_memory,
+    }
+
+
+def _handshake_passed(state: dict[str, Any] | None, criteria: str, channel: dict[str, Any]) -> bool:
+    return (
+        state is not None
+        and state.get("handshake") == "passed"
+        and state.get("criteria") == criteria
+        and state.get("channel") == channel
+    )
 
 
 def _fresh() -> dict[str, Any]:
@@ -150,14 +228,29 @@ class SubscriptionMatching(Rule):
             if w.rewrite or w.new is None or w.source is None:
                 continue
             doc = w.source.current_document()
+            previous: list[dict[str, Any] | None] = []  # read once, when a topic asks
             for sub in self.active.candidates(w.type, doc):
-                if sub.expired(now) or not await self._matches(tx, sub, w, doc):
+                if sub.expired(now):
+                    continue
+                if sub.topic is not None:
+                    if not previous:
+                        previous.append(await _previous(tx, w))
+                    if not TOPICS[sub.topic].fires(w.type, previous[0], w.new):
+                        continue
+                if not await self._matches(tx, sub, w, doc):
                     continue
                 if sub.channel == "websocket":
                     pings.append({"sub": sub.id, "at": now})
                 else:
                     queued.append(
-                        {"sub": sub.id, "t": w.type, "rid": w.id, "v": w.version, "at": now}
+                        {
+                            "sub": sub.id,
+                            "t": w.type,
+                            "rid": w.id,
+                            "v": w.version,
+                            "at": now,
+                            "kind": "event-notification",
+                        }
                     )
         if queued:
             await tx.db[NOTIFICATIONS].insert_many(queued, session=tx.session)
@@ -176,3 +269,16 @@ class SubscriptionMatching(Rule):
             {"$and": [{"_id": w.id}, compiled.query]}, {"_id": 1}, session=tx.session
         )
         return found is not None
+
+
+async def _previous(tx: Transaction, w: Write) -> dict[str, Any] | None:
+    """The content ``w`` replaces (None for a create): topics look at what changed."""
+    source = w.source
+    if source is None or source.previous is None or source.created:
+        return None
+    if source.prior is not None:
+        return source.prior
+    doc = await tx.db[HISTORY].find_one(
+        {"_id": history_key(w.type, w.id, source.previous)}, {"raw": 1}, session=tx.session
+    )
+    return None if doc is None or doc.get("raw") is None else load_stored(doc["raw"])

@@ -46,14 +46,27 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=TASK, acks_late=True)  # type: ignore[untyped-decorator]
     def deliver(database: str, sub_id: str, holder: str) -> int:
         outcome = deliverer(database).run(sub_id, holder)
+        if outcome.handshake:  # R4 backport: active once the handshake succeeded
+            asyncio.run(set_status(settings, database, sub_id, "active", ("requested",)))
         if outcome.gave_up and outcome.failure is not None:
-            asyncio.run(mark_error(settings, database, sub_id, outcome.failure))
+            tries = settings.subscription_max_attempts
+            reason = f"Delivery failed {tries} times: {outcome.failure}"
+            asyncio.run(
+                set_status(settings, database, sub_id, "error", ("active", "requested"), reason)
+            )
         return outcome.delivered
 
 
-async def mark_error(settings: Settings, database: str, sub_id: str, reason: str) -> None:
-    """Set the Subscription to ``error`` with the reason (a new version, through the
-    pipeline, which makes it inactive)."""
+async def set_status(
+    settings: Settings,
+    database: str,
+    sub_id: str,
+    status: str,
+    only_from: tuple[str, ...],
+    error: str | None = None,
+) -> None:
+    """Write the Subscription's new status (a new version, through the pipeline, which
+    activates or deactivates it), if it still has one of ``only_from``."""
     from fhir_server.outcome import FhirError
     from fhir_server.workflows.services import worker_services
 
@@ -66,12 +79,12 @@ async def mark_error(settings: Settings, database: str, sub_id: str, reason: str
             if current.raw is None:
                 return
             resource = load_stored(current.raw)
-            if resource.get("status") not in ("active", "requested"):
+            if resource.get("status") not in only_from:
                 return
-            resource["status"] = "error"
-            resource["error"] = (
-                f"Delivery failed {settings.subscription_max_attempts} times: {reason}"
-            )
+            resource["status"] = status
+            resource.pop("error", None)
+            if error is not None:
+                resource["error"] = error
             try:
                 await resources.update("Subscription", sub_id, resource, current.version)
                 return
@@ -101,8 +114,25 @@ class Dispatcher(threading.Thread):
         finally:
             client.close()
 
+    def heartbeats(self, db: Any) -> None:
+        """Queue a heartbeat for each topic-based Subscription silent for its period
+        (backport-heartbeat-period); one worker wins each, by the conditional update."""
+        now = datetime.now(UTC)
+        due = db[STATE].find(
+            {"active": True, "heartbeat": {"$gt": 0}, "beat_at": {"$lte": now}},
+            {"heartbeat": 1, "beat_at": 1},
+        )
+        for state in due:
+            after = now + timedelta(seconds=state["heartbeat"])
+            won = db[STATE].update_one(
+                {"_id": state["_id"], "beat_at": state["beat_at"]}, {"$set": {"beat_at": after}}
+            )
+            if won.modified_count:
+                db[NOTIFICATIONS].insert_one({"sub": state["_id"], "kind": "heartbeat", "at": now})
+
     def dispatch(self, db: Any) -> int:
         """Claim and queue every deliverable Subscription; how many were queued."""
+        self.heartbeats(db)
         waiting = db[NOTIFICATIONS].distinct("sub")
         if not waiting:
             return 0
@@ -114,7 +144,7 @@ class Dispatcher(threading.Thread):
             claimed = db[STATE].update_one(
                 {
                     "_id": sub_id,
-                    "active": True,
+                    "$or": [{"active": True}, {"handshake": "pending"}],
                     "lease": {"$lte": now},
                     "retry_at": {"$lte": now},
                 },
