@@ -243,3 +243,24 @@ def test_criteria_match_as_the_same_search_would(
     assert got == hits
     found = client.get("/" + criteria).json()
     assert {e["resource"]["id"] for e in found.get("entry", [])} == hits
+
+
+def test_operations_and_the_servers_own_writes_are_matched(
+    hub: tuple[TestClient, Settings],
+) -> None:
+    """``Appointment/$book`` (an operation) books; the Slot it takes becomes busy by a
+    rule of the pipeline (a write the server makes): both are heard."""
+    from scheduling_helpers import slot
+    from test_scheduling_operations import booked, proposed
+
+    client, settings = hub
+    appointments = subscribe(client, "Appointment?status=booked")
+    busy = subscribe(client, "Slot?status=busy")
+    assert client.put("/Slot/s1", json=slot("s1")).status_code == 201
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "appointment", "resource": proposed("s1")}],
+    }
+    done = booked(client.post("/Appointment/$book", json=body))
+    assert queued(settings, appointments) == [("Appointment", done["id"], 1)]
+    assert [(t, rid) for t, rid, _ in queued(settings, busy)] == [("Slot", "s1")]
