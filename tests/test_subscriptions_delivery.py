@@ -374,3 +374,13 @@ def test_topic_subscription_handshake_events_and_heartbeat(
     r = client.get(f"/Subscription/{sid}/$status")
     params = {p["name"]: p for p in r.json()["entry"][0]["resource"]["parameter"]}
     assert params["events-since-subscription-start"]["valueString"] == "2"
+
+
+def test_a_subscription_is_turned_off_at_its_end(world: tuple[TestClient, Workers]) -> None:
+    """R4 Subscription.end: "The time for the server to turn the subscription off"."""
+    from datetime import UTC, datetime, timedelta
+
+    client, _ = world
+    end = (datetime.now(UTC) + timedelta(seconds=2)).isoformat(timespec="seconds")
+    sid = subscribe(client, "Patient?family=Ending", end=end.replace("+00:00", "Z"))
+    wait_for(lambda: _status(client, sid)["status"] == "off", timeout=20)

@@ -130,9 +130,29 @@ class Dispatcher(threading.Thread):
             if won.modified_count:
                 db[NOTIFICATIONS].insert_one({"sub": state["_id"], "kind": "heartbeat", "at": now})
 
+    def ended(self, db: Any) -> None:
+        """Turn off the Subscriptions whose ``end`` has passed (R4: "The time for the
+        server to turn the subscription off"); matching already ignores them."""
+        now = datetime.now(UTC)
+        for state in db[STATE].find({"active": True, "end": {"$lte": now}}, {"_id": 1}):
+            won = db[STATE].update_one(
+                {"_id": state["_id"], "active": True}, {"$set": {"active": False}}
+            )
+            if won.modified_count:
+                asyncio.run(
+                    set_status(
+                        self.settings,
+                        self.settings.database,
+                        state["_id"],
+                        "off",
+                        ("active", "requested"),
+                    )
+                )
+
     def dispatch(self, db: Any) -> int:
         """Claim and queue every deliverable Subscription; how many were queued."""
         self.heartbeats(db)
+        self.ended(db)
         waiting = db[NOTIFICATIONS].distinct("sub")
         if not waiting:
             return 0
