@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fastapi.testclient import TestClient
 from pymongo import MongoClient
 
 from fhir_server.config import Settings
@@ -69,10 +68,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, every: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {check}")
         time.sleep(every)
-
-
-def cleanup(client: TestClient) -> None:
-    """Nothing to undo: each test has its own database."""
 
 
 @dataclass

@@ -226,3 +226,18 @@ def test_status_operation_and_capability(hub: tuple[TestClient, Settings]) -> No
     topics = {e["valueCanonical"] for e in sub["extension"] if e["url"] == TOPIC_CANONICAL}
     assert BASE + "appointment-booked" in topics and len(topics) == 5
     assert any(o["name"] == "status" for o in sub["operation"])
+
+
+def test_an_update_of_a_rest_hook_topic_subscription_asks_for_a_new_handshake(
+    hub: tuple[TestClient, Settings],
+) -> None:
+    """A rest-hook topic Subscription is requested until its handshake; one written as
+    active (a client's update) is set back to requested, so the worker's activation
+    after the new handshake applies."""
+    client, _ = hub
+    body = topic_subscription("lab-result", channel="rest-hook", endpoint="http://127.0.0.1:9/x")
+    r = client.post("/Subscription", json={**body, "status": "active"})
+    assert r.status_code == 201 and r.json()["status"] == "requested", r.text
+    current = r.json()
+    r = client.put(f"/Subscription/{current['id']}", json={**current, "status": "active"})
+    assert r.json()["status"] == "requested"

@@ -144,9 +144,12 @@ class SubscriptionLifecycle(Rule):
         await tx.db[STATE].update_one(
             {"_id": w.id}, {"$set": fields, "$setOnInsert": fresh}, upsert=True, session=tx.session
         )
-        if fields["active"] and (new.get("status") != "active" or "error" in new):
+        # The stored status says where it stands: active, or requested until the
+        # handshake (then the worker's write makes it active).
+        status = "active" if fields["active"] else "requested"
+        if new.get("status") != status or "error" in new:
             amended = {k: v for k, v in new.items() if k != "error"}
-            amended["status"] = "active"
+            amended["status"] = status
             tx.amend(w, amended)
 
     async def _topic(
