@@ -5,8 +5,10 @@ with anything else is ``Unsupported`` (``check``), and its user queries MongoDB 
 
 MongoDB's rules kept here: a path through arrays reaches every element; a condition on a
 field holding an array holds when it holds for the array or for one element; ``null``
-matches a missing field; comparisons hold only within one type bracket (numbers, strings,
-dates); ``$elemMatch`` needs an array.
+matches a missing field (and a path that stops at a scalar or at an array element without
+the field); comparisons hold only within one type bracket (numbers, strings, dates), and
+dates only to the millisecond, as BSON keeps them; ``$elemMatch`` needs an array, and reads
+its argument as a query on each element when it has a field or a logical operator.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bson.regex import Regex
 
 Filter = dict[str, Any]
 _MISSING = object()
+_LOGICAL = ("$and", "$or", "$nor")
 _COMPARISONS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 _FIELD_OPERATORS = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$exists", "$not", "$regex", "$options", "$elemMatch"}
@@ -36,7 +39,7 @@ class Unsupported(Exception):
 def check(query: Filter) -> None:
     """Raise Unsupported unless ``matches`` can evaluate ``query`` exactly."""
     for key, cond in query.items():
-        if key in ("$and", "$or", "$nor"):
+        if key in _LOGICAL:
             for part in cond:
                 check(part)
         elif key.startswith("$"):
@@ -52,7 +55,7 @@ def _check_condition(cond: Any) -> None:
         if op not in _FIELD_OPERATORS:
             raise Unsupported(op)
         if op == "$elemMatch":
-            if _is_operators(arg):
+            if _is_value_form(arg):
                 _check_condition(arg)
             else:
                 check(arg)
@@ -72,31 +75,44 @@ def matches(query: Filter, doc: dict[str, Any]) -> bool:
         elif key == "$nor":
             if any(matches(part, doc) for part in cond):
                 return False
-        elif not _field(list(values_at(doc, key)), cond):
+        elif not _field(list(_walk(doc, key.split("."))), cond):
             return False
     return True
 
 
 def values_at(doc: Any, path: str) -> Iterator[Any]:
     """Every value the dotted ``path`` reaches, through arrays (nothing when missing)."""
-    yield from _walk(doc, path.split("."))
+    return (v for v in _walk(doc, path.split(".")) if v is not _MISSING)
 
 
 def _walk(current: Any, parts: list[str]) -> Iterator[Any]:
+    """The values ``parts`` reaches, and ``_MISSING`` where the path stops at a document
+    without the field or at a scalar; array elements that are not documents reach
+    nothing (MongoDB: ``{"a.b": null}`` holds for ``a: [{}]`` and ``a: 1``, not for
+    ``a: []`` or ``a: [null]``)."""
     if not parts:
         yield current
-        return
-    if isinstance(current, dict):
+    elif isinstance(current, dict):
         if parts[0] in current:
             yield from _walk(current[parts[0]], parts[1:])
+        else:
+            yield _MISSING
     elif isinstance(current, list):
         for item in current:
             if isinstance(item, dict):
                 yield from _walk(item, parts)
+    else:
+        yield _MISSING
 
 
 def _is_operators(cond: Any) -> bool:
     return isinstance(cond, dict) and bool(cond) and all(k.startswith("$") for k in cond)
+
+
+def _is_value_form(arg: Any) -> bool:
+    """``$elemMatch: {$gt: 1}`` tests scalar elements; with a field or a logical
+    operator (``$elemMatch: {$or: [...]}``) it is a query on each element."""
+    return _is_operators(arg) and not any(k in _LOGICAL for k in arg)
 
 
 def _candidates(found: list[Any]) -> list[Any]:
@@ -104,6 +120,8 @@ def _candidates(found: list[Any]) -> list[Any]:
     of a value that is an array."""
     out: list[Any] = []
     for v in found:
+        if v is _MISSING:
+            continue
         out.append(v)
         if isinstance(v, list):
             out.extend(v)
@@ -126,7 +144,7 @@ def _operator(found: list[Any], op: str, arg: Any, cond: Filter) -> bool:
     if op == "$nin":
         return not any(_equals_any(found, a) for a in arg)
     if op == "$exists":
-        return bool(found) == bool(arg)
+        return any(v is not _MISSING for v in found) == bool(arg)
     if op == "$not":
         if isinstance(arg, re.Pattern | Regex):
             return not _equals_any(found, arg)
@@ -138,7 +156,7 @@ def _operator(found: list[Any], op: str, arg: Any, cond: Filter) -> bool:
         return True
     if op == "$elemMatch":
         elements = [e for v in found if isinstance(v, list) for e in v]
-        if _is_operators(arg):
+        if _is_value_form(arg):
             return any(_field([e], arg) for e in elements if not isinstance(e, list))
         return any(isinstance(e, dict) and matches(arg, e) for e in elements)
     if op in _COMPARISONS:
@@ -162,7 +180,7 @@ def _pattern(arg: Any, options: str) -> re.Pattern[str]:
 
 def _equals_any(found: list[Any], wanted: Any) -> bool:
     if wanted is None:
-        return not found or any(v is None for v in _candidates(found))
+        return any(v is _MISSING for v in found) or any(v is None for v in _candidates(found))
     if isinstance(wanted, re.Pattern | Regex):
         pattern = _pattern(wanted, "")
         return any(isinstance(v, str) and pattern.search(v) for v in _candidates(found))
@@ -179,6 +197,7 @@ def _comparable(value: Any) -> Any:
     if isinstance(value, int | float | Decimal):
         return ("n", Decimal(value))
     if isinstance(value, datetime):
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         return ("d", value if value.tzinfo else value.replace(tzinfo=UTC))
     if isinstance(value, str):
         return ("s", value)
