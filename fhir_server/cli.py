@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fhir_server.config import Settings
+from fhir_server.workflows.reminders.cli import reminders_group
 from importers.cli import import_group
 from profiles.cli import profiles_group
 from smart_auth.cli import auth as auth_group
@@ -362,6 +363,7 @@ main.add_command(import_group)
 main.add_command(auth_group)
 main.add_command(terminology_group)
 main.add_command(profiles_group)
+main.add_command(reminders_group)
 
 if __name__ == "__main__":
     main()

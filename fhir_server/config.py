@@ -377,6 +377,70 @@ class Settings(BaseSettings):
         ge=1,
         description="Most concepts a ValueSet/$expand returns; larger ones answer too-costly.",
     )
+    # --- appointment reminders and replies (docs/reminders.md) ---------------------------
+    reminder_lead_times: str = Field(
+        "48h",
+        description="How long before an appointment's start its reminders are due, "
+        "comma-separated, each a number and a unit s, m, h or d (48h, or 48h,2h). Server "
+        "and workers must agree.",
+    )
+    reminder_timezone: str = Field(
+        "America/Guayaquil",
+        description="IANA time zone in which reminders and replies give the date and time.",
+    )
+    reminder_language: str = Field(
+        "es",
+        description="Language of the messages for a patient whose Patient.communication "
+        "names none the templates have.",
+    )
+    reminder_phone_channel: Literal["whatsapp", "sms"] = Field(
+        "whatsapp",
+        description="Channel of a Patient.telecom with system 'phone' (system 'sms' is "
+        "always SMS).",
+    )
+    reminder_country_code: str = Field(
+        "593",
+        pattern=r"^[1-9][0-9]{0,2}$",
+        description="Country calling code of national phone numbers (09... is +5939...).",
+    )
+    reminder_check_interval: float = Field(
+        5.0,
+        gt=0,
+        le=50,
+        description="Seconds between a worker's looks for due reminders (each is sent "
+        "within this much of its time, plus the sending).",
+    )
+    reminder_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a worker holds a reminder it claimed before another worker "
+        "takes it over (after the first died); longer than FHIR_TWILIO_TIMEOUT_SECONDS.",
+    )
+    reminder_concurrency: int = Field(
+        16, ge=1, le=256, description="Messages one worker sends at once."
+    )
+    twilio_account_sid: str | None = Field(
+        None, description="Twilio account SID (unset: no WhatsApp or SMS reminders)."
+    )
+    twilio_auth_token: str | None = Field(
+        None, description="Twilio auth token: the API's password and the webhook's signing key."
+    )
+    twilio_whatsapp_from: str | None = Field(
+        None, description="WhatsApp sender (whatsapp:+14155238886; unset: no WhatsApp)."
+    )
+    twilio_sms_from: str | None = Field(None, description="SMS sender (+1...; unset: no SMS).")
+    twilio_api_base: str = Field(
+        "https://api.twilio.com", description="Base URL of Twilio's REST API."
+    )
+    twilio_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Timeout of one Twilio API request."
+    )
+    twilio_webhook_url: str | None = Field(
+        None,
+        description="Public URL Twilio posts replies to, which its signature covers. Unset: "
+        "FHIR_BASE_URL's parent + /webhooks/twilio, else the URL the request came to.",
+    )
 
     @field_validator("appointment_min_notice", "appointment_hold", "slot_horizon", mode="before")
     @classmethod
@@ -390,7 +454,7 @@ class Settings(BaseSettings):
                 return value
         return value
 
-    @field_validator("slot_timezone")
+    @field_validator("slot_timezone", "reminder_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
         """A zone the generator can read hours in (refused at start, not at each run)."""
@@ -415,6 +479,15 @@ class Settings(BaseSettings):
         from profiles.enforcement import parse_required
 
         parse_required(value)
+        return value
+
+    @field_validator("reminder_lead_times")
+    @classmethod
+    def _leads(cls, value: str) -> str:
+        """Malformed lead times stop the server and the workers at start."""
+        from fhir_server.workflows.reminders.leads import parse_leads
+
+        parse_leads(value)
         return value
 
     def input_limits(self) -> InputLimits:

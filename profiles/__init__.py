@@ -13,6 +13,9 @@ Extensions for the pharmacy's stock (docs/pharmacy.md): ``stock-adjustment``
 (MedicationDispense: the batches the ledger took it from) and ``stock-threshold``
 (Medication: the low-stock minimum per location).
 
+For appointment reminders (docs/reminders.md): ``reminder-opt-out`` (a Patient's
+ContactPoint, or the Patient: no reminders there).
+
 The clinics' profile set (``ec-*``: Patient, Organization, Practitioner, Appointment,
 Slot, Invoice; profiles/clinics.py, docs/profiles.md): constraint profiles for the
 Ecuadorian identifiers (cédula, RUC, SENESCYT), the scheduling rules and IVA in USD.
@@ -37,6 +40,7 @@ TIMEZONE = BASE + "timezone"
 STOCK_ADJUSTMENT = BASE + "stock-adjustment"
 DISPENSED_BATCH = BASE + "dispensed-batch"
 STOCK_THRESHOLD = BASE + "stock-threshold"
+REMINDER_OPT_OUT = BASE + "reminder-opt-out"
 WHAT = "fhir-server profiles"
 
 

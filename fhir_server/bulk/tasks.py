@@ -108,6 +108,9 @@ def worker_app(settings: Settings) -> Celery:
     from fhir_server.workflows.subscriptions import worker as subscriptions
 
     subscriptions.register(app, settings)  # notifications (docs/subscriptions.md)
+    from fhir_server.workflows.reminders import worker as reminders
+
+    reminders.register(app, settings)  # appointment reminders (docs/reminders.md)
     return app
 
 
@@ -121,6 +124,9 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     Beat(app, settings).start()  # queues slot generation when Schedules are due
     Dispatcher(app, settings).start()  # queues subscription deliveries
+    from fhir_server.workflows.reminders.worker import ReminderBeat
+
+    ReminderBeat(app, settings).start()  # sends due appointment reminders
     signals.worker_ready.connect(_stop_at_once_when_idle, weak=False)
     app.worker_main(
         [

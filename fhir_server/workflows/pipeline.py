@@ -25,6 +25,7 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -46,11 +47,27 @@ _STAFF_USERS = ("Practitioner/", "PractitionerRole/")
 
 
 @dataclass(frozen=True, slots=True)
+class Acting:
+    """A write the server makes for someone who holds no token: a patient's reply to a
+    reminder (fhir_server/workflows/reminders/). The Provenance names them as its agent
+    and the message as its source; a patient token's limits do not apply (the server
+    writes)."""
+
+    who: dict[str, Any]  # Provenance.agent.who
+    source: dict[str, Any] | None = None  # Provenance.entity (role source).what
+
+
+# Set around the writes the server makes for someone (see Acting); None otherwise.
+request_acting: ContextVar[Acting | None] = ContextVar("request_acting", default=None)
+
+
+@dataclass(frozen=True, slots=True)
 class WriteContext:
     """Who writes: the request's access token (None: authorization off, or the server
-    itself, e.g. an importer)."""
+    itself, e.g. an importer), and whom the server writes for (``acting``)."""
 
     access: AccessToken | None
+    acting: Acting | None = None
 
     @property
     def patient_side(self) -> bool:
@@ -70,7 +87,10 @@ class WriteContext:
 
     @property
     def agent(self) -> dict[str, Any]:
-        """The agent as a Provenance.agent.who: the user, else the client."""
+        """The agent as a Provenance.agent.who: whom the server acts for, else the
+        user, else the client."""
+        if self.acting is not None:
+            return self.acting.who
         a = self.access
         if a is None:
             return {"display": "fhir-server"}
@@ -261,7 +281,7 @@ class WritePipeline:
         if not watched:
             return None
         previous = await self._previous([v for v in watched if v.type in self.watching], session)
-        context = WriteContext(request_access.get())
+        context = WriteContext(request_access.get(), request_acting.get())
         writes = [
             Write(
                 type=v.type,

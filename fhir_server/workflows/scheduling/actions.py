@@ -6,6 +6,7 @@ change committed.
 - ``target``: the Appointment version (``Appointment/<id>/_history/<v>``);
 - ``activity``: what happened (ACTIVITIES);
 - ``agent``: the user of the token (``fhirUser``), else its client, else the server;
+  for a patient's reply to a reminder, the patient, with the message as ``entity``;
 - ``reason``: ``Appointment.cancelationReason`` of a cancellation.
 
 Provenance ids start with the version's time in hex, so ``GET
@@ -76,6 +77,9 @@ def provenance(w: Write, action: str) -> dict[str, Any]:
         "activity": {"coding": [{"system": ACTIVITY_SYSTEM, "code": action}], "text": action},
         "agent": [agent],
     }
+    acting = w.context.acting
+    if acting is not None and acting.source is not None:  # the message that asked for it
+        found["entity"] = [{"role": "source", "what": acting.source}]
     reason = (w.new or {}).get("cancelationReason") if action == "cancel" else None
     if isinstance(reason, dict):
         found["reason"] = [reason]
