@@ -264,3 +264,35 @@ def test_operations_and_the_servers_own_writes_are_matched(
     done = booked(client.post("/Appointment/$book", json=body))
     assert queued(settings, appointments) == [("Appointment", done["id"], 1)]
     assert [(t, rid) for t, rid, _ in queued(settings, busy)] == [("Slot", "s1")]
+
+
+def test_live_criteria_see_what_the_same_transaction_wrote(
+    hub: tuple[TestClient, Settings],
+) -> None:
+    """A chain's target and a ``_has`` source written in the same transaction as the
+    resource count: R4 http.html#transaction, "the server SHALL process the transaction
+    ... as a single atomic unit", so the search afterwards finds them, and so must the
+    Subscription. Several matches in one transaction are all queued, in entry order."""
+    client, settings = hub
+    chained = subscribe(client, "Observation?subject:Patient.identifier=urn:mrn|77")
+    has = subscribe(client, f"Patient?_has:Observation:subject:code={LOINC}|1234-5")
+    pid = "urn:uuid:4f1c8a7e-2b0d-4a51-9c3e-8d7f6a5b4c3d"
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": pid,
+            "resource": patient(identifier=[{"system": "urn:mrn", "value": "77"}]),
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        *(
+            {"resource": _obs(code, pid), "request": {"method": "POST", "url": "Observation"}}
+            for code in ("1234-5", "5555-5")
+        ),
+        {"resource": _obs("1234-5"), "request": {"method": "POST", "url": "Observation"}},
+    ]
+    r = client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert r.status_code == 200, r.text
+    ids = [e["response"]["location"].split("/")[1] for e in r.json()["entry"]]
+    assert queued(settings, chained) == [("Observation", ids[1], 1), ("Observation", ids[2], 1)]
+    assert queued(settings, has) == [("Patient", ids[0], 1)]
+    found = client.get("/Observation?subject:Patient.identifier=urn:mrn|77").json()
+    assert {e["resource"]["id"] for e in found["entry"]} == set(ids[1:3])

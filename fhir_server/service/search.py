@@ -108,12 +108,21 @@ class SearchService:
 
     # --- Resolver for chains ---------------------------------------------------------
 
-    async def ids(self, resource_type: str, query: Filter, limit: int) -> list[str]:
-        cursor = self.storage.current(resource_type).find(query, {"_id": 1}, limit=limit)
+    async def ids(
+        self, resource_type: str, query: Filter, limit: int, session: Session | None = None
+    ) -> list[str]:
+        cursor = self.storage.current(resource_type).find(
+            query, {"_id": 1}, limit=limit, session=session
+        )
         return [d["_id"] async for d in cursor]
 
     async def references(
-        self, resource_type: str, query: Filter, field_name: str, limit: int
+        self,
+        resource_type: str,
+        query: Filter,
+        field_name: str,
+        limit: int,
+        session: Session | None = None,
     ) -> list[str]:
         pipeline: list[dict[str, Any]] = [
             {"$match": query},
@@ -122,7 +131,7 @@ class SearchService:
             {"$group": {"_id": "$r"}},
             {"$limit": limit},
         ]
-        cursor = await self.storage.current(resource_type).aggregate(pipeline)
+        cursor = await self.storage.current(resource_type).aggregate(pipeline, session=session)
         return [d["_id"] async for d in cursor if isinstance(d["_id"], str)]
 
     # --- authorization -----------------------------------------------------------------
@@ -137,10 +146,13 @@ class SearchService:
     ) -> Filter:
         """The plan's query on one type, within what ``policy`` allows: its restriction
         is ANDed in, and so is each chained or ``_has`` type's (403 if one of those is
-        not searchable), so no criterion can probe resources the token may not see."""
-        resolver: Any = self
+        not searchable), so no criterion can probe resources the token may not see.
+        With a ``session`` the chained and ``_has`` sub-queries read inside it: a
+        transaction's own writes count (Subscriptions match within the write)."""
+        base: Resolver = self if session is None else _SessionResolver(self, session)
+        resolver: Resolver = base
         if policy is not None and not policy.unrestricted:
-            resolver = _PolicyResolver(self, policy)
+            resolver = _PolicyResolver(base, policy)
         compiler = Compiler(resolver, codes=self.codes(policy))
         query = await compiler.filter(resource_type, plan.conditions, plan.compartment)
         if plan.narrowing is not None:
@@ -531,10 +543,26 @@ def plan_stages(plan: Any) -> set[str]:
     return found
 
 
+class _SessionResolver:
+    """Chained and ``_has`` sub-queries read within a session (a write's transaction)."""
+
+    def __init__(self, inner: SearchService, session: Session) -> None:
+        self.inner = inner
+        self.session = session
+
+    async def ids(self, resource_type: str, query: Filter, limit: int) -> list[str]:
+        return await self.inner.ids(resource_type, query, limit, self.session)
+
+    async def references(
+        self, resource_type: str, query: Filter, field_name: str, limit: int
+    ) -> list[str]:
+        return await self.inner.references(resource_type, query, field_name, limit, self.session)
+
+
 class _PolicyResolver:
     """Chained and ``_has`` sub-queries restricted to what the policy lets search."""
 
-    def __init__(self, inner: SearchService, policy: Policy) -> None:
+    def __init__(self, inner: Resolver, policy: Policy) -> None:
         self.inner = inner
         self.policy = policy
 

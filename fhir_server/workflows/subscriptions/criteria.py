@@ -5,7 +5,8 @@ told only of resources its token could have searched (a patient token: its own).
 
 Most criteria compile to a filter that memory.py evaluates against a new version's
 index values, with no query. Chains, ``_has`` and terminology modifiers depend on other
-resources: those ("live" criteria) are compiled again and queried at each write."""
+resources: those ("live" criteria) are compiled again in each write's transaction and
+queried once for all of its resources they may match."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from smart_auth.tokens import AccessToken
 
 if TYPE_CHECKING:
     from fhir_server.service.search import SearchService
+    from fhir_server.storage.store import Session
 
 EXPRESSION = "Subscription.criteria"
 _NOT_CRITERIA = frozenset(
@@ -70,15 +72,16 @@ def _live(plan: SearchPlan) -> bool:
 
 
 async def compile_criteria(
-    search: SearchService, text: str, access: AccessToken | None
+    search: SearchService, text: str, access: AccessToken | None, session: Session | None = None
 ) -> Criteria:
     """Compile ``text`` under ``access``'s policy: errors name Subscription.criteria (422
-    for a search the engine refuses, 403 when the token may not search the type)."""
+    for a search the engine refuses, 403 when the token may not search the type). With a
+    ``session``, chains and ``_has`` see that transaction's writes."""
     resource_type, pairs = split(text)
     policy = Policy(access, search) if access is not None else None
     try:
         plan = search.parser().parse([resource_type], pairs)
-        query = await search.filter(resource_type, plan, policy, "s")
+        query = await search.filter(resource_type, plan, policy, "s", session)
     except FhirError as exc:
         status = 403 if exc.status == 403 else 422
         issues = [replace(i, expression=(EXPRESSION, *i.expression)) for i in exc.issues]

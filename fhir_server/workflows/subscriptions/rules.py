@@ -225,8 +225,8 @@ class SubscriptionMatching(Rule):
 
     async def in_transaction(self, tx: Transaction, writes: Sequence[Write]) -> None:
         now = datetime.now(UTC)
-        queued: list[dict[str, Any]] = []
-        pings: list[dict[str, Any]] = []
+        heard: list[tuple[Active, Write]] = []
+        live: dict[str, tuple[Active, list[Write]]] = {}  # compiled once per transaction
         for w in writes:
             if w.rewrite or w.new is None or w.source is None:
                 continue
@@ -240,38 +240,54 @@ class SubscriptionMatching(Rule):
                         previous.append(await _previous(tx, w))
                     if not TOPICS[sub.topic].fires(w.type, previous[0], w.new):
                         continue
-                if not await self._matches(tx, sub, w, doc):
-                    continue
-                if sub.channel == "websocket":
-                    pings.append({"sub": sub.id, "at": now})
-                else:
-                    queued.append(
-                        {
-                            "sub": sub.id,
-                            "t": w.type,
-                            "rid": w.id,
-                            "v": w.version,
-                            "at": now,
-                            "kind": "event-notification",
-                        }
-                    )
+                if not sub.in_memory:
+                    live.setdefault(sub.id, (sub, []))[1].append(w)
+                elif memory.matches(sub.query, doc):
+                    heard.append((sub, w))
+        for sub, candidates in live.values():
+            matched = await self._live_matches(tx, sub, candidates)
+            heard += [(sub, w) for w in candidates if (w.type, w.id) in matched]
+        queued = [_notification(sub, w, now) for sub, w in heard if sub.channel != "websocket"]
+        pings = [{"sub": sub.id, "at": now} for sub, _ in heard if sub.channel == "websocket"]
         if queued:
             await tx.db[NOTIFICATIONS].insert_many(queued, session=tx.session)
         if pings:
             await tx.db[PINGS].insert_many(pings, session=tx.session)
 
-    async def _matches(self, tx: Transaction, sub: Active, w: Write, doc: dict[str, Any]) -> bool:
-        if sub.in_memory:
-            return memory.matches(sub.query, doc)
-        # Live criteria (chains, _has, terminology): compiled now, as the search would.
+    async def _live_matches(
+        self, tx: Transaction, sub: Active, writes: list[Write]
+    ) -> set[tuple[str, str]]:
+        """Which of ``writes`` live criteria (chains, _has, terminology) match: compiled
+        inside the transaction, so a chain's target written alongside counts, and one
+        query per type for all of them."""
         try:
-            compiled = await compile_criteria(self.search, sub.criteria, access_of(sub.access))
+            compiled = await compile_criteria(
+                self.search, sub.criteria, access_of(sub.access), tx.session
+            )
         except FhirError:
-            return False  # no longer valid for its writer: it matches nothing
-        found = await tx.storage.current(w.type).find_one(
-            {"$and": [{"_id": w.id}, compiled.query]}, {"_id": 1}, session=tx.session
-        )
-        return found is not None
+            return set()  # no longer valid for its writer: it matches nothing
+        by_type: dict[str, list[str]] = {}
+        for w in writes:
+            by_type.setdefault(w.type, []).append(w.id)
+        matched: set[tuple[str, str]] = set()
+        for resource_type, ids in by_type.items():
+            cursor = tx.storage.current(resource_type).find(
+                {"$and": [{"_id": {"$in": ids}}, compiled.query]}, {"_id": 1}, session=tx.session
+            )
+            matched.update([(resource_type, d["_id"]) async for d in cursor])
+        return matched
+
+
+def _notification(sub: Active, w: Write, now: datetime) -> dict[str, Any]:
+    """A queued notification: the worker delivers them in this order per Subscription."""
+    return {
+        "sub": sub.id,
+        "t": w.type,
+        "rid": w.id,
+        "v": w.version,
+        "at": now,
+        "kind": "event-notification",
+    }
 
 
 async def _previous(tx: Transaction, w: Write) -> dict[str, Any] | None:
