@@ -20,6 +20,7 @@ allow-list).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,7 @@ class Deliverer:
             trust_env=False,
             headers={"User-Agent": "fhir-server subscriptions"},
         )
+        self._contents: dict[str, Any] = {}  # history key -> raw, for the current batch
 
     def close(self) -> None:
         self.http.close()
@@ -88,14 +90,20 @@ class Deliverer:
     def _drain(self, state: dict[str, Any], holder: str, outcome: Outcome) -> None:
         sub_id = state["_id"]
         stop = time.monotonic() + TURN_SECONDS
+        leased = -math.inf  # claimed by the dispatcher a while ago: extend before sending
         while time.monotonic() < stop:
             batch = list(self.db[NOTIFICATIONS].find({"sub": sub_id}).sort("_id", 1).limit(BATCH))
             if not batch:
                 return
+            self._prefetch(batch)
             for note in batch:
                 kind = note.get("kind") or "event-notification"
                 if not state.get("active") and kind != "handshake":
                     return  # events wait for the handshake (and the activation)
+                if self._lease_short(leased):
+                    if not self._keep_lease(state, holder):
+                        return  # the lease went to another worker: it delivers from here
+                    leased = time.monotonic()
                 try:
                     self.send(state, note)
                 except Failed as exc:
@@ -103,15 +111,43 @@ class Deliverer:
                     return
                 self.db[NOTIFICATIONS].delete_one({"_id": note["_id"]})
                 outcome.delivered += 1
-                done = self._delivered(state, holder, kind)
+                numbered = state.get("topic") or kind != "event-notification"
+                if numbered and not self._delivered(state, holder, kind):
+                    return
                 if kind == "handshake":
                     outcome.handshake = True
                     return
-                if not done or time.monotonic() >= stop:
+                if time.monotonic() >= stop:
                     return
 
+    def _lease_short(self, leased: float) -> bool:
+        """Would the lease set at ``leased`` (monotonic) run out during the next send?
+        Extended only then, so a plain rest-hook delivery costs no state write."""
+        s = self.settings
+        left = s.subscription_lease_seconds - (time.monotonic() - leased)
+        return left < max(s.subscription_lease_seconds / 2, s.subscription_timeout_seconds + 5)
+
+    def _keep_lease(self, state: dict[str, Any], holder: str) -> bool:
+        kept = self.db[STATE].update_one(
+            {"_id": state["_id"], "holder": holder}, {"$set": {"lease": self._lease_end()}}
+        )
+        return kept.matched_count > 0
+
+    def _prefetch(self, batch: list[dict[str, Any]]) -> None:
+        """The stored versions a batch's payloads carry, read in one query."""
+        keys = [history_key(n["t"], n["rid"], n["v"]) for n in batch if "rid" in n]
+        self._contents = (
+            {
+                d["_id"]: d.get("raw")
+                for d in self.db[HISTORY].find({"_id": {"$in": keys}}, {"raw": 1})
+            }
+            if keys
+            else {}
+        )
+
     def _delivered(self, state: dict[str, Any], holder: str, kind: str) -> bool:
-        """Record one delivery; False when the lease is no longer ours."""
+        """Record a topic-based delivery (its event number, the next heartbeat); False
+        when the lease is no longer ours."""
         fields: dict[str, Any] = {"lease": self._lease_end()}
         if state.get("heartbeat"):  # a heartbeat follows a silence, not a notification
             fields["beat_at"] = datetime.now(UTC) + timedelta(seconds=state["heartbeat"])
@@ -188,10 +224,14 @@ class Deliverer:
         self._request(channel["endpoint"], "POST", channel["endpoint"], bundle, headers, timeout)
 
     def _stored(self, note: dict[str, Any]) -> dict[str, Any]:
-        doc = self.db[HISTORY].find_one({"_id": history_key(note["t"], note["rid"], note["v"])})
-        if doc is None or doc.get("raw") is None:
+        key = history_key(note["t"], note["rid"], note["v"])
+        raw = self._contents.get(key)
+        if raw is None:
+            doc = self.db[HISTORY].find_one({"_id": key}, {"raw": 1})
+            raw = None if doc is None else doc.get("raw")
+        if raw is None:
             raise Failed(f"{note['t']}/{note['rid']}/_history/{note['v']} is no longer stored")
-        resource: dict[str, Any] = load_stored(doc["raw"])
+        resource: dict[str, Any] = load_stored(raw)
         return resource
 
     def _resource(self, note: dict[str, Any]) -> bytes:
