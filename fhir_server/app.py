@@ -23,6 +23,7 @@ from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
 from fhir_server.api.snapshot import router as snapshot_router
 from fhir_server.api.terminology import router as terminology_router
+from fhir_server.api.views import router as views_router
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions_router, prefix=BASE_PATH)  # Subscription/$status
     app.include_router(operations_router, prefix=BASE_PATH)
     app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
+    app.include_router(views_router, prefix=BASE_PATH)  # SQL on FHIR $viewdefinition-run
     app.include_router(bulk_router, prefix=BASE_PATH)
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel
