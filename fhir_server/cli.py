@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fhir_server.config import Settings
+from fhir_server.views.cli import view_group
 from fhir_server.workflows.reminders.cli import reminders_group
 from importers.cli import import_group
 from profiles.cli import profiles_group
@@ -153,7 +154,7 @@ def mongo_url(settings: Settings) -> Iterator[str]:
     except (MongodNotFound, DataDirLocked) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}")
+    click.echo(f"embedded MongoDB running with data in {settings.data_dir.resolve()}", err=True)
     from fhir_server.supervisor import supervised
 
     with supervised("embedded mongod", embedded, settings):
@@ -364,6 +365,7 @@ main.add_command(auth_group)
 main.add_command(terminology_group)
 main.add_command(profiles_group)
 main.add_command(reminders_group)
+main.add_command(view_group)
 
 if __name__ == "__main__":
     main()

@@ -53,6 +53,8 @@ BAD_PARAMETER = 400
 
 BATCH = 500  # resources per cursor batch and per offloaded evaluation
 
+Progress = Callable[[int], None]  # told the resources of each batch read
+
 OPERATION = "$viewdefinition-run"
 SCALARS = ("_format", "header", "patient", "_since", "_limit")
 NOT_YET = {
@@ -269,27 +271,21 @@ class ViewRunService:
         self.registry = registry
         self.offload = offload
 
-    async def run(self, req: RunRequest, policy: Policy) -> RunResult:
+    async def run(
+        self, req: RunRequest, policy: Policy, progress: Progress | None = None
+    ) -> RunResult:
         """The rows as chunks of the requested format; errors found before the first
-        row (authorization, parameters, the view on the first resources) raise here."""
+        row (authorization, parameters, the view on the first resources) raise here.
+        ``progress`` is told how many resources each batch read holds."""
         keep: Callable[[dict[str, Any]], bool] | None = None
         if req.resources is not None:
             batches = _inline_batches(req.resources)
             keep = self._inline_filter(req)
         else:
             batches = await self._stored_batches(req, policy)
-        chunks = self._chunks(
-            req, encoder_for(req.format, req.view.columns, req.header), batches, keep
-        )
-        try:
-            first = await anext(chunks, b"")
-        except ViewError as exc:
-            await chunks.aclose()
-            raise view_error(exc, req.view_at) from None
-        except BaseException:
-            await chunks.aclose()
-            raise
-        return RunResult(req.format.media_type, _prepend(first, chunks))
+        if progress is not None:
+            batches = _counted(batches, progress)
+        return await run_over(req, batches, self.offload, keep)
 
     # --- sources ---
 
@@ -375,37 +371,64 @@ class ViewRunService:
 
         return keep
 
-    # --- rows to bytes ---
 
-    async def _chunks(
-        self,
-        req: RunRequest,
-        encoder: Encoder,
-        batches: AsyncGenerator[list[Any], None],
-        keep: Callable[[dict[str, Any]], bool] | None,
-    ) -> AsyncGenerator[bytes, None]:
-        """Encoded output, held back until a row exists (or the end)."""
-        limit = _Limit(req.limit)
-        pending = encoder.begin()
-        try:
-            async for batch in batches:
-                pending += await self.offload.call(_encode, req.view, encoder, limit, batch, keep)
-                if limit.rows and pending:
-                    yield pending
-                    pending = b""
-                if limit.done:
-                    break
-            for block in encoder.finish():
-                pending += block
+# --- rows to bytes ---------------------------------------------------------------------
+
+
+async def run_over(
+    req: RunRequest,
+    batches: AsyncGenerator[list[Any], None],
+    offload: Offload,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> RunResult:
+    """The view of ``req`` over ``batches`` of resources (dicts, or stored JSON bytes),
+    as chunks of its format. A view error before the first row raises here as a 422
+    FhirError; one after it raises ViewError from the chunks (the output so far stands).
+    The service's sources come here, and so do the resource files of ``fhir-server view
+    run`` (views/cli.py)."""
+    chunks = _chunks(
+        req, encoder_for(req.format, req.view.columns, req.header), batches, keep, offload
+    )
+    try:
+        first = await anext(chunks, b"")
+    except ViewError as exc:
+        await chunks.aclose()
+        raise view_error(exc, req.view_at) from None
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return RunResult(req.format.media_type, _prepend(first, chunks))
+
+
+async def _chunks(
+    req: RunRequest,
+    encoder: Encoder,
+    batches: AsyncGenerator[list[Any], None],
+    keep: Callable[[dict[str, Any]], bool] | None,
+    offload: Offload,
+) -> AsyncGenerator[bytes, None]:
+    """Encoded output, held back until a row exists (or the end)."""
+    limit = _Limit(req.limit)
+    pending = encoder.begin()
+    try:
+        async for batch in batches:
+            pending += await offload.call(_encode, req.view, encoder, limit, batch, keep)
+            if limit.rows and pending:
                 yield pending
                 pending = b""
-            if pending:
-                yield pending
-        finally:
-            await batches.aclose()
-            close = getattr(encoder, "close", None)
-            if close is not None:
-                close()
+            if limit.done:
+                break
+        for block in encoder.finish():
+            pending += block
+            yield pending
+            pending = b""
+        if pending:
+            yield pending
+    finally:
+        await batches.aclose()
+        close = getattr(encoder, "close", None)
+        if close is not None:
+            close()
 
 
 def _encode(
@@ -428,6 +451,17 @@ def _encode(
             if limit.done:
                 return encoder.encode(rows)
     return encoder.encode(rows)
+
+
+async def _counted(
+    batches: AsyncGenerator[list[Any], None], progress: Progress
+) -> AsyncGenerator[list[Any], None]:
+    try:
+        async for batch in batches:
+            progress(len(batch))
+            yield batch
+    finally:
+        await batches.aclose()
 
 
 async def _inline_batches(resources: Sequence[Any]) -> AsyncGenerator[list[Any], None]:
