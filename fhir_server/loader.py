@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +30,8 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+
+from fhir_server.progress import stderr_progress
 
 JSON_SUFFIXES = (".json",)
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
@@ -550,24 +551,11 @@ class ProgressBar:
     unlike the resource count). Off a terminal rich draws it once, at the end."""
 
     def __init__(self, total_bytes: int) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.bar = Progress(
-            TextColumn("loading"),
-            BarColumn(),
-            TaskProgressColumn(),
+        self.bar = stderr_progress(
+            "loading",
             TextColumn("{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
         )
         self.task = self.bar.add_task("load", total=total_bytes, ok=0, failed=0, rate="")
         self.ok = self.failed = 0
