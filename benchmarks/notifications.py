@@ -192,6 +192,52 @@ def mongo_client(url: str) -> MongoClient[dict[str, Any]]:
     return MongoClient(url)
 
 
+@dataclass
+class Stack:
+    """A private mongod, one ``fhir-server serve`` on it, and the workers started since."""
+
+    url: str
+    env: dict[str, str]
+    http: httpx.Client
+    mongo: MongoClient[dict[str, Any]]
+    worker_log: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_workers(self, wanted: int, broker: str) -> None:
+        self.procs += start_workers(
+            own_workers(wanted, broker), self.url, self.env, self.worker_log
+        )
+
+
+@contextmanager
+def running(tmp: str, env: dict[str, str], api_workers: int, timeout: float) -> Iterator[Stack]:
+    """The processes of a delivery or reminders run; their logs' tails when it fails,
+    everything stopped afterwards."""
+    mongo = EmbeddedMongo(Path(tmp) / "mongo", cache_size_gb=1.0)
+    url = mongo.start()
+    server_log, worker_log = Path(tmp) / "server.log", Path(tmp) / "workers.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with (
+            ServerProcess(
+                mongo_url=url, database=DATABASE, workers=api_workers, env=env, log_file=server_log
+            ) as server,
+            httpx.Client(base_url=server.base_url, timeout=timeout) as http,
+            mongo_client(url) as mc,
+        ):
+            yield Stack(url, env, http, mc, worker_log, procs)
+    except Exception:
+        print("  server log:")
+        tail(server_log)
+        print("  workers log:")
+        tail(worker_log)
+        raise
+    finally:
+        for p in procs:
+            stop(p)
+        mongo.stop()
+
+
 def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
@@ -750,78 +796,54 @@ def deliver(args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
         tempfile.TemporaryDirectory(prefix="bench-deliver-") as tmp,
         hook_server() as hook,
     ):
-        mongo = EmbeddedMongo(Path(tmp) / "mongo", cache_size_gb=1.0)
-        url = mongo.start()
         port = hook.server_address[1]
         env = base_env(args.broker, FHIR_OUTBOUND_ALLOW=f"127.0.0.1:{port}")
-        server_log, worker_log = Path(tmp) / "server.log", Path(tmp) / "workers.log"
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            with (
-                ServerProcess(
-                    mongo_url=url,
-                    database=DATABASE,
-                    workers=args.api_workers,
-                    env=env,
-                    log_file=server_log,
-                ) as server,
-                httpx.Client(base_url=server.base_url, timeout=300) as http,
-                mongo_client(url) as mc,
-            ):
-                queue = mc[DATABASE][NOTIFICATIONS]
-                patients = [
-                    {
-                        "resource": {"resourceType": "Patient", "id": f"bench-{p}"},
-                        "request": {"method": "PUT", "url": f"Patient/bench-{p}"},
-                    }
-                    for p in range(20)
-                ]
-                transaction(http, patients)
-                resources = hook_subscriptions(subs, hook)
-                warm = subscription(f"Observation?code={CODES}|warm", f"{hook.base}/warm", True)
-                subscribe_all(http, [*resources, warm])
-                time.sleep(1.5)  # every API process has loaded them
-                payload = {k: "payload" in r["channel"] for k, r in enumerate(resources)}
-                if not args.backlog:
-                    procs = start_workers(own_workers(workers, args.broker), url, env, worker_log)
-                    # the whole path works (worker up, dispatcher polling) before the clock
-                    warm_obs = {
-                        "resource": observation("warm", 0, 1),
-                        "request": {"method": "POST", "url": "Observation"},
-                    }
-                    transaction(http, [warm_obs])
-                    if not wait_until(lambda: hook.count("/warm") > 0, 120):
-                        raise RuntimeError("the warm-up notification never arrived")
-                written, write_s = write_observations(http, n, subs, args.bundle_size)
-                print(
-                    f"  wrote {n} Observations in {write_s:.1f} s ({n / write_s:.0f}/s), "
-                    f"bundles of {args.bundle_size}; {queue.count_documents({})} notifications "
-                    "queued at the end of the writes",
-                    flush=True,
-                )
-                started = time.monotonic()
-                if args.backlog:
-                    procs = start_workers(own_workers(workers, args.broker), url, env, worker_log)
-                # wait for all, giving up after 60 s without progress
-                last_count, last_change = -1, time.monotonic()
-                while hook.count("/hook/") < n and time.monotonic() - last_change < 60:
-                    now_count = hook.count("/hook/")
-                    if now_count != last_count:
-                        last_count, last_change = now_count, time.monotonic()
-                    time.sleep(0.2)
-                drained = wait_until(lambda: queue.count_documents({}) == 0, 30)
-                time.sleep(1.0)  # a late duplicate would show now
-                left = queue.count_documents({})
-        except Exception:
-            print("  server log:")
-            tail(server_log)
-            print("  workers log:")
-            tail(worker_log)
-            raise
-        finally:
-            for p in procs:
-                stop(p)
-            mongo.stop()
+        with running(tmp, env, args.api_workers, 300) as stack:
+            http, mc = stack.http, stack.mongo
+            queue = mc[DATABASE][NOTIFICATIONS]
+            patients = [
+                {
+                    "resource": {"resourceType": "Patient", "id": f"bench-{p}"},
+                    "request": {"method": "PUT", "url": f"Patient/bench-{p}"},
+                }
+                for p in range(20)
+            ]
+            transaction(http, patients)
+            resources = hook_subscriptions(subs, hook)
+            warm = subscription(f"Observation?code={CODES}|warm", f"{hook.base}/warm", True)
+            subscribe_all(http, [*resources, warm])
+            time.sleep(1.5)  # every API process has loaded them
+            payload = {k: "payload" in r["channel"] for k, r in enumerate(resources)}
+            if not args.backlog:
+                stack.start_workers(workers, args.broker)
+                # the whole path works (worker up, dispatcher polling) before the clock
+                warm_obs = {
+                    "resource": observation("warm", 0, 1),
+                    "request": {"method": "POST", "url": "Observation"},
+                }
+                transaction(http, [warm_obs])
+                if not wait_until(lambda: hook.count("/warm") > 0, 120):
+                    raise RuntimeError("the warm-up notification never arrived")
+            written, write_s = write_observations(http, n, subs, args.bundle_size)
+            print(
+                f"  wrote {n} Observations in {write_s:.1f} s ({n / write_s:.0f}/s), "
+                f"bundles of {args.bundle_size}; {queue.count_documents({})} notifications "
+                "queued at the end of the writes",
+                flush=True,
+            )
+            started = time.monotonic()
+            if args.backlog:
+                stack.start_workers(workers, args.broker)
+            # wait for all, giving up after 60 s without progress
+            last_count, last_change = -1, time.monotonic()
+            while hook.count("/hook/") < n and time.monotonic() - last_change < 60:
+                now_count = hook.count("/hook/")
+                if now_count != last_count:
+                    last_count, last_change = now_count, time.monotonic()
+                time.sleep(0.2)
+            drained = wait_until(lambda: queue.count_documents({}) == 0, 30)
+            time.sleep(1.0)  # a late duplicate would show now
+            left = queue.count_documents({})
         hits = [h for h in hook.snapshot() if h.path.startswith("/hook/")]
     check = check_deliveries(hits, written, payload)
     ats = sorted(h.at for h in hits)
@@ -970,8 +992,6 @@ def reminders(args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
         tempfile.TemporaryDirectory(prefix="bench-reminders-") as tmp,
         twilio_server() as twilio,
     ):
-        mongo = EmbeddedMongo(Path(tmp) / "mongo", cache_size_gb=1.0)
-        url = mongo.start()
         env = base_env(
             args.broker,
             FHIR_REMINDER_LEAD_TIMES="2h",
@@ -982,56 +1002,34 @@ def reminders(args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
             FHIR_TWILIO_SMS_FROM=SMS_FROM,
             FHIR_TWILIO_API_BASE=twilio.base,
         )
-        server_log, worker_log = Path(tmp) / "server.log", Path(tmp) / "workers.log"
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            with (
-                ServerProcess(
-                    mongo_url=url,
-                    database=DATABASE,
-                    workers=args.api_workers,
-                    env=env,
-                    log_file=server_log,
-                ) as server,
-                httpx.Client(base_url=server.base_url, timeout=600) as http,
-                mongo_client(url) as mc,
-            ):
-                procs = start_workers(own_workers(workers, args.broker), url, env, worker_log)
-                seconds = load(http, reminder_patients(n))
-                print(f"  {n} patients loaded in {seconds:.1f} s", flush=True)
-                # M: the first whole minute after the appointments are surely loaded (they
-                # cost more than the patients: their rules plan the reminders)
-                margin = timedelta(seconds=30 + 3 * seconds)
-                minute = (datetime.now(UTC) + margin).replace(second=0, microsecond=0)
-                minute += timedelta(minutes=1)
-                entries, dues = appointments(n, minute)
-                seconds = load(http, entries)
-                ahead = (minute - datetime.now(UTC)).total_seconds()
-                print(
-                    f"  {n} appointments loaded in {seconds:.1f} s; due from {minute:%H:%M:%S} "
-                    f"UTC, in {ahead:.0f} s",
-                    flush=True,
-                )
-                deadline = minute.timestamp() + 60 + 120 + 30  # late ones count as late
-                while time.time() < deadline and len(twilio.messages) < n:
-                    time.sleep(0.5)
-                # every claim settled (none claimed or sending): no later duplicate can come
-                claims = mc[DATABASE][CLAIMS]
-                wait_until(lambda: claims.count_documents({"state": {"$in": list(OPEN)}}) == 0, 60)
-                time.sleep(2.0)
-                states = Counter(d["state"] for d in claims.find({}, {"state": 1}))
-                r = http.get("/Communication", params={"category": REMINDER, "_summary": "count"})
-                communications = int(r.json()["total"])
-        except Exception:
-            print("  server log:")
-            tail(server_log)
-            print("  workers log:")
-            tail(worker_log)
-            raise
-        finally:
-            for p in procs:
-                stop(p)
-            mongo.stop()
+        with running(tmp, env, args.api_workers, 600) as stack:
+            http, mc = stack.http, stack.mongo
+            stack.start_workers(workers, args.broker)
+            seconds = load(http, reminder_patients(n))
+            print(f"  {n} patients loaded in {seconds:.1f} s", flush=True)
+            # M: the first whole minute after the appointments are surely loaded (they
+            # cost more than the patients: their rules plan the reminders)
+            margin = timedelta(seconds=30 + 3 * seconds)
+            minute = (datetime.now(UTC) + margin).replace(second=0, microsecond=0)
+            minute += timedelta(minutes=1)
+            entries, dues = appointments(n, minute)
+            seconds = load(http, entries)
+            ahead = (minute - datetime.now(UTC)).total_seconds()
+            print(
+                f"  {n} appointments loaded in {seconds:.1f} s; due from {minute:%H:%M:%S} "
+                f"UTC, in {ahead:.0f} s",
+                flush=True,
+            )
+            deadline = minute.timestamp() + 60 + 120 + 30  # late ones count as late
+            while time.time() < deadline and len(twilio.messages) < n:
+                time.sleep(0.5)
+            # every claim settled (none claimed or sending): no later duplicate can come
+            claims = mc[DATABASE][CLAIMS]
+            wait_until(lambda: claims.count_documents({"state": {"$in": list(OPEN)}}) == 0, 60)
+            time.sleep(2.0)
+            states = Counter(d["state"] for d in claims.find({}, {"state": 1}))
+            r = http.get("/Communication", params={"category": REMINDER, "_summary": "count"})
+            communications = int(r.json()["total"])
         check = check_reminders(twilio, dues)
     print(
         f"  sent {check.sent} of {n}; duplicates {check.duplicates}; missing {check.missing}; "
