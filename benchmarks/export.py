@@ -50,11 +50,12 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 # --- data ----------------------------------------------------------------------------------
 
 
-def copies_of_bundles(directory: Path, copies: int) -> Any:
-    """Each bundle's resources, once per copy, ids suffixed by the copy number (copy 0
-    keeps Synthea's ids) and urn:uuid references rewritten to match."""
+def copies_of_bundles(directory: Path, copies: int, first: int = 0) -> Any:
+    """Each bundle's resources, once per copy from ``first`` up to ``copies``, ids
+    suffixed by the copy number (copy 0 keeps Synthea's ids) and urn:uuid references
+    rewritten to match."""
     paths = sorted(directory.glob("*.json"))
-    for k in range(copies):
+    for k in range(first, copies):
         for path in paths:
             bundle = parse_json(path.read_bytes())
             refs: dict[str, str] = {}
@@ -66,8 +67,11 @@ def copies_of_bundles(directory: Path, copies: int) -> Any:
             yield [_rewrite(e["resource"], refs) for e in bundle["entry"]]
 
 
-async def load(url: str, database: str, directory: Path, copies: int) -> tuple[int, float]:
-    """Validate, index and insert every resource (as a create would), in bulk."""
+async def load(
+    url: str, database: str, directory: Path, copies: int, first: int = 0
+) -> tuple[int, float]:
+    """Validate, index and insert every resource (as a create would), in bulk; copies
+    from ``first`` only (those before it are loaded already)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
     storage = Storage(client, database)
     await storage.ensure_indexes()
@@ -77,7 +81,7 @@ async def load(url: str, database: str, directory: Path, copies: int) -> tuple[i
     start = time.perf_counter()
     loaded = 0
     try:
-        for resources in copies_of_bundles(directory, copies):
+        for resources in copies_of_bundles(directory, copies, first):
             by_type: dict[str, list[Any]] = defaultdict(list)
             for resource in resources:
                 checked = service.checked(resource["resourceType"], resource)

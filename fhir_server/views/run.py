@@ -52,6 +52,9 @@ INVALID_VIEW = 422
 BAD_PARAMETER = 400
 
 BATCH = 500  # resources per cursor batch and per offloaded evaluation
+# The first evaluation's resources from the database: the first row goes out after these,
+# not after a whole batch (~300 us a resource: 500 took the first row past 200 ms).
+FIRST_BATCH = 50
 
 Progress = Callable[[int], None]  # told the resources of each batch read
 
@@ -324,11 +327,12 @@ class ViewRunService:
         )
         try:
             batch: list[Any] = []
+            size = min(FIRST_BATCH, BATCH)
             async for doc in cursor:
                 batch.append(doc["raw"])
-                if len(batch) >= BATCH:
+                if len(batch) >= size:
                     yield batch
-                    batch = []
+                    batch, size = [], BATCH
             if batch:
                 yield batch
         finally:
