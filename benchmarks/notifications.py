@@ -90,6 +90,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
+from http_helpers import serving  # noqa: E402
 from process_helpers import stop  # noqa: E402
 from reminder_helpers import (  # noqa: E402
     ACCOUNT,
@@ -304,14 +305,8 @@ class Hook(ThreadingHTTPServer):
 
 @contextmanager
 def hook_server() -> Iterator[Hook]:
-    hook = Hook()
-    thread = threading.Thread(target=hook.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Hook()) as hook:
         yield hook
-    finally:
-        hook.shutdown()
-        hook.server_close()
 
 
 def subscription(criteria: str, endpoint: str, payload: bool, **channel: Any) -> dict[str, Any]:

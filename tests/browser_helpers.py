@@ -8,13 +8,14 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from http_helpers import serving
 
 APP_DIR = Path(__file__).parent / "smart_app"
 FHIR_CLIENT_JS = APP_DIR / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
@@ -54,14 +55,8 @@ def static_app_server() -> Iterator[str]:
     works) on a free port; its origin differs from the FHIR server's, so CORS is exercised."""
     handler = partial(_QuietHandler, directory=str(APP_DIR))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(httpd):
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def auth_cli(*args: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from http_helpers import serving
 from process_helpers import stop
 
 from fhir_server.config import Settings
@@ -157,13 +158,8 @@ def twilio_server() -> Iterator[TwilioServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _resource(m: Message) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from http_helpers import serving
 from pymongo import MongoClient
 
 from fhir_server.testing import ServerProcess, free_port
@@ -281,12 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    stub = Recorder([])
-    thread = threading.Thread(target=stub.serve_forever, daemon=True)
-    thread.start()
-    yield stub
-    stub.shutdown()
-    stub.server_close()
+    with serving(Recorder([])) as stub:
+        yield stub
 
 
 def test_token_sent_as_bearer(recorder: Recorder, tmp_path: Path) -> None:

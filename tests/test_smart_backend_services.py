@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+from http_helpers import serving
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
 from smart_as_helpers import FHIR, ROOT, Smart, seed, smart_server, token_request
@@ -52,13 +52,8 @@ def jwks_server(ec_key: ECKey) -> Iterator[tuple[str, list[int]]]:
             pass
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_port}/jwks.json", hits
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
