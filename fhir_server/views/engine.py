@@ -214,7 +214,11 @@ class _Run:
         )
 
     def column(self, column: _Column, focus: Any, variables: Variables) -> Any:
-        values = [to_value(v) for v in self.evaluate(column.expression, focus, variables)]
+        expression = column.expression
+        try:
+            values = expression.path.values(focus, variables)
+        except FhirPathError as exc:
+            raise ViewRunError(str(exc), expression.location, self.label) from exc
         if column.collection:
             return values
         if len(values) > 1:

@@ -44,6 +44,7 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_server.resource_types import is_resource_type
+from fhir_server.views.fastpath import Fallback, compile_chain
 
 R4_MODEL: dict[str, Any] = models["r4"]
 
@@ -270,7 +271,7 @@ def _external_constants(node: Mapping[str, Any]) -> Iterable[str]:
 class Path:
     """A FHIRPath expression parsed once and evaluated on many nodes."""
 
-    def __init__(self, expression: str) -> None:
+    def __init__(self, expression: str, fast: bool = True) -> None:
         self.expression = expression
         try:
             tree = parse(expression)
@@ -281,9 +282,19 @@ class Path:
             raise FhirPathError(f"invalid FHIRPath {expression!r}")
         self._root: Mapping[str, Any] = tree["children"][0]
         self.variables = frozenset(_external_constants(self._root))
+        self._fast = compile_chain(self._root, R4_MODEL, _get_reference_key) if fast else None
 
     def __call__(self, focus: Any, variables: Mapping[str, Any]) -> list[Any]:
-        """The items (nodes or values) the expression selects from ``focus``."""
+        """The items (nodes or values) the expression selects from ``focus``: by the
+        compiled chain when the expression is one and the data allows (fastpath.py),
+        else by fhirpathpy's interpreter."""
+        if self._fast is not None:
+            try:
+                found = self._fast(focus)
+            except Fallback:
+                pass
+            else:
+                return [item for item in found if not _is_placeholder(item)]
         data = focus if isinstance(focus, list) else [focus]
         _fhirpath_clock.reset()  # now()/today() are fixed during one evaluation
         ctx = {
@@ -300,6 +311,15 @@ class Path:
         except Exception as exc:
             raise FhirPathError(f"{self.expression!r} failed: {exc}") from exc
         return [item for item in result if not _is_placeholder(item)]
+
+    def values(self, focus: Any, variables: Mapping[str, Any]) -> list[Any]:
+        """The result as JSON values (``to_value``); the compiled chain's directly."""
+        if self._fast is not None:
+            try:
+                return self._fast.values(focus)
+            except Fallback:
+                pass
+        return [to_value(item) for item in self(focus, variables)]
 
 
 def _is_placeholder(item: Any) -> bool:
