@@ -440,8 +440,11 @@ VIEW_PARAM = {"name": "viewResource", "resource": PATIENT_VIEW}
 @pytest.mark.parametrize(
     ("body", "params", "expression"),
     [
-        (_body({"name": "viewReference", "valueReference": {"reference": "ViewDefinition/v"}}),
-         None, "Parameters.parameter[0]"),
+        # exactly one of viewResource and viewReference (tests/test_views_store.py runs
+        # stored views by reference)
+        (_body(VIEW_PARAM, {"name": "viewReference",
+                            "valueReference": {"reference": "ViewDefinition/v"}}),
+         None, "Parameters.parameter[1]"),
         (_body(), None, "Parameters"),
         (_body(VIEW_PARAM, {"name": "_limit", "valueInteger": 0}), None, "Parameters.parameter[1]"),
         (_body(VIEW_PARAM, {"name": "_limit", "valueString": "x"}), None,

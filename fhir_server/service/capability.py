@@ -14,6 +14,7 @@ from fhir_server.resource_types import resource_types
 from fhir_server.search.parse import MODIFIERS
 from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.service.operations import RESOURCE_OPERATIONS, SYSTEM_OPERATIONS, operation_json
+from fhir_server.views.capability import view_definition_extension
 
 TYPE_INTERACTIONS = (
     "search-type",
@@ -177,7 +178,9 @@ def capability_statement(
                     {
                         "url": WEBSOCKET_EXTENSION,
                         "valueUri": "ws" + base_url.removeprefix("http") + "/websocket",
-                    }
+                    },
+                    # stored SQL on FHIR ViewDefinitions: no R4 type (views/capability.py)
+                    view_definition_extension(),
                 ],
                 **({"security": _security(base_url)} if settings.auth_enabled else {}),
                 "documentation": (

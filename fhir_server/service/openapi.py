@@ -109,6 +109,8 @@ def from_capability(cs: Json, registry: Registry, types: Collection[str] | None 
         _resource_paths(add, shared, schemas, resource, common)
     _system_paths(add, shared, schemas, rest, [r["type"] for r in resources], common)
     _compartment_paths(add, registry)
+    if types is None:  # ViewDefinition is no R4 type: only in the whole document
+        _view_definition_paths(add, schemas, rest)
     doc: Json = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -1068,3 +1070,214 @@ def _security_schemes(security: Json) -> Json:
         },
         "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
     }
+
+
+# --- stored SQL on FHIR ViewDefinitions (fhir_server/api/view_store.py, api/views.py) -----
+
+
+def _view_definition_paths(add: Adder, schemas: Json, rest: Json) -> None:
+    """The paths of ``[base]/ViewDefinition`` and its ``$run`` operations, from the
+    ``rest`` extension that declares them (views/capability.py)."""
+    from fhir_server.views.capability import ADDITIONAL_RESOURCE
+
+    found = [e for e in rest.get("extension", []) if e.get("url") == ADDITIONAL_RESOURCE]
+    if not found:
+        return
+    parts = found[0]["extension"]
+    t = next(p["valueCode"] for p in parts if p["url"] == "type")
+    codes = {p["valueCode"] for p in parts if p["url"] == "interaction"}
+    searchable = [p["valueString"].split("|") for p in parts if p["url"] == "searchParam"]
+    operations = [p["valueCanonical"] for p in parts if p["url"] == "operation"]
+    schemas[t] = {
+        "type": "object",
+        "required": ["resourceType", "resource", "status", "select"],
+        "properties": {
+            "resourceType": {"const": t},
+            "id": _id_schema(),
+            "url": {"type": "string"},
+            "version": {"type": "string"},
+            "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+            "title": {"type": "string"},
+            "status": {"enum": ["draft", "active", "retired", "unknown"]},
+            "resource": {"type": "string"},
+            "select": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "constant": {"type": "array", "items": {"type": "object"}},
+            "where": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    one = _fhir_body(_ref("schemas", t))
+    created = _fhir_body(_ref("schemas", t), "201", "Created")
+    rid = _path_param("id")
+    vid = _path_param("vid", {"type": "string", "pattern": "^[0-9]+$"})
+    writes = [_ref("parameters", "If-Match"), _ref("parameters", "Prefer"), *_rendering()]
+    bundle = _fhir_body(_ref("schemas", "Bundle"))
+    outcome = _fhir_body(_ref("schemas", "OperationOutcome"))
+
+    def op(name: str, summary: str, params: list[Json], responses: Json, **extra: Any) -> Json:
+        return {
+            "operationId": f"{name}-{t}",
+            "tags": [t],
+            "summary": summary,
+            "parameters": params,
+            "responses": responses,
+            **extra,
+        }
+
+    if "search-type" in codes:
+        query = [_query(name, dict(SEARCH_VALUE_SCHEMAS[kind])) for name, kind in searchable]
+        paging = [
+            _query("_count", {"type": "integer", "minimum": 0}),
+            _query("_cursor", {"type": "string"}),
+        ]
+        add(
+            f"/{t}",
+            "get",
+            op("search-type", f"Search {t}", [*query, *paging, *_rendering()], bundle),
+        )
+    if "create" in codes:
+        add(
+            f"/{t}",
+            "post",
+            op(
+                "create",
+                f"Create a {t}",
+                [_ref("parameters", "Prefer"), *_rendering()],
+                {**created, **one},
+                requestBody=_resource_body(t),
+            ),
+        )
+    if "read" in codes:
+        conditional = [_ref("parameters", "If-None-Match"), _ref("parameters", "If-Modified-Since")]
+        add(
+            f"/{t}/{{id}}",
+            "get",
+            op(
+                "read",
+                f"Read a {t}",
+                [rid, *conditional, *_rendering()],
+                {**one, "304": {"description": "Not Modified"}},
+            ),
+        )
+    if "vread" in codes:
+        add(
+            f"/{t}/{{id}}/_history/{{vid}}",
+            "get",
+            op("vread", f"Read a version of a {t}", [rid, vid, *_rendering()], one),
+        )
+    if "update" in codes:
+        add(
+            f"/{t}/{{id}}",
+            "put",
+            op(
+                "update",
+                f"Update (or create) a {t}",
+                [rid, *writes],
+                {**one, **created},
+                requestBody=_resource_body(t),
+            ),
+        )
+    if "delete" in codes:
+        add(
+            f"/{t}/{{id}}",
+            "delete",
+            op(
+                "delete",
+                f"Delete a {t}",
+                [rid, *writes],
+                {**outcome, "204": {"description": "Deleted"}},
+            ),
+        )
+    if "history-instance" in codes:
+        paging = [
+            _query("_count", {"type": "integer", "minimum": 0}),
+            _query("_cursor", {"type": "string"}),
+        ]
+        add(
+            f"/{t}/{{id}}/_history",
+            "get",
+            op("history-instance", f"History of a {t}", [rid, *paging, *_rendering()], bundle),
+        )
+    rows = {
+        "200": {
+            "description": "The view's rows in the requested format",
+            "content": {
+                media: {"schema": {}}
+                for media in (
+                    "application/json",
+                    "application/x-ndjson",
+                    "text/csv",
+                    "application/vnd.apache.parquet",
+                )
+            },
+        }
+    }
+    body = {
+        "required": False,
+        "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+    }
+    formats = [
+        _query("_format", {"type": "string"}),
+        _query("header", {"type": "string", "enum": ["true", "false"]}),
+    ]
+    accepted = {
+        "202": {
+            "description": "Accepted: poll the Content-Location (the status of the export)",
+            "content": {FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+        }
+    }
+    prefer = _ref("parameters", "Prefer")
+    for definition in operations:
+        if definition.endswith("$viewdefinition-export"):
+            export = f"Export views ({definition}); needs Prefer: respond-async"
+            for path, level in (
+                ("/$viewdefinition-export", "system"),
+                (f"/{t}/$viewdefinition-export", "type"),
+                (f"/{t}/$export", "type-short"),
+            ):
+                add(
+                    path,
+                    "post",
+                    op(
+                        f"export-{level}",
+                        export,
+                        [prefer],
+                        accepted,
+                        requestBody={**body, "required": True},
+                    ),
+                )
+            for path, level in (
+                (f"/{t}/{{id}}/$viewdefinition-export", "instance"),
+                (f"/{t}/{{id}}/$export", "instance-short"),
+            ):
+                add(
+                    path,
+                    "post",
+                    op(f"export-{level}", export, [rid, prefer], accepted, requestBody=body),
+                )
+            continue
+        if definition.endswith("$viewdefinition-run"):
+            path, level = "/$viewdefinition-run", "system"
+        else:
+            add(
+                f"/{t}/{{id}}/$run",
+                "post",
+                op(
+                    "run-instance",
+                    f"Run the stored {t} ({definition})",
+                    [rid, *formats],
+                    rows,
+                    requestBody=body,
+                ),
+            )
+            path, level = f"/{t}/$run", "type"
+        add(
+            path,
+            "post",
+            op(
+                f"run-{level}",
+                f"Run a {t} ({definition})",
+                formats,
+                rows,
+                requestBody=body,
+            ),
+        )
