@@ -1,5 +1,5 @@
-"""Writing one export unit's NDJSON files to GridFS, on a worker (sync PyMongo: Celery
-tasks are synchronous).
+"""Writing one export unit's files to GridFS, on a worker (sync PyMongo: Celery tasks
+are synchronous).
 
 A run first claims the unit with a lease (so two deliveries of the same task never
 write the same unit at once), deletes files of an earlier run that were never committed,
@@ -8,6 +8,10 @@ then streams the unit's resources in ``_id`` order after its checkpoint. The sto
 (only ``_elements`` parses them). Each full file is closed, then committed together
 with the new checkpoint in one update that also checks the lease is still ours:
 memory stays at one cursor batch and a few MB of chunks whatever the export size.
+
+What a file holds is the unit kind's ``FileContent`` (``content_for``): the resources'
+NDJSON lines for ``$export``, a ViewDefinition's rows for ``$viewdefinition-export``
+(views/export.py); the claim, checkpoint, commit and recovery are the same for both.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import bson
 from bson import ObjectId
@@ -94,6 +98,67 @@ class NdjsonFile:
     def abort(self) -> None:
         self.chunks.delete_many({"files_id": self._id})
         self.files.delete_one({"_id": self._id})
+
+
+class FileContent(Protocol):
+    """What one unit kind writes: the file's name and media type, its first and last
+    bytes, and each resource's bytes. ``add`` returns how many items (lines, rows) the
+    resource gave; a file is committed once it holds ``file_max`` of them, always after
+    a whole resource, so that the unit's checkpoint is a resource id."""
+
+    media_type: str
+    always_file: bool  # write an (empty) file when the unit has no resources at all
+
+    def file_name(self, seq: int) -> str: ...
+
+    def start(self, out: NdjsonFile) -> None: ...
+
+    def add(self, out: NdjsonFile, raw: bytes) -> int: ...
+
+    def end(self, out: NdjsonFile) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class ResourceLines:
+    """Bulk Data ``$export``: each resource's stored JSON as one NDJSON line, copied
+    as it is (parsed only for ``_elements``)."""
+
+    media_type = "application/fhir+ndjson"
+    always_file = False
+
+    def __init__(self, unit: dict[str, Any], unit_id: str) -> None:
+        self.type = unit["type"]
+        self.unit_id = unit_id
+        self.elements = frozenset(unit["elements"]) if unit.get("elements") else None
+
+    def file_name(self, seq: int) -> str:
+        return f"{self.type}-{self.unit_id}-{seq}.ndjson"
+
+    def start(self, out: NdjsonFile) -> None:
+        pass
+
+    def add(self, out: NdjsonFile, raw: bytes) -> int:
+        if self.elements is not None:
+            raw = dumps(select_elements(load_stored(raw), self.elements))
+        out.write(raw)
+        out.write(b"\n")
+        return 1
+
+    def end(self, out: NdjsonFile) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+def content_for(unit: dict[str, Any], unit_id: str) -> FileContent:
+    """The writer of a unit's kind (units stored before kinds existed are resources)."""
+    if unit.get("kind") == "view":
+        from fhir_server.views.export import ViewRows
+
+        return ViewRows(unit)
+    return ResourceLines(unit, unit_id)
 
 
 class LeaseLost(Exception):
@@ -182,7 +247,7 @@ class UnitExport:
         return {"$and": clauses}
 
     def _write(self, unit: dict[str, Any]) -> int:
-        elements = frozenset(unit["elements"]) if unit["elements"] else None
+        content = content_for(unit, self.unit_id)
         seq = len(unit["files"])
         cursor = self.db[unit["type"]].find(
             self._query(unit), {"raw": 1}, sort=[("_id", 1)], batch_size=_BATCH
@@ -190,28 +255,25 @@ class UnitExport:
         written = 0
         upload: NdjsonFile | None = None
         count = 0
-        last_id = None
+        last_id = unit["after"]
         self.renewed = time.monotonic()
         try:
             for doc in cursor:
                 if upload is None:
-                    metadata = {"job": unit["job"], "unit": self.unit_id, "seq": seq}
-                    name = f"{unit['type']}-{self.unit_id}-{seq}.ndjson"
-                    upload = NdjsonFile(self.db, name, {**metadata, "type": unit["type"]})
-                raw: bytes = doc["raw"]
-                if elements is not None:
-                    raw = dumps(select_elements(load_stored(raw), elements))
-                upload.write(raw)
-                upload.write(b"\n")
-                count += 1
+                    upload = self._open(unit, content, seq)
+                count += content.add(upload, doc["raw"])
                 last_id = doc["_id"]
                 if count >= self.file_max:
+                    content.end(upload)
                     self._commit(upload, seq, count, last_id)
                     written += count
                     upload, count, seq = None, 0, seq + 1
                 elif time.monotonic() - self.renewed > _RENEW_EVERY:
                     self.renew()
+            if upload is None and seq == 0 and content.always_file:
+                upload = self._open(unit, content, seq)  # no resources: an empty file
             if upload is not None:
+                content.end(upload)
                 self._commit(upload, seq, count, last_id)
                 written += count
                 upload = None
@@ -219,7 +281,20 @@ class UnitExport:
             cursor.close()
             if upload is not None and not upload.closed:
                 upload.abort()  # an error or a lost lease mid-file: this file never counts
+            content.discard()
         return written
+
+    def _open(self, unit: dict[str, Any], content: FileContent, seq: int) -> NdjsonFile:
+        metadata = {
+            "job": unit["job"],
+            "unit": self.unit_id,
+            "seq": seq,
+            "type": unit["type"],
+            "contentType": content.media_type,
+        }
+        upload = NdjsonFile(self.db, content.file_name(seq), metadata)
+        content.start(upload)
+        return upload
 
     def _commit(self, upload: NdjsonFile, seq: int, count: int, last_id: Any) -> None:
         upload.close()

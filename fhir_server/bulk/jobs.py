@@ -1,15 +1,21 @@
 """Export jobs in MongoDB, shared by API nodes and workers.
 
-``bulk_jobs``:  {_id, status: running|complete|failed, client_id, owner ({client, user,
-                 patient}: access.owner_of), request (kick-off URL),
-                 tx (transactionTime), created, completed, expires, error,
-                 error_files: [{id, count}], expiry_seconds}
-``bulk_units``: {_id: "<job>:<n>", job, n, type, filter (BSON bytes), lo, hi (an _id
-                 range, None: open), elements, state: pending|done, after (last _id
+``bulk_jobs``:  {_id, kind: resources|view, status: running|complete|failed, client_id,
+                 owner ({client, user, patient}: access.owner_of), request (kick-off
+                 URL), tx (transactionTime), created, completed, expires, error,
+                 error_files: [{id, count}], expiry_seconds, + the kind's own fields}
+``bulk_units``: {_id: "<job>:<n>", job, n, kind, type, filter (BSON bytes), lo, hi (an
+                 _id range, None: open), elements, state: pending|done, after (last _id
                  written), files: [{id, count, seq}], count, owner, lease, dispatched,
-                 file_max, lease_seconds}
+                 file_max, lease_seconds, + the kind's own fields}
 The limits are the API's settings at kick-off, so workers need no export settings.
-GridFS bucket ``bulk``: the NDJSON files, metadata {job, unit, seq, type, count}.
+GridFS bucket ``bulk``: the files, metadata {job, unit, seq, type, contentType}.
+
+Two kinds of job share this machinery: ``resources`` (Bulk Data ``$export``: a unit
+copies resources to NDJSON) and ``view`` (SQL on FHIR ``$viewdefinition-export``: a
+unit writes a ViewDefinition's rows, views/export.py). Only what a unit writes per
+resource differs (export.py ``content_for``); jobs, units, leases, checkpoints,
+dispatch, status, cancel, download and expiry are the same code.
 
 One unit is one resource type, or an ``_id`` range of a big type so that several
 workers share it. A unit's files are committed one by one: a file counts only once its
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +52,8 @@ class UnitPlan:
     resource_type: str
     filter: Filter
     elements: Sequence[str] | None
+    kind: str = "resources"  # what the unit writes: see export.content_for
+    extra: Mapping[str, Any] | None = None  # the kind's own unit fields
 
 
 def new_job_id() -> str:
@@ -103,17 +111,22 @@ async def create_job(
     file_max: int,
     lease_seconds: int,
     expiry_seconds: int,
+    kind: str = "resources",
+    extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Store the job and its units; returns the unit ids to dispatch. Units are written
     before the job, so a job document always has all its units."""
     unit_docs: list[dict[str, Any]] = []
     for plan in units:
-        for lo, hi in await id_ranges(db, plan.resource_type, unit_size):
+        for k, (lo, hi) in enumerate(await id_ranges(db, plan.resource_type, unit_size)):
             unit_docs.append(
                 {
+                    **(plan.extra or {}),
                     "_id": f"{job_id}:{len(unit_docs):05d}",
                     "job": job_id,
                     "n": len(unit_docs),
+                    "kind": plan.kind,
+                    "range": k,  # which of the plan's _id ranges
                     "type": plan.resource_type,
                     "filter": bson.encode(plan.filter),
                     "lo": lo,
@@ -136,7 +149,9 @@ async def create_job(
     t = now()
     await db[JOBS].insert_one(
         {
+            **(extra or {}),
             "_id": job_id,
+            "kind": kind,
             "status": "complete" if done else "running",
             "client_id": client_id,
             "owner": owner,
@@ -205,12 +220,20 @@ async def progress(db: AsyncDatabase[dict[str, Any]], job_id: str) -> tuple[int,
     return written, done, total
 
 
+async def committed_files(
+    db: AsyncDatabase[dict[str, Any]], job_id: str, field: str = "type"
+) -> list[tuple[Any, str, int]]:
+    """(the unit's ``field``, file id, count) of every committed file, by unit then
+    sequence: the output of a finished job, whatever its kind."""
+    out: list[tuple[Any, str, int]] = []
+    async for unit in db[UNITS].find({"job": job_id}, {field: 1, "files": 1}, sort=[("n", 1)]):
+        for f in sorted(unit["files"], key=lambda f: f["seq"]):
+            out.append((unit.get(field), str(f["id"]), f["count"]))
+    return out
+
+
 async def manifest_files(
     db: AsyncDatabase[dict[str, Any]], job_id: str
 ) -> list[tuple[str, str, int]]:
     """(type, file id, count) of every committed file, by unit then sequence."""
-    out: list[tuple[str, str, int]] = []
-    async for unit in db[UNITS].find({"job": job_id}, {"type": 1, "files": 1}, sort=[("n", 1)]):
-        for f in sorted(unit["files"], key=lambda f: f["seq"]):
-            out.append((unit["type"], str(f["id"]), f["count"]))
-    return out
+    return [(str(t), fid, count) for t, fid, count in await committed_files(db, job_id)]

@@ -6,6 +6,11 @@
   200 with the manifest when complete, 500 with an OperationOutcome when failed;
   ``DELETE`` cancels the job and removes its files (202).
 - ``GET [base]/$export-file/[job]/[file]`` → the NDJSON file, streamed from GridFS.
+
+The same job machinery serves SQL on FHIR ``$viewdefinition-export`` (api/view_export.py
+starts those jobs): its status poll answers an interim Parameters while running and 303
+to ``[base]/$export-status/[job]/result`` once finished (the manifest Parameters, or the
+failure's OperationOutcome); cancel and download are the ones above.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from fhir_server.outcome import FhirError, Issue, bad_request, info_outcome, ope
 from fhir_server.resource_types import resource_types
 from fhir_server.service.everything import compartment_types
 from fhir_server.service.search import RESULT_ONLY
+from fhir_server.views.export import result_parameters, status_parameters
 
 router = APIRouter(dependencies=[Depends(bind_base_url)])
 log = logging.getLogger(__name__)
@@ -77,7 +83,7 @@ def _celery(request: Request) -> Celery:
     return app
 
 
-async def _dispatch(request: Request, unit_ids: list[str]) -> None:
+async def dispatch_units(request: Request, unit_ids: list[str]) -> None:
     """Queue the units' tasks. A broker that is down does not fail the request: the job
     is stored, and status polls re-send tasks of units nobody has started."""
     try:
@@ -88,7 +94,7 @@ async def _dispatch(request: Request, unit_ids: list[str]) -> None:
         log.exception("could not queue %d export tasks; status polls will retry", len(unit_ids))
 
 
-async def _prepare(request: Request) -> AsyncDatabase[dict[str, Any]]:
+async def prepare(request: Request) -> AsyncDatabase[dict[str, Any]]:
     """The database, with the bulk indexes made once per app, and expired jobs gone."""
     db = _db(services(request))
     if not getattr(request.app.state, "bulk_ready", False):
@@ -101,7 +107,7 @@ async def _prepare(request: Request) -> AsyncDatabase[dict[str, Any]]:
 # --- kick-off ----------------------------------------------------------------------------
 
 
-def _respond_async(request: Request) -> bool:
+def respond_async(request: Request) -> bool:
     header = request.headers.get("prefer", "")
     return any(p.strip().lower() == "respond-async" for p in header.replace(";", ",").split(","))
 
@@ -109,7 +115,7 @@ def _respond_async(request: Request) -> bool:
 async def _kickoff(
     request: Request, level: Level, path: str, group_id: str | None = None
 ) -> Response:
-    if not _respond_async(request):
+    if not respond_async(request):
         raise bad_request("$export is asynchronous: send Prefer: respond-async", "Prefer")
     svc = services(request)
     pairs = list(request.query_params.multi_items())
@@ -117,7 +123,7 @@ async def _kickoff(
         pairs += pairs_from_body(await optional_body(request))
     lenient = neg.prefer(request).handling == "lenient"
     req = parse_request(level, pairs, group_id=group_id, lenient=lenient, method=request.method)
-    db = await _prepare(request)
+    db = await prepare(request)
     existing = set(await db.list_collection_names())
     grant, patients = await _scope(request, level, req, lenient)
     base = base_url(request)
@@ -153,7 +159,7 @@ async def _kickoff(
         expiry_seconds=svc.settings.export_expiry_seconds,
     )
     if unit_ids:
-        await _dispatch(request, unit_ids)
+        await dispatch_units(request, unit_ids)
     status_url = f"{base_url(request)}/$export-status/{job_id}"
     body = info_outcome(f"Export started; poll {status_url}")
     return Response(
@@ -185,7 +191,7 @@ async def _scope(
         # Before the lookup: a token that may not read this group gets the same answer
         # whether it exists or not (403 without Group scope, 404 outside it).
         await require_visible(request, "Group", req.group_id or "")
-        members = await _group_members(svc, req.group_id or "")
+        members = await group_members(svc, req.group_id or "")
         patients = tuple(p for p in members if patients is None or p in patients)
     grant = authorize_kickoff(access_of(request), level, req.types, candidates, patients)
     if grant.patients is not None:  # a patient-bound token narrows whatever was asked
@@ -205,7 +211,7 @@ def _request_url(request: Request, path: str) -> str:
     return f"{base_url(request)}{path}" + (f"?{query}" if query else "")
 
 
-async def _group_members(svc: Services, group_id: str) -> tuple[str, ...]:
+async def group_members(svc: Services, group_id: str) -> tuple[str, ...]:
     """Patient ids of ``Group.member.entity`` (404 unknown group, 410 deleted)."""
     stored = await svc.resources.read("Group", group_id)
     assert stored.raw is not None
@@ -322,7 +328,7 @@ async def export_other_methods(request: Request) -> Response:
 
 
 async def _job(request: Request, job_id: str) -> dict[str, Any]:
-    db = await _prepare(request)
+    db = await prepare(request)
     job = await db[jobs.JOBS].find_one({"_id": job_id})
     if job is None or not owns(access_of(request), job):
         # One answer for both: another user must not learn that the job exists.
@@ -335,21 +341,28 @@ async def export_status(request: Request, job_id: str) -> Response:
     svc = services(request)
     job = await _job(request, job_id)
     db = _db(svc)
+    view = job.get("kind") == "view"
     if job["status"] == "running":
         stalled = await jobs.stalled_units(db, job_id, svc.settings.export_lease_seconds)
         if stalled:
-            await _dispatch(request, stalled)
+            await dispatch_units(request, stalled)
         written, done, total = await jobs.progress(db, job_id)
-        return Response(
-            status_code=202,
-            headers={
-                "X-Progress": f"{done} of {total} parts done, {written} resources written",
-                "Retry-After": RETRY_AFTER,
-            },
-        )
+        what = "rows" if view else "resources"
+        headers = {
+            "X-Progress": f"{done} of {total} parts done, {written} {what} written",
+            "Retry-After": RETRY_AFTER,
+        }
+        if view:  # SQL on FHIR: an interim Parameters (ViewDefinitionExport, polling)
+            body = status_parameters(job, "in-progress", _status_url(request, job_id))
+            return Response(dumps(body), 202, headers=headers, media_type=FHIR_JSON)
+        return Response(status_code=202, headers=headers)
+    if view:
+        # SQL on FHIR (operations-common "Asynchronous Delivery"): "once the job has
+        # finished - whether it succeeded or failed - the status poll returns 303 See
+        # Other with a Location header carrying the result URL and an empty body".
+        return Response(status_code=303, headers={"Location": _result_url(request, job_id)})
     if job["status"] == "failed":
-        outcome = operation_outcome([Issue("exception", job["error"] or "Export failed")])
-        return Response(dumps(outcome), 500, media_type=FHIR_JSON)
+        return _failed(job)
     base = base_url(request)
     output = [
         {"type": t, "url": f"{base}/$export-file/{job_id}/{fid}", "count": count}
@@ -368,6 +381,41 @@ async def export_status(request: Request, job_id: str) -> Response:
     }
     headers = {"Expires": http_date(job["expires"])} if job.get("expires") else {}
     return Response(dumps(manifest), 200, headers=headers, media_type="application/json")
+
+
+def _status_url(request: Request, job_id: str) -> str:
+    return f"{base_url(request)}/$export-status/{job_id}"
+
+
+def _result_url(request: Request, job_id: str) -> str:
+    return f"{_status_url(request, job_id)}/result"
+
+
+def _failed(job: dict[str, Any]) -> Response:
+    outcome = operation_outcome([Issue("exception", job["error"] or "Export failed")])
+    return Response(dumps(outcome), 500, media_type=FHIR_JSON)
+
+
+@router.get("/$export-status/{job_id}/result")
+async def export_result(request: Request, job_id: str) -> Response:
+    """The result of a finished ``$viewdefinition-export`` (the URL its status poll's
+    303 names): 200 with the manifest Parameters, or 500 with the OperationOutcome of a
+    failed export. Before the end, what a status poll says (202); no result for a Bulk
+    Data job, whose status poll answers its manifest itself."""
+    job = await _job(request, job_id)
+    if job.get("kind") != "view":
+        raise FhirError.of(404, "not-found", f"Export {job_id} has no result URL")
+    if job["status"] == "running":
+        return await export_status(request, job_id)
+    if job["status"] == "failed":
+        return _failed(job)
+    db = _db(services(request))
+    files = ((n, fid) for n, fid, _ in await jobs.committed_files(db, job_id, "view_n"))
+    body = result_parameters(
+        job, _status_url(request, job_id), files, f"{base_url(request)}/$export-file/{job_id}"
+    )
+    headers = {"Expires": http_date(job["expires"])} if job.get("expires") else {}
+    return Response(dumps(body), 200, headers=headers, media_type=FHIR_JSON)
 
 
 @router.delete("/$export-status/{job_id}")
@@ -392,6 +440,10 @@ async def export_file(request: Request, job_id: str, file_id: str) -> Response:
     if info is None:
         raise FhirError.of(404, "not-found", f"No file {file_id!r} in export {job_id}")
     stream = await AsyncGridFSBucket(db, jobs.BUCKET).open_download_stream(oid)
+    metadata = info.get("metadata") or {}
+    headers = {"Content-Length": str(info["length"])}
+    if job.get("kind") == "view":  # a view's part: its name, for clients that save it
+        headers["Content-Disposition"] = f'attachment; filename="{info["filename"]}"'
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -404,7 +456,5 @@ async def export_file(request: Request, job_id: str, file_id: str) -> Response:
             await stream.close()
 
     return StreamingResponse(
-        chunks(),
-        media_type=NDJSON,
-        headers={"Content-Length": str(info["length"])},
+        chunks(), media_type=metadata.get("contentType", NDJSON), headers=headers
     )
