@@ -7,6 +7,7 @@ COPY smart_auth ./smart_auth
 COPY importers ./importers
 COPY terminology ./terminology
 COPY profiles ./profiles
+COPY reports ./reports
 RUN pip install --no-cache-dir .
 ENV FHIR_HOST=0.0.0.0 FHIR_PORT=8080
 EXPOSE 8080

@@ -19,10 +19,13 @@ from fhir_server.api.nul import RefuseNul
 from fhir_server.api.openapi import router as openapi_router
 from fhir_server.api.operations import router as operations_router
 from fhir_server.api.paths import unknown_operations
+from fhir_server.api.reports import router as reports_router
 from fhir_server.api.routes import Services, router
 from fhir_server.api.security_headers import SecurityHeaders
 from fhir_server.api.snapshot import router as snapshot_router
 from fhir_server.api.terminology import router as terminology_router
+from fhir_server.api.view_export import router as view_export_router
+from fhir_server.api.view_store import router as view_store_router
 from fhir_server.api.views import router as views_router
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
@@ -145,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # needs; each route tried costs a FHIR request microseconds.
     install_smart_configuration(app, settings)  # before /fhir/{type}/{id}
     app.include_router(openapi_router, prefix=BASE_PATH)  # before /fhir/{type}
+    app.include_router(view_export_router, prefix=BASE_PATH)  # $viewdefinition-export
+    app.include_router(view_store_router, prefix=BASE_PATH)  # before /fhir/{type}: not R4
     app.include_router(router, prefix=BASE_PATH)
     app.include_router(terminology_router, prefix=BASE_PATH)
     app.include_router(scheduling_router, prefix=BASE_PATH)
@@ -154,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations_router, prefix=BASE_PATH)
     app.include_router(snapshot_router, prefix=BASE_PATH)  # StructureDefinition/$snapshot
     app.include_router(views_router, prefix=BASE_PATH)  # SQL on FHIR $viewdefinition-run
+    app.include_router(reports_router, prefix=BASE_PATH)  # the clinics' $report
     app.include_router(bulk_router, prefix=BASE_PATH)
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel

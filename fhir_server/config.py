@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         "the invoices Invoice/$generate builds and those of an Account without an owner, and "
         "the Encounters whose serviceProvider it is are charged (none when unset).",
     )
+    report_clinic_name: str = Field(
+        "Clínica",
+        description="The clinic's name at the head of $report PDFs and spreadsheets when "
+        "FHIR_BILLING_ISSUER names no Organization with a name (docs/reports.md).",
+    )
     billing_establishment: str = Field(
         "001",
         pattern=r"^[0-9]{3}$",

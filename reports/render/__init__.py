@@ -1,0 +1,1 @@
+"""Writers of a report Table: CSV, Excel (openpyxl) and PDF (reportlab)."""
