@@ -666,8 +666,33 @@ def test_repeated_parameter(clinic) -> None:
 
 
 def test_other_methods(clinic) -> None:
-    r = clinic[0].post(REPORT, content=b"{}", headers={"Content-Type": FHIR_JSON, **admin(clinic)})
-    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    for method in ("PUT", "PATCH", "DELETE"):
+        r = clinic[0].request(
+            method, REPORT, content=b"{}", headers={"Content-Type": FHIR_JSON, **admin(clinic)}
+        )
+        assert r.status_code == 405 and r.headers["allow"] == "GET, POST", method
+
+
+def test_post_with_a_parameters_body(clinic) -> None:
+    """http.html#operations: an operation that does not affect state may be invoked by
+    GET, and by POST with its parameters in a Parameters resource."""
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "name", "valueCode": "appointments"},
+            {"name": "from", "valueDate": MARCH["from"]},
+            {"name": "to", "valueDate": MARCH["to"]},
+            {"name": "_format", "valueCode": "csv"},
+        ],
+    }
+    headers = {"Content-Type": FHIR_JSON, **admin(clinic)}
+    r = clinic[0].post(REPORT, content=json.dumps(body), headers=headers)
+    assert csv_rows(r) == APPOINTMENTS_ES
+    body["parameter"].append({"name": "lang", "valueCoding": {"code": "en"}})
+    r = clinic[0].post(REPORT, content=json.dumps(body), headers=headers)
+    assert expressions(assert_outcome(r, 400)) == ["Parameters.parameter[4]"]
+    r = clinic[0].post(REPORT, content=b'{"resourceType": "Patient"}', headers=headers)
+    assert expressions(assert_outcome(r, 400)) == ["Parameters"]
 
 
 # --- SMART ----------------------------------------------------------------------------

@@ -590,6 +590,8 @@ def _workflow_paths(add: Adder, od: Json, types: list[str]) -> None:
     inputs = [q for q in od.get("parameter", []) if q["use"] == "in"]
     answer = next((q["type"] for q in od.get("parameter", []) if q["name"] == "return"), None)
     schema = _ref("schemas", answer) if answer else _ref("schemas", "Parameters")
+    # A Binary return is the document itself ($report: CSV, Excel, PDF or JSON rows).
+    responses = _BINARY_ANSWER if answer == "Binary" else _fhir_body(schema)
     query = [
         _query(q["name"], {"type": "string", **({"format": "date"} if q["type"] == "date" else {})})
         for q in inputs
@@ -623,12 +625,26 @@ def _workflow_paths(add: Adder, od: Json, types: list[str]) -> None:
                     "summary": f"{od.get('title', code)} ({od['url']})",
                     "description": od.get("description", ""),
                     "parameters": [*extra, *(query if method == "get" else [])],
-                    "responses": _fhir_body(schema),
+                    "responses": responses,
                     **(body if method == "post" else {}),
                 },
             )
 
 
+_BINARY_ANSWER: Json = {
+    "200": {
+        "description": "The document, in the format asked for",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in (
+                "text/csv",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/pdf",
+                "application/json",
+            )
+        },
+    }
+}
 WORKFLOW = {d["url"]: d for ops in workflow_operations() for d in ops.definitions()}
 TERMINOLOGY = {op.definition["definition"]: op for op in TERMINOLOGY_OPERATIONS}
 # inputs that only a POSTed Parameters resource can carry (a Coding, a resource ...)

@@ -11,6 +11,7 @@ from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
 from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
 from fhir_server.workflows.scheduling.definitions import APPOINTMENT_OPERATIONS
 from fhir_server.workflows.subscriptions.definitions import OPERATIONS as SUBSCRIPTIONS
+from reports.operation import OPERATIONS as REPORTS
 from terminology.service import capability_operations
 
 PATIENT_EVERYTHING: Mapping[str, str] = MappingProxyType(
@@ -55,7 +56,12 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
     }
 )
 # rest.operation ($validate works on every type, so it is declared once here)
-SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (RESOURCE_VALIDATE, EXPORT, *PHARMACY.system())
+SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (
+    RESOURCE_VALIDATE,
+    EXPORT,
+    *PHARMACY.system(),
+    *REPORTS.system(),  # reports/: the clinics' $report
+)
 
 
 def operation_json(operations: tuple[Mapping[str, str], ...]) -> list[dict[str, str]]:

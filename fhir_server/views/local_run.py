@@ -173,10 +173,13 @@ async def run_stored(
     from fhir_server.views.run import ViewRunService
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+    # One worker thread: the rows of a batch are made there while the event loop reads
+    # the next batch from MongoDB (inline, the two would take turns).
+    offload = Offload.start(1)
     try:
         storage = Storage(client, database)
         registry = Registry.from_definitions()
-        service = ViewRunService(storage, registry, Offload.inline())
+        service = ViewRunService(storage, registry, offload)
         policy = Policy(None, SearchService(storage, registry))
         if progress is not None:
             collection = storage.current(req.view.resource_type)
@@ -186,6 +189,7 @@ async def run_stored(
     except PyMongoError as exc:
         raise CommandError(f"MongoDB: {str(exc).splitlines()[0]}") from None
     finally:
+        offload.close()
         await client.close()
 
 

@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 
 
 def operations() -> list[Operations]:
-    """The OperationDefinitions of every workflow (each package's ``conformance/``)."""
+    """The OperationDefinitions of every workflow (each package's ``conformance/``), and
+    of the reports (reports/conformance/)."""
     from fhir_server.workflows.billing.definitions import OPERATIONS as BILLING
     from fhir_server.workflows.pharmacy.definitions import OPERATIONS as PHARMACY
     from fhir_server.workflows.scheduling.definitions import OPERATIONS as SCHEDULING
     from fhir_server.workflows.subscriptions.definitions import OPERATIONS as SUBSCRIPTIONS
+    from reports.operation import OPERATIONS as REPORTS
 
-    return [SCHEDULING, PHARMACY, BILLING, SUBSCRIPTIONS]
+    return [SCHEDULING, PHARMACY, BILLING, SUBSCRIPTIONS, REPORTS]
 
 
 def operations_shipment() -> Shipment:
