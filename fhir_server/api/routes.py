@@ -463,15 +463,24 @@ async def _write_response(
 ) -> Response:
     """The answer to a write: the resource as Prefer asks, except to a token that may
     not read it, which gets the minimal answer whatever it prefers (Policy.sees)."""
+    visible = await policy.sees(result.stored)
+    return written_response(request, result.stored, result.created, out, visible)
+
+
+def written_response(
+    request: Request, stored: StoredVersion, created: bool, out: neg.Output, visible: bool
+) -> Response:
+    """A create's or update's answer: 201 with Location or 200 with Content-Location, the
+    version headers, and the body Prefer asks for (none when ``visible`` is false: the
+    token may not read what it wrote). api/view_store.py answers with it too."""
     prefer = neg.prefer(request)
-    stored = result.stored
-    status = 201 if result.created else 200
+    status = 201 if created else 200
     location = f"{base_url(request)}/{stored.type}/{stored.id}/_history/{stored.version}"
-    headers = {"Location": location} if result.created else {"Content-Location": location}
-    if prefer.return_ == "minimal" or not await policy.sees(stored):
+    headers = {"Location": location} if created else {"Content-Location": location}
+    if prefer.return_ == "minimal" or not visible:
         return Response(status_code=status, headers={**version_headers(stored), **headers})
     if prefer.return_ == "OperationOutcome":
-        verb = "Created" if result.created else "Updated"
+        verb = "Created" if created else "Updated"
         message = f"{verb} {stored.type}/{stored.id} version {stored.version}"
         return outcome_response(
             info_outcome(message), out, status, {**version_headers(stored), **headers}

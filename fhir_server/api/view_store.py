@@ -29,7 +29,7 @@ from fhir_server.api.rendering import (
     resource_response,
     version_headers,
 )
-from fhir_server.api.routes import base_url, bind_base_url, services
+from fhir_server.api.routes import base_url, bind_base_url, services, written_response
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.datetimes import format_instant
@@ -81,20 +81,8 @@ async def _readable(policy: Policy) -> bool:
 
 
 async def _write_response(request: Request, written: Written, out: neg.Output) -> Response:
-    stored = written.stored
-    status = 201 if written.created else 200
-    location = f"{base_url(request)}/{TYPE}/{stored.id}/_history/{stored.version}"
-    headers = {"Location": location} if written.created else {"Content-Location": location}
-    prefer = neg.prefer(request)
-    if prefer.return_ == "minimal" or not await _readable(request_policy(request)):
-        return Response(status_code=status, headers={**version_headers(stored), **headers})
-    if prefer.return_ == "OperationOutcome":
-        verb = "Created" if written.created else "Updated"
-        message = f"{verb} {TYPE}/{stored.id} version {stored.version}"
-        return outcome_response(
-            info_outcome(message), out, status, {**version_headers(stored), **headers}
-        )
-    return resource_response(stored, out, status, headers)
+    visible = await _readable(request_policy(request))
+    return written_response(request, written.stored, written.created, out, visible)
 
 
 def _count(value: str | None, default: int, maximum: int) -> int:
