@@ -408,7 +408,7 @@ async def search_type_post(request: Request, rtype: str) -> Response:
 # --- read ------------------------------------------------------------------------------
 
 
-def _not_modified(request: Request, stored: StoredVersion) -> bool:
+def not_modified(request: Request, stored: StoredVersion) -> bool:
     """Conditional read (http.html#cread): If-None-Match / If-Modified-Since."""
     tag = neg.if_none_match(request)
     if tag is not None:
@@ -423,7 +423,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     out = neg.negotiate(request)
     await require_visible(request, t, rid)
     stored = await services(request).resources.read(t, rid)
-    if _not_modified(request, stored):
+    if not_modified(request, stored):
         return Response(status_code=304, headers=version_headers(stored))
     return resource_response(stored, out)
 

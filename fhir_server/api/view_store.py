@@ -29,7 +29,13 @@ from fhir_server.api.rendering import (
     resource_response,
     version_headers,
 )
-from fhir_server.api.routes import base_url, bind_base_url, services, written_response
+from fhir_server.api.routes import (
+    base_url,
+    bind_base_url,
+    not_modified,
+    services,
+    written_response,
+)
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Policy
 from fhir_server.datetimes import format_instant
@@ -200,11 +206,7 @@ async def type_level_not_allowed(request: Request) -> Response:
 async def read(request: Request, rid: str) -> Response:
     out = _output(request)
     stored = await view_store(request).read(rid, request_policy(request))
-    tag = neg.if_none_match(request)
-    since = neg.if_modified_since(request)
-    if (tag is not None and tag == stored.version) or (
-        tag is None and since is not None and stored.last_updated.replace(microsecond=0) <= since
-    ):
+    if not_modified(request, stored):
         return Response(status_code=304, headers=version_headers(stored))
     return resource_response(stored, out)
 
