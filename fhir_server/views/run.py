@@ -546,8 +546,8 @@ async def _inline_batches(resources: Sequence[Any]) -> AsyncGenerator[list[Any],
 async def _read_ahead(
     batches: AsyncGenerator[list[Any], None],
 ) -> AsyncGenerator[list[Any], None]:
-    """Each batch, the next one being read meanwhile: the database prepares the next
-    getMore while this process evaluates the batch at hand (+~15% rows/s)."""
+    """Each batch, the next one being read meanwhile: the database answers the next
+    getMore while this process evaluates the batch at hand in the offload pool."""
     task = asyncio.ensure_future(anext(batches, None))
     try:
         while (batch := await task) is not None:
