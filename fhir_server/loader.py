@@ -95,6 +95,8 @@ class Options:
 
     base_url: str
     token: str | None = None
+    # instead of a fixed token: authentication that renews its own (a backend client)
+    auth: httpx.Auth | None = None
     concurrency: int = 4
     batch_size: int = 500
     ndjson_bundle: BundleType = "transaction"
@@ -418,6 +420,7 @@ class Sender:
             timeout=httpx.Timeout(options.timeout_s, connect=min(options.timeout_s, 30.0)),
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
             transport=transport,
+            auth=options.auth,
         )
         self.retries = 0
 

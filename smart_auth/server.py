@@ -52,6 +52,12 @@ MAX_ASSERTION_LIFETIME = 300
 CODE_SECONDS = 300
 USER_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SECRET_REFUSED = (
+    "client_credentials needs a signed client assertion (private_key_jwt, RS384 or ES384): "
+    "SMART Backend Services does not accept client secrets. Register a backend client "
+    "with `fhir-server auth create-client --type backend --generate-key --client-id ID` "
+    "and get tokens with `fhir-server auth token --url BASE --client-id ID --key ID.key.pem`"
+)
 
 
 # ----------------------------------------------------------------------------- requests
@@ -295,6 +301,22 @@ class BackendServicesGrant(_SmartTokens, grants.ClientCredentialsGrant):  # type
     ``system/`` scopes only."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+
+    def authenticate_token_endpoint_client(self) -> Client:
+        """A client secret is refused here, as SMART says: the symmetric profile "is not
+        intended for SMART Backend Services clients" (client-confidential-symmetric), so
+        the answer says how to register an asymmetric client instead."""
+        try:
+            return super().authenticate_token_endpoint_client()  # type: ignore[no-any-return]
+        except InvalidClientError as exc:
+            request = self.request
+            basic = request.headers.get("Authorization", "").lower().startswith("basic ")
+            if not (basic or request.form.get("client_secret")):
+                raise
+            raise InvalidClientError(
+                status_code=401 if basic else exc.status_code,  # RFC 6749 section 5.2
+                description=SECRET_REFUSED,
+            ) from exc
 
     def validate_requested_scope(self) -> None:
         requested = (self.request.payload.scope or "").split()
