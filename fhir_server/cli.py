@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import ValidationError
 
-from fhir_server.config import Settings
+from fhir_server.config import Settings, settings_error_line
 from fhir_server.views.cli import view_group
 from fhir_server.workflows.reminders.cli import reminders_group
 from importers.cli import import_group
@@ -24,20 +25,38 @@ from terminology.cli import terminology_group
 
 if TYPE_CHECKING:
     from fhir_server.loader import Options, Summary
+    from smart_auth.backend_client import BackendAuth, BackendClient
 
 _ENV_PREFIX = "FHIR_"
 
 
-def setting_option(name: str, *flags: str, **kwargs: Any) -> Callable[[Any], Any]:
-    """A click option documented from the Settings field of the same name."""
+def setting_option(
+    name: str, *flags: str, description: str | None = None, **kwargs: Any
+) -> Callable[[Any], Any]:
+    """A click option documented from the Settings field of the same name (or from
+    ``description``, where the field's text speaks of options this command lacks)."""
     field = Settings.model_fields[name]
     env = f"{_ENV_PREFIX}{name.upper()}"
     default = field.default if field.default is not None else "unset"
-    help_text = f"{field.description} [env: {env}; default: {default}]"
+    help_text = f"{description or field.description} [env: {env}; default: {default}]"
     return click.option(*flags, name, default=None, help=help_text, **kwargs)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; a bad ``FHIR_*`` setting, met by any command, is one line
+    naming the variable (exit 2) rather than pydantic's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            click.echo(f"error: {settings_error_line(exc)}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-server")
 def main() -> None:
     """A FHIR R4 server on MongoDB."""
@@ -87,10 +106,15 @@ def serve(no_auth: bool = False, **options: Any) -> None:
     """Run the FHIR API (http://HOST:PORT/fhir).
 
     Without --mongo-url it starts a private mongod (single-node replica set) with its
-    data in --data-dir, and stops it on exit.
+    data in --data-dir, and stops it on exit. SIGTERM, SIGINT and SIGHUP stop it
+    cleanly; its children die with it even on SIGKILL.
     """
-    from fhir_server import serving
+    from fhir_server import serving, startup
 
+    # A stop asked for during start-up unwinds what was started, in order.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGINT, _exit_quietly)
+    signal.signal(signal.SIGHUP, _hang_up)
     # Flags become FHIR_* variables so that every uvicorn worker reads the same Settings.
     for name, value in options.items():
         if value is not None:
@@ -98,6 +122,10 @@ def serve(no_auth: bool = False, **options: Any) -> None:
     if no_auth:
         os.environ["FHIR_AUTH_ENABLED"] = "false"
     settings = Settings()
+    problem = serving.port_problem(settings.host, settings.port)
+    if problem:  # before mongod and the worker start: nothing to leave behind
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     if not settings.auth_enabled:
         click.echo(
             "WARNING: authorization is OFF (--no-auth / FHIR_AUTH_ENABLED=false): every "
@@ -108,21 +136,28 @@ def serve(no_auth: bool = False, **options: Any) -> None:
 
     with mongo_url(settings) as url, embedded_worker(settings, url):
         os.environ["FHIR_MONGO_URL"] = url
+        hint = None
         if settings.auth_enabled:  # a fresh server: say how to register the first client
             from smart_auth.cli import first_start_hint
 
             hint = first_start_hint(url, settings.database)
-            if hint:
-                click.echo(hint, err=True)
+        embedded = not settings.mongo_url
+        click.echo(
+            startup.start_hint(url, settings.database, embedded=embedded, user_example=not hint),
+            err=True,
+        )
+        if hint:  # with the command as it can be typed here
+            click.echo(
+                hint.replace("fhir-server auth ", f"{startup.command_prefix()} auth "), err=True
+            )
         if settings.terminology_load_core:  # first start: the R4 core terminology
             from terminology.cli import run_load_core
 
             report = asyncio.run(run_load_core(url, settings.database))
             if not report.skipped_run:
                 click.echo(report.line(), err=True)
-        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a
-        # normal exit so that leaving mongo_url still stops the embedded mongod cleanly.
-        signal.signal(signal.SIGTERM, _exit_quietly)
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown: _exit_quietly
+        # turns that into a normal exit, so leaving mongo_url stops the children in order.
         status = serving.serve(
             settings.host,
             settings.port,
@@ -135,7 +170,16 @@ def serve(no_auth: bool = False, **options: Any) -> None:
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
+    """Stop: unwind (stopping the worker, then mongod), undisturbed by further signals."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(0)
+
+
+def _hang_up(signum: int, frame: object) -> None:
+    """A closed terminal stops the server as SIGTERM does (uvicorn's graceful shutdown
+    while it serves, which handles SIGTERM but not SIGHUP)."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 @contextmanager
@@ -146,6 +190,12 @@ def mongo_url(settings: Settings) -> Iterator[str]:
     from fhir_server.embedded_mongo import DataDirLocked, EmbeddedMongo, MongodNotFound
 
     if settings.mongo_url:
+        from fhir_server.startup import mongo_problem
+
+        problem = mongo_problem(settings.mongo_url)
+        if problem:
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(2)
         yield settings.mongo_url
         return
     embedded = EmbeddedMongo(settings.data_dir, settings.mongod_bin)
@@ -166,7 +216,12 @@ def mongo_url(settings: Settings) -> Iterator[str]:
 @setting_option("mongo_url", "--mongo-url")
 @setting_option("database", "--database")
 @setting_option("mongod_bin", "--mongod-bin")
-@setting_option("base_url", "--base-url")
+@setting_option(
+    "base_url",
+    "--base-url",
+    description="The server's public base URL (as its FHIR_BASE_URL), so that absolute "
+    "references to it are indexed as local ones.",
+)
 @click.option(
     "--type",
     "types",
@@ -254,6 +309,24 @@ def _load_epilog() -> str:
     help="Bearer token sent as Authorization [env: FHIR_LOAD_TOKEN].",
 )
 @click.option(
+    "--client-id",
+    help="Authenticate as this SMART backend client instead of --token: tokens are "
+    "fetched with --key and renewed before they expire, so a long load outlives them.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The backend client's private key (PEM), as written by "
+    "`fhir-server auth create-client --type backend --generate-key`.",
+)
+@click.option(
+    "--scope",
+    default="system/*.cruds",
+    show_default=True,
+    help="Scopes the backend client asks for (with --client-id).",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(1, 256),
     default=4,
@@ -295,6 +368,9 @@ def load(
     paths: tuple[Path, ...],
     base_url: str,
     token: str | None,
+    client_id: str | None,
+    key_file: Path | None,
+    scope: str,
     concurrency: int,
     batch_size: int,
     ndjson_bundle: str,
@@ -311,9 +387,11 @@ def load(
 
     if not base_url.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--url")
+    backend = _backend_client(base_url, token, client_id, key_file, scope, timeout)
     options = loader.Options(
         base_url=base_url,
         token=token,
+        auth=backend[1] if backend else None,
         concurrency=concurrency,
         batch_size=batch_size,
         ndjson_bundle="batch" if ndjson_bundle == "batch" else "transaction",
@@ -324,15 +402,59 @@ def load(
         files, skipped = loader.discover(paths)
     except loader.UsageError as exc:
         raise click.UsageError(str(exc)) from None
-    summary = asyncio.run(_run_load(files, skipped, options, progress))
+    from smart_auth.backend_client import BackendClientError
+
+    failure: BaseException | None = None
+    try:
+        summary = asyncio.run(_run_load(files, skipped, options, progress, backend))
+    except* BackendClientError as group:  # no token at the start, or none when renewing
+        failure = group.exceptions[0]
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+    if failure is not None:
+        click.echo(f"error: {failure}", err=True)
+        sys.exit(1)
     for line in summary.lines():
         click.echo(line)
     sys.exit(0 if summary.ok else 1)
 
 
-async def _run_load(files: list[Path], skipped: int, options: Options, progress: bool) -> Summary:
+def _backend_client(
+    base_url: str,
+    token: str | None,
+    client_id: str | None,
+    key_file: Path | None,
+    scope: str,
+    timeout: float,
+) -> tuple[BackendClient, BackendAuth] | None:
+    """``load``'s backend client (--client-id with --key), or None for --token/no auth."""
+    from smart_auth.backend_client import BackendAuth, BackendClient, BackendClientError, read_key
+
+    if client_id is None and key_file is None:
+        return None
+    if client_id is None or key_file is None:
+        raise click.UsageError("--client-id and --key go together")
+    if token:
+        raise click.UsageError("pass either --token or --client-id/--key, not both")
+    try:
+        key = read_key(key_file)
+    except BackendClientError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from None
+    client = BackendClient(base_url, client_id, key, scope, min(timeout, 60.0))
+    return client, BackendAuth(client)
+
+
+async def _run_load(
+    files: list[Path],
+    skipped: int,
+    options: Options,
+    progress: bool,
+    backend: tuple[BackendClient, BackendAuth] | None = None,
+) -> Summary:
     from fhir_server import loader
 
+    if backend is not None:  # the first token before any file is read: fail at once
+        await backend[0].token()
     if not progress:
         return await loader.load_files(files, options, skipped=skipped)
     with loader.ProgressBar(loader.total_bytes(files)) as bar:
@@ -340,23 +462,38 @@ async def _run_load(files: list[Path], skipped: int, options: Options, progress:
 
 
 @main.command()
-@setting_option("mongo_url", "--mongo-url")
+@setting_option(
+    "mongo_url",
+    "--mongo-url",
+    description="The server's MongoDB connection string (required).",
+)
 @setting_option("database", "--database")
-@setting_option("celery_broker_url", "--broker-url")
+@setting_option(
+    "celery_broker_url",
+    "--broker-url",
+    description="The server's Celery broker (redis://... or amqp://...). Unset: the "
+    "MongoDB of --mongo-url (kombu's MongoDB transport).",
+)
 @setting_option("celery_queue", "--queue")
 @setting_option("log_level", "--log-level")
 def worker(**options: Any) -> None:
-    """Run a worker (Celery, one task at a time; start more to go faster): bulk export,
-    and slot generation from Schedules' hours (a beat thread queues it when due).
+    """Run a worker (Celery, one task at a time; start more to go faster): bulk and
+    view exports, subscription deliveries, appointment reminders, and slot generation
+    from Schedules' hours (beat threads queue these when due).
 
     It needs the server's MongoDB (--mongo-url) and, unless the server uses MongoDB as
     its broker (no FHIR_CELERY_BROKER_URL), the same --broker-url as the server.
     """
     from fhir_server.bulk.tasks import run_worker
+    from fhir_server.startup import mongo_problem
 
     settings = Settings(**{k: v for k, v in options.items() if v is not None})
     if not settings.mongo_url:
         raise click.UsageError("a worker needs --mongo-url (or FHIR_MONGO_URL)")
+    problem = mongo_problem(settings.mongo_url)
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     run_worker(settings, settings.log_level)
 
 

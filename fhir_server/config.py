@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fhir_server.input_limits import InputLimits
@@ -505,3 +505,24 @@ class Settings(BaseSettings):
             max_number_exponent=self.json_max_number_exponent,
             max_decimals=self.json_max_decimals,
         )
+
+
+_SECRET_PARTS = ("password", "auth_token", "secret")
+
+
+def settings_error_line(exc: ValidationError) -> str:
+    """A Settings validation error as one line naming each bad ``FHIR_*`` variable, for
+    the command line (pydantic's own report is a multi-line traceback that names the
+    field, not the variable a user sets)."""
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"FHIR_{field.upper()}" if field else "settings"
+        value = error.get("input")
+        shown = ""
+        secret = any(part in field for part in _SECRET_PARTS)
+        if isinstance(value, str | int | float) and not secret and len(str(value)) <= 80:
+            shown = f"={value}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}{shown}: {message}")
+    return "invalid setting " + "; ".join(parts)

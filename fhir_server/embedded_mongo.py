@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import logging
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +26,8 @@ from typing import Any, Self
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
+
+from fhir_server.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +256,8 @@ class EmbeddedMongo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,  # a terminal's Ctrl-C reaches the server, which then stops us
-                preexec_fn=_child_setup(_die_with_parent(any_thread=from_supervisor)),
+                # SIGTERM (a clean shutdown) when the server dies without stopping us
+                preexec_fn=_child_setup(die_with_parent(any_thread=from_supervisor)),
             )
 
     def _await_primary(self, port: int, deadline: float, log_offset: int) -> bool:
@@ -390,33 +389,6 @@ def _child_setup(then: Callable[[], None] | None) -> Callable[[], None]:
             then()
 
     return setup
-
-
-def _die_with_parent(*, any_thread: bool = False) -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM mongod when the server dies without stopping it.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only armed when
-    starting from the main thread, or with ``any_thread`` from a thread that lives as long
-    as the child should (a supervisor's); elsewhere (and off Linux) the atexit hook is all
-    we have.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if not any_thread and threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
 
 
 def _file_size(path: Path) -> int:

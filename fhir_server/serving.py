@@ -10,7 +10,9 @@ with two workers, one at 80% CPU and the other at 3%.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 
 import uvicorn
 
+from fhir_server import parent_death
 from fhir_server.config import Settings
 
 APP = "fhir_server.app:create_app_from_env"
@@ -39,6 +42,20 @@ def listening_socket(host: str, port: int, shared: bool = True) -> socket.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None: it can), found by binding it once,
+    so that ``serve`` refuses before it starts mongod or the worker."""
+    if port == 0:
+        return None
+    try:
+        listening_socket(host, port, shared=False).close()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _options(host: str, port: int, log_level: str, graceful: float) -> dict[str, Any]:
@@ -60,14 +77,17 @@ def _options(host: str, port: int, log_level: str, graceful: float) -> dict[str,
     }
 
 
-def _worker(host: str, port: int, log_level: str, graceful: float) -> None:
-    """One worker process: its own socket in the port's SO_REUSEPORT group."""
+def _worker(host: str, port: int, log_level: str, graceful: float, parent: int) -> None:
+    """One worker process: its own socket in the port's SO_REUSEPORT group. It stops
+    when the server dies (even by SIGKILL); a hang-up is the server's to handle."""
+    parent_death.arm(parent)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     server = uvicorn.Server(uvicorn.Config(APP, **_options(host, port, log_level, graceful)))
     server.run(sockets=[listening_socket(host, port)])
 
 
 def serve(host: str, port: int, workers: int, log_level: str, graceful: float = 10.0) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit status."""
     if workers == 1 or port == 0 or not hasattr(socket, "SO_REUSEPORT"):
         uvicorn.run(APP, workers=workers, **_options(host, port, log_level, graceful))
         return 0
@@ -81,13 +101,13 @@ def serve(host: str, port: int, workers: int, log_level: str, graceful: float = 
         return 1
     print(f"serving on http://{host}:{port} with {workers} workers", file=sys.stderr)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: stop.set())
     context = multiprocessing.get_context("spawn")
 
     def start() -> tuple[BaseProcess, float]:
         process = context.Process(
-            target=_worker, args=(host, port, log_level, graceful), daemon=False
+            target=_worker, args=(host, port, log_level, graceful, os.getpid()), daemon=False
         )
         process.start()
         return process, time.monotonic()

@@ -7,6 +7,10 @@ A watcher thread polls the child; when it has died it waits ``backoff`` seconds 
 restarts it, doubling the wait (up to ``max_backoff``) while restarts keep failing or the
 child keeps dying within ``stable_after`` seconds, so a child that cannot start does not
 spin the CPU. Stop the supervisor before stopping the child, or it brings it back.
+
+A restarted child is forked from the watcher thread and armed to die with it
+(PR_SET_PDEATHSIG follows the forking thread), so the thread stays parked after ``stop``
+until ``release``: the child is then stopped in order, not killed by the thread's end.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Supervisor:
         self.poll = poll
         self.restarts = 0
         self._stop = threading.Event()
+        self._parked = threading.Event()  # the watcher left its loop: no restart under way
+        self._released = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
 
     def start(self) -> Self:
@@ -53,8 +59,16 @@ class Supervisor:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching (an ongoing restart finishes first, up to ``timeout``)."""
+        """Stop watching (an ongoing restart finishes first, up to ``timeout``); the
+        thread stays alive until ``release``."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._parked.wait(timeout)
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Let the stopped watcher thread end (after the child it restarted was stopped)."""
+        self._stop.set()
+        self._released.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -68,8 +82,16 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        self.release()
 
     def _watch(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._parked.set()
+        self._released.wait()
+
+    def _loop(self) -> None:
         delay = self.backoff
         started = time.monotonic()
         while not self._stop.wait(self.poll):
@@ -105,7 +127,8 @@ class Child(Protocol):
 @contextmanager
 def supervised(name: str, child: Child, settings: Settings) -> Iterator[None]:
     """Keep ``child`` running for the block, with the configured backoff; on exit stop the
-    supervisor first (or it would restart the child) and then the child."""
+    supervisor first (or it would restart the child), then the child, then let the
+    supervisor's thread end."""
     supervisor = Supervisor(
         name,
         lambda: child.alive,
@@ -117,4 +140,7 @@ def supervised(name: str, child: Child, settings: Settings) -> Iterator[None]:
         yield
     finally:
         supervisor.stop()
-        child.stop()
+        try:
+            child.stop()
+        finally:
+            supervisor.release()

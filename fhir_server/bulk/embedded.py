@@ -3,7 +3,14 @@
 with backoff if it dies (fhir_server/supervisor.py) and stopped when the server stops.
 A killed worker's unit is re-dispatched by the job's status polls once its lease has
 run out, so the restarted worker finishes the export exactly once. A deployment with a
-broker runs (and supervises) its own workers instead."""
+broker runs (and supervises) its own workers instead.
+
+The worker runs in a process group of its own: a terminal's Ctrl-C or hang-up reaches
+only the server, which then stops the worker in order. (Celery re-executes itself on
+SIGHUP, so a closed terminal used to leave it orphaned.) If the server dies without
+stopping it (``kill -9``), the kernel kills it (fhir_server/parent_death.py): nothing
+supervises it any more, and it must never reconnect to a later server's mongod; its
+unfinished export unit is re-dispatched when its lease runs out."""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fhir_server.config import Settings
-from fhir_server.embedded_mongo import _die_with_parent
+from fhir_server.parent_death import die_with_parent
 from fhir_server.supervisor import supervised
 
 
@@ -30,9 +37,10 @@ class EmbeddedWorker:
         return subprocess.Popen(
             [sys.executable, "-m", "fhir_server", "worker"],
             env=self.env,
-            # A killed server takes its worker along (from the supervisor's thread on
-            # restarts: it lives as long as the server).
-            preexec_fn=_die_with_parent(any_thread=any_thread),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            # From the supervisor's thread on restarts: it is parked until stop() is done.
+            preexec_fn=die_with_parent(signal.SIGKILL, any_thread=any_thread),
         )
 
     @property
