@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from pymongo import AsyncMongoClient
 
 import profiles
-from fhir_server import __version__, heap
+from fhir_server import __version__, heap, metrics, request_id
 from fhir_server.api import errors
 from fhir_server.api.bundles import router as bundles_router
 from fhir_server.api.cors import install_cors
@@ -70,7 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client: AsyncMongoClient = AsyncMongoClient(
-            settings.mongo_url, tz_aware=True, **client_options(settings)
+            settings.mongo_url,
+            tz_aware=True,
+            event_listeners=metrics.listeners(settings),  # pool and command failures
+            **client_options(settings),
         )
         app.state.mongo = client  # /health/ready pings it
         storage = Storage(
@@ -143,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # CORS answers preflights before auth; only the FHIR API and the token endpoint.
     install_cors(app, settings.cors_origins, (BASE_PATH, "/auth/token"))
     app.add_middleware(SecurityHeaders)  # outermost: preflight answers carry them too
+    request_id.install(app, settings)  # X-Request-Id, access log, metrics: around it all
     # Routers in the order of fhir_server/api/paths.py: the REST routes first (none
     # matches a $operation path), then the operations, then what a FHIR request never
     # needs; each route tried costs a FHIR request microseconds.
@@ -165,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel
     app.include_router(unknown_operations, prefix=BASE_PATH)  # last of the FHIR routes
     app.include_router(health_router)  # /health/live, /health/ready (no token)
+    app.include_router(metrics.router)  # /metrics: FHIR_METRICS_TOKEN or loopback
     app.include_router(twilio_router)  # /webhooks/twilio: Twilio's signature, no token
     install_auth(app, settings)  # /auth/...
     return app

@@ -3,7 +3,11 @@ mean "unreachable now, retry later" (503 + Retry-After, not 500), and the health
 endpoints a process manager or load balancer polls.
 
 - ``GET /health/live``: the process answers (restart it if not).
-- ``GET /health/ready``: MongoDB answers too (send it traffic); 503 while it does not.
+- ``GET /health/ready``: send it traffic. 200 when a MongoDB replica-set PRIMARY answers
+  and the schema is applied (the history indexes start-up ensures exist); 503 (an
+  OperationOutcome) otherwise. It also reports the bulk/Celery worker's heartbeat
+  (bulk/heartbeat.py), but a stale or missing worker does not make it 503: the API
+  serves without a worker, only exports, deliveries and reminders wait.
 
 Both are outside ``/fhir`` and need no token. ``/fhir/metadata`` is generated without
 the database and keeps answering 200 during an outage, as the capability statement
@@ -19,8 +23,11 @@ from fastapi import APIRouter, Request
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
 from starlette.responses import JSONResponse, Response
 
+from fhir_server.bulk.heartbeat import last_seen
 from fhir_server.config import Settings
 from fhir_server.outcome import Issue
+from fhir_server.storage.documents import HISTORY
+from fhir_server.storage.store import HISTORY_INDEX_NAMES
 
 RETRY_AFTER_SECONDS = 5
 router = APIRouter(prefix="/health")
@@ -60,13 +67,45 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     client: pymongo.AsyncMongoClient[Any] = request.app.state.mongo
     settings: Settings = request.app.state.services.settings
+    db = client.get_database(settings.database)
     try:
         with pymongo.timeout(settings.mongo_select_timeout_seconds):
-            await client.admin.command("ping")
+            hello = await client.admin.command("hello")
+            primary = bool(hello.get("isWritablePrimary")) or hello.get("msg") == "isdbgrid"
+            names = {i["name"] async for i in await db[HISTORY].list_indexes()}
+            worker = await last_seen(db, settings)
     except PyMongoError as exc:
         if not unavailable(exc):
             raise
         from fhir_server.api.errors import unavailable_response
 
         return unavailable_response()
-    return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
+    missing = sorted(HISTORY_INDEX_NAMES - names)
+    body = {
+        "status": "ready" if primary and not missing else "unready",
+        "mongo": {"primary": primary, "set": hello.get("setName")},
+        "schema": {"applied": not missing, "missing_indexes": missing},
+        "worker": worker,
+    }
+    if body["status"] == "ready":
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+    from fhir_server.api.errors import outcome_response
+
+    issues = []
+    if not primary:
+        issues.append(
+            Issue(
+                "transient", "MongoDB answers but is not a writable PRIMARY", expression=("mongo",)
+            )
+        )
+    if missing:
+        issues.append(
+            Issue(
+                "transient",
+                f"The schema is not applied: missing indexes {', '.join(missing)} on "
+                f"{HISTORY}; restart the server to create them",
+                expression=("schema",),
+            )
+        )
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"}
+    return outcome_response(503, issues, headers)

@@ -127,6 +127,9 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     from fhir_server.workflows.reminders.worker import ReminderBeat
 
     ReminderBeat(app, settings).start()  # sends due appointment reminders
+    from fhir_server.bulk.heartbeat import Heartbeat
+
+    Heartbeat(settings).start()  # /health/ready reports when a worker was last alive
     signals.worker_ready.connect(_stop_at_once_when_idle, weak=False)
     app.worker_main(
         [

@@ -45,6 +45,7 @@ _HISTORY_INDEXES = [
         name="instance_history",
     ),
 ]
+HISTORY_INDEX_NAMES = frozenset(i.document["name"] for i in _HISTORY_INDEXES)  # health.py
 # Every search parameter's index values and sort keys are covered by one wildcard
 # index, so no search parameter needs a collection scan; compartment membership and
 # lastUpdated get their own.
