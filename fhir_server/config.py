@@ -6,6 +6,7 @@ description of each field is also its user-facing help text.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -268,6 +269,28 @@ class Settings(BaseSettings):
     search_default_count: int = Field(20, ge=1, description="Default page size of searches.")
     search_max_count: int = Field(1000, ge=1, description="Largest _count honoured on searches.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Format of the server's logs on stderr: text, or json (one JSON object "
+        "per line: time, level, request_id, method, path, status, duration_ms).",
+    )
+    metrics: bool = Field(
+        True,
+        description="Collect Prometheus metrics and serve them at /metrics (false: neither, "
+        "and no per-request cost).",
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="Bearer token /metrics requires. Unset: /metrics answers loopback "
+        "clients (127.0.0.1, ::1) only.",
+    )
+    worker_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="How often a Celery worker records its heartbeat in MongoDB; "
+        "/health/ready calls it stale after three missed beats.",
+    )
     # SMART on FHIR authorization (smart_auth/); on by default.
     auth_enabled: bool = Field(
         True,
@@ -346,6 +369,13 @@ class Settings(BaseSettings):
     )
     auth_lockout_seconds: int = Field(
         900, ge=1, description="Longest wait between failed logins (the doubling stops here)."
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1",
+        description="Addresses and networks of the reverse proxies whose X-Forwarded-Proto and "
+        "X-Forwarded-For are believed (uvicorn's forwarded_allow_ips), comma-separated "
+        "(10.0.0.5,172.16.0.0/12), or '*' for any peer. The request's scheme (https for the "
+        "token endpoint, the URLs discovery advertises) and client address come from them.",
     )
     cors_origins: str = Field(
         "*",
@@ -486,6 +516,13 @@ class Settings(BaseSettings):
         parse_required(value)
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        """uvicorn takes a malformed entry as a literal that never matches, so a typo
+        would silently distrust the proxy: refused at start instead."""
+        return normalise_proxies(value)
+
     @field_validator("reminder_lead_times")
     @classmethod
     def _leads(cls, value: str) -> str:
@@ -508,6 +545,27 @@ class Settings(BaseSettings):
 
 
 _SECRET_PARTS = ("password", "auth_token", "secret")
+
+
+def normalise_proxies(value: str) -> str:
+    """``FHIR_TRUSTED_PROXIES`` checked and tidied: ``*``, or IP addresses and networks
+    (host bits unset) separated by commas."""
+    entries = [part.strip() for part in value.split(",") if part.strip()]
+    if entries == ["*"]:
+        return "*"
+    if not entries:
+        raise ValueError("name at least one address or network, or '*'")
+    for entry in entries:
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise ValueError(
+                f"{entry!r} is not an IP address or network ('*' alone trusts any peer)"
+            ) from None
+    return ",".join(entries)
 
 
 def settings_error_line(exc: ValidationError) -> str:

@@ -68,6 +68,8 @@ def _options(host: str, port: int, log_level: str, graceful: float) -> dict[str,
         "port": port,
         "log_level": log_level,
         "proxy_headers": True,
+        # X-Forwarded-* from these peers only (FHIR_TRUSTED_PROXIES, checked by Settings)
+        "forwarded_allow_ips": settings.trusted_proxies,
         # Header-read deadline and OperationOutcome 503s (fhir_server/http_timeouts.py).
         "http": HTTP_PROTOCOL,
         "timeout_keep_alive": settings.keep_alive_timeout_seconds,

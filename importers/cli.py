@@ -92,6 +92,24 @@ _OVERRIDES = click.option(
     "written; without it, only against the R4 base definitions.",
 )
 @click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
+@click.option(
+    "--client-id",
+    help="Authenticate as this SMART backend client instead of --token: tokens are "
+    "fetched with --key and renewed before they expire, so a long run outlives them.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The backend client's private key (PEM), as written by "
+    "`fhir-server auth create-client --type backend --generate-key`.",
+)
+@click.option(
+    "--scope",
+    default="system/*.cruds",
+    show_default=True,
+    help="Scopes the backend client asks for (with --client-id).",
+)
 @click.option("--dry-run", is_flag=True, help="Map and validate everything, write nothing.")
 @click.option(
     "--since",
@@ -124,6 +142,9 @@ def run(
     mapping_overrides: Path | None,
     fhir_url: str | None,
     token: str | None,
+    client_id: str | None,
+    key_file: Path | None,
+    scope: str,
     dry_run: bool,
     since: str | None,
     incremental: bool,
@@ -153,12 +174,20 @@ def run(
             datetime.fromisoformat(since)
         except ValueError:
             raise click.BadParameter("not an ISO 8601 timestamp", param_hint="--since") from None
+    backend = None
+    if client_id is not None or key_file is not None:
+        if not fhir_url:
+            raise click.UsageError("--client-id/--key need --fhir-url")
+        from fhir_server.cli import _backend_client  # (not at import: it imports this)
+
+        backend = _backend_client(fhir_url, token, client_id, key_file, scope, 60.0)
     options = RunOptions(
         source_url=source,
         mapping=mapping,
         mapping_overrides=mapping_overrides,
         fhir_url=fhir_url,
         token=token,
+        auth=backend[1] if backend else None,
         dry_run=dry_run,
         since=since,
         incremental=incremental,
@@ -169,8 +198,19 @@ def run(
         report=report,
         validate_first=validate_first,
     )
-    with _exit_on_source_errors():
-        summary = run_import(options, progress=progress)
+    from smart_auth.backend_client import BackendClientError
+
+    failure: BaseException | None = None
+    try:
+        with _exit_on_source_errors():
+            summary = run_import(options, progress=progress)
+    except* BackendClientError as group:  # no token at the start, or none when renewing
+        failure = group.exceptions[0]
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+    if failure is not None:
+        click.echo(f"error: {failure}", err=True)
+        sys.exit(1)
     for line in summary.lines():
         click.echo(line)
     sys.exit(0 if summary.ok else 1)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -34,6 +34,9 @@ from importers.mapping.model import Mapping, ResourceMapping, load_mapping
 from importers.retry import Retries
 from importers.source import Source
 from importers.state import State, state_path
+
+if TYPE_CHECKING:
+    from smart_auth.backend_client import BackendAuth
 
 PARALLEL_MAPPINGS = 3  # resource mappings in progress at once (each streams its rows)
 SAVE_EVERY_S = 0.5
@@ -57,6 +60,9 @@ class RunOptions:
     timeout_s: float = 300.0
     validate_first: bool = False  # validate every resource before sending (dry runs do)
     mapping_overrides: Path | None = None  # code-map entries completing the mapping
+    # instead of ``token``: a SMART backend client whose tokens are renewed before they
+    # expire, so a run longer than one token's life goes on (``--client-id/--key``)
+    auth: BackendAuth | None = None
 
 
 @dataclass(slots=True)
@@ -273,6 +279,7 @@ class Importer:
                 loader.Options(
                     base_url=self.o.fhir_url,
                     token=self.o.token,
+                    auth=self.o.auth,
                     concurrency=self.o.concurrency,
                     retries=self.o.retries,
                     timeout_s=self.o.timeout_s,
@@ -280,6 +287,8 @@ class Importer:
                 )
             )
         try:
+            if self.o.auth is not None:  # the first token before any row is read
+                await self.o.auth.client.token()
             todo, after = self._plan()
             await self._run_all(todo, after)
             if not self.o.dry_run:
