@@ -21,6 +21,7 @@ from fhir_server.workflows.reminders.cli import reminders_group
 from importers.cli import import_group
 from profiles.cli import profiles_group
 from smart_auth.cli import auth as auth_group
+from smart_auth.cli import backend_client_options
 from terminology.cli import terminology_group
 
 if TYPE_CHECKING:
@@ -308,24 +309,7 @@ def _load_epilog() -> str:
     envvar="FHIR_LOAD_TOKEN",
     help="Bearer token sent as Authorization [env: FHIR_LOAD_TOKEN].",
 )
-@click.option(
-    "--client-id",
-    help="Authenticate as this SMART backend client instead of --token: tokens are "
-    "fetched with --key and renewed before they expire, so a long load outlives them.",
-)
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The backend client's private key (PEM), as written by "
-    "`fhir-server auth create-client --type backend --generate-key`.",
-)
-@click.option(
-    "--scope",
-    default="system/*.cruds",
-    show_default=True,
-    help="Scopes the backend client asks for (with --client-id).",
-)
+@backend_client_options
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 256),

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from importers.schemas import SCHEMAS
+from smart_auth.cli import backend_client_options
 
 BUILTIN = SCHEMAS  # each legacy schema has its built-in mapping of the same name
 
@@ -92,24 +93,7 @@ _OVERRIDES = click.option(
     "written; without it, only against the R4 base definitions.",
 )
 @click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
-@click.option(
-    "--client-id",
-    help="Authenticate as this SMART backend client instead of --token: tokens are "
-    "fetched with --key and renewed before they expire, so a long run outlives them.",
-)
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The backend client's private key (PEM), as written by "
-    "`fhir-server auth create-client --type backend --generate-key`.",
-)
-@click.option(
-    "--scope",
-    default="system/*.cruds",
-    show_default=True,
-    help="Scopes the backend client asks for (with --client-id).",
-)
+@backend_client_options
 @click.option("--dry-run", is_flag=True, help="Map and validate everything, write nothing.")
 @click.option(
     "--since",

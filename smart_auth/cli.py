@@ -12,8 +12,9 @@ import json
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -28,6 +29,39 @@ from smart_auth.backend_client import (
     write_key,
 )
 from smart_auth.backend_client import generate_key as new_key
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def backend_client_options(command: F) -> F:
+    """``--client-id``, ``--key`` and ``--scope``: a command (``load``, ``import run``)
+    that authenticates as a SMART backend client instead of a fixed ``--token``."""
+    for option in reversed(
+        (
+            click.option(
+                "--client-id",
+                help="Authenticate as this SMART backend client instead of --token: tokens "
+                "are fetched with --key and renewed before they expire, so a long run "
+                "outlives them.",
+            ),
+            click.option(
+                "--key",
+                "key_file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The backend client's private key (PEM), as written by "
+                "`fhir-server auth create-client --type backend --generate-key`.",
+            ),
+            click.option(
+                "--scope",
+                default="system/*.cruds",
+                show_default=True,
+                help="Scopes the backend client asks for (with --client-id).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
 
 _TYPES = ("public", "confidential-symmetric", "confidential-asymmetric")
 _ROLES = ("admin", "practitioner", "patient", "operator")
