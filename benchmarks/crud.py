@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/crud.py                  # starts its own server (embedded mongod)
     .venv/bin/python benchmarks/crud.py --url http://127.0.0.1:8080/fhir
     .venv/bin/python benchmarks/crud.py --requests 2000 --concurrency 1 16 --workers 2
+    .venv/bin/python benchmarks/crud.py --env FHIR_AUDIT=false   # a setting of the server
 
 Each phase sends ``--requests`` requests at each concurrency with one shared
 httpx.AsyncClient (keep-alive). The client runs on the same 2-core machine as the server
@@ -106,13 +107,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (own server)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="FHIR_X=V", help="a server setting"
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     if args.url:
         rows = asyncio.run(run(args.url, args.requests, args.concurrency))
     else:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            ServerProcess(Path(tmp) / "data", workers=args.workers) as server,
+            ServerProcess(Path(tmp) / "data", workers=args.workers, env=env) as server,
         ):
             rows = asyncio.run(run(server.base_url, args.requests, args.concurrency))
     if args.json:

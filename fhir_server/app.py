@@ -27,6 +27,9 @@ from fhir_server.api.terminology import router as terminology_router
 from fhir_server.api.view_export import router as view_export_router
 from fhir_server.api.view_store import router as view_store_router
 from fhir_server.api.views import router as views_router
+from fhir_server.audit.recorder import Auditor
+from fhir_server.audit.retention import ensure_retention
+from fhir_server.audit.sink import AuditSink
 from fhir_server.authz.authenticate import authenticate
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
@@ -115,6 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipeline = WritePipeline(storage, resources.render, rules(settings, search))
         await pipeline.start()
         storage.hook = pipeline
+        # the audit trail (fhir_server/audit/): records stored in batches off the request
+        sink = AuditSink(storage) if settings.audit else None
+        if sink is not None:
+            await sink.start()
+            await ensure_retention(sink.collection, settings.audit_retention_days)
+            app.state.auditor = Auditor(sink, settings.base_url)
+        app.state.audit_sink = sink
         app.state.token_verifier = TokenVerifier(storage.db)  # one per app: caches keys
         await open_auth(app, settings)  # the SMART authorization server (smart_auth/)
         sweep = asyncio.create_task(sweep_forever(resources, settings.appointment_hold_sweep))
@@ -128,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             heap.release(offload.busy())
             offload.close()
             close_auth(app)
+            if sink is not None:
+                await sink.stop()  # what is queued is stored before MongoDB closes
             await client.close()
 
     app = FastAPI(

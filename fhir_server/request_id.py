@@ -1,4 +1,5 @@
-"""Request ids, the access log and the per-request metrics, in one ASGI middleware.
+"""Request ids, the access log, the per-request metrics and the audit record, in one
+ASGI middleware.
 
 Every HTTP response carries ``X-Request-Id``: the client's (or the proxy's) own when it
 is a sane token (1 to 128 characters of ``[A-Za-z0-9._-]``), else a new one. The id is
@@ -25,6 +26,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server import metrics
+from fhir_server.audit.recorder import Auditor, recorded
+from fhir_server.audit.seen import opened
 from fhir_server.config import Settings
 from fhir_server.jsonio import dumps
 
@@ -44,11 +47,13 @@ def sane(value: bytes) -> str | None:
 
 
 class RequestTelemetry:
-    """Request id, access log line and request metrics of every HTTP request."""
+    """Request id, access log line, request metrics and audit record of every HTTP
+    request."""
 
-    def __init__(self, app: ASGIApp, collect: bool) -> None:
+    def __init__(self, app: ASGIApp, collect: bool, audit: bool) -> None:
         self.app = app
         self.collect = collect
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,8 +78,18 @@ class RequestTelemetry:
                 message["headers"] = [*message.get("headers", ()), (HEADER, rid.encode())]
             await send(message)
 
+        auditor: Auditor | None = None
+        if self.audit and recorded(scope):
+            auditor = getattr(scope["app"].state, "auditor", None)
         try:
-            await self.app(scope, receive, send_with_id)
+            if auditor is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                with opened() as seen:
+                    try:
+                        await self.app(scope, receive, send_with_id)
+                    finally:
+                        auditor.finish(scope, status, rid, seen)
         finally:
             seconds = time.perf_counter() - started
             if self.collect:
@@ -142,7 +157,7 @@ def install(app: Any, settings: Settings) -> None:
     build = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        return RequestTelemetry(build(), settings.metrics)
+        return RequestTelemetry(build(), settings.metrics, settings.audit)
 
     app.build_middleware_stack = build_middleware_stack
     configure_logging(settings)

@@ -2,7 +2,8 @@
 
 - ``patient``: only ``patient/`` scopes, always in the context of their own Patient.
 - ``practitioner``: ``patient/`` and ``user/`` scopes.
-- ``admin``: ``patient/`` and ``user/`` scopes (``user/*.cruds`` included).
+- ``admin``: ``patient/`` and ``user/`` scopes (``user/*.cruds`` included); the only
+  role that may grant ``user/AuditEvent`` scopes (the audit trail, docs/audit.md).
 - ``operator``: ``user/`` scopes reading (``r``/``s``) administrative types only.
 
 Nobody grants ``system/`` scopes interactively: those go only to backend services
@@ -44,6 +45,8 @@ def _role_allows(role: str, scope: ResourceScope) -> bool:
         return False
     if role == "patient":
         return scope.context == "patient"
+    if scope.context == "user" and scope.resource_type == "AuditEvent" and role != "admin":
+        return False
     if role in ("practitioner", "admin"):
         return True
     if role == "operator":

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from smart_auth import discovery
+from smart_auth.audit import Recorder
 from smart_auth.clients import Client, get_client, launchable_clients
 from smart_auth.i18n import TEXT, language
 from smart_auth.launch import consume_launch, create_launch, find_patients, resource_exists
@@ -71,6 +72,10 @@ class _Ctx:
         self.secure = request.url.scheme == "https"
         # uvicorn (proxy_headers) puts a trusted proxy's X-Forwarded-For here.
         self.client_ip = request.client.host if request.client else "unknown"
+        # audit records of this request's auth events (smart_auth/audit.py)
+        self.audit = Recorder(
+            getattr(request.app.state, "audit_sink", None), self.client_ip, self.urls.fhir
+        )
         self.query = request.query_params
 
     @property
@@ -156,8 +161,12 @@ def _endpoint(request: Request, name: str) -> Callable[[_Ctx], Response]:
         server = ctx.state.server
         if name == "token":
             response: Response = server.create_token_response(oauth)
+            ctx.audit.token_response(ctx.form_data, response)
         else:
             response = server.create_endpoint_response(name, oauth)
+            if name == "revocation":
+                ok = response.status_code == 200
+                ctx.audit.record("revoke", ok, client_id=ctx.form_data.get("client_id"))
         return response
 
     return work
@@ -376,6 +385,13 @@ async def decide(request: Request, rid: str) -> Response:
         server = ctx.state.server
         if ctx.form_data.get("decision") != "allow":
             denied: Response = server.create_authorization_response(oauth, None, grant)
+            ctx.audit.record(
+                "consent-denied",
+                True,
+                username=flow.user.username,
+                client_id=flow.client.client_id,
+                patient=flow.patient,
+            )
             return denied
         ticked = {v for k, v in ctx.form if k == "scope"}
         granted = [s for s in flow.offered if s in ticked]
@@ -397,6 +413,14 @@ async def decide(request: Request, rid: str) -> Response:
             auth_time=ctx.session.auth_time,
         )
         response: Response = server.create_authorization_response(oauth, grantor, grant)
+        ctx.audit.record(
+            "consent-granted",
+            True,
+            username=flow.user.username,
+            client_id=flow.client.client_id,
+            patient=patient,
+            detail=f"scope: {' '.join(granted)}",
+        )
         return response
 
     return await _run(request, work)
@@ -406,8 +430,13 @@ async def decide(request: Request, rid: str) -> Response:
 
 
 def _safe_next(value: str | None, default: str = "/auth/ehr-launch") -> str:
-    """Only paths of this server's /auth pages: never an open redirect."""
-    if value and value.startswith("/auth/") and "//" not in value and "\\" not in value:
+    """Only paths of this server's /auth pages and admin console: never an open redirect."""
+    if (
+        value
+        and (value == "/admin" or value.startswith(("/auth/", "/admin/", "/admin?")))
+        and "//" not in value
+        and "\\" not in value
+    ):
         return value
     return default
 
@@ -454,6 +483,9 @@ async def login(request: Request) -> Response:
             )
         except LoginFailed as failure:
             reason = failure.reason
+            ctx.audit.record("login", False, username=username, detail=reason)
+            if reason == "locked":
+                ctx.audit.record("lockout", False, username=username, detail="throttled")
             page = login_page(
                 ctx.page,
                 action,
@@ -466,6 +498,7 @@ async def login(request: Request) -> Response:
             if failure.retry_after is not None:
                 response.headers["Retry-After"] = str(failure.retry_after)
             return response
+        ctx.audit.record("login", True, username=user.username)
         old = ctx.state.sessions.login(ctx.session, user.username)
         ctx.db[PENDING].update_many({"sid": old}, {"$set": {"sid": ctx.session.sid}})
         return RedirectResponse(target, 303)
@@ -477,6 +510,8 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     def work(ctx: _Ctx) -> Response:
         if ctx.csrf_ok():
+            if ctx.session.username:
+                ctx.audit.record("logout", True, username=ctx.session.username)
             ctx.session.username = None
             ctx.session.changed = True
         return RedirectResponse(ctx.local("/auth/login"), 303)

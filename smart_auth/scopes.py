@@ -26,6 +26,10 @@ CONTEXT_SCOPES = frozenset(
     {"launch", "launch/patient", "launch/encounter", "openid", "fhirUser", "profile"}
 )
 REFRESH_SCOPES = frozenset({"offline_access", "online_access"})
+# Types a ``*`` scope does not reach: the audit trail is granted by name alone
+# (``user/AuditEvent.rs`` to an admin, ``patient/AuditEvent.rs`` for one's own trail),
+# so an app given ``user/*.rs`` for care does not also read who did what.
+NAMED_ONLY = frozenset({"AuditEvent"})
 
 
 class InvalidScope(ValueError):
@@ -45,7 +49,11 @@ class ResourceScope:
     v1: bool = False
 
     def covers(self, resource_type: str, interaction: str) -> bool:
-        return interaction in self.interactions and self.resource_type in ("*", resource_type)
+        if interaction not in self.interactions:
+            return False
+        if self.resource_type == "*":
+            return resource_type not in NAMED_ONLY
+        return self.resource_type == resource_type
 
 
 def parse_scope(text: str) -> ResourceScope | None:

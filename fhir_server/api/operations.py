@@ -14,7 +14,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from fhir_server.api import negotiation as neg
-from fhir_server.api.rendering import bundle, json_response, outcome_response, resource_json
+from fhir_server.api.rendering import (
+    bundle,
+    json_response,
+    outcome_response,
+    search_entry,
+)
 from fhir_server.api.routes import (
     base_url,
     bind_base_url,
@@ -34,7 +39,6 @@ from fhir_server.service.everything import parse_query as parse_everything
 from fhir_server.service.parameters import is_parameters, primitive_text, read_parameters
 from fhir_server.service.resources import check_id
 from fhir_server.service.validate import ValidateService, validate_request, validation_outcome
-from fhir_server.storage import StoredVersion
 
 router = APIRouter(dependencies=[Depends(bind_base_url)])
 
@@ -120,9 +124,11 @@ async def _everything(request: Request, patient_id: str | None) -> Response:
     if result.next:
         links["next"] = link(result.next)
     base = base_url(request)
-    entries = [_entry(m, base, out, "match") for m in result.matches]
+    entries = [search_entry(m, base, out, "match") for m in result.matches]
     # search.html#elements: the element list does not apply to included resources
-    entries += [_entry(m, base, replace(out, elements=None), "include") for m in result.included]
+    entries += [
+        search_entry(m, base, replace(out, elements=None), "include") for m in result.included
+    ]
     return json_response(bundle("searchset", entries, links, result.total), out)
 
 
@@ -132,15 +138,6 @@ def _linker(base: str, path: str, query: EverythingQuery) -> Callable[[str | Non
         return f"{base}/{path}" + (f"?{urlencode(items)}" if items else "")
 
     return link
-
-
-def _entry(v: StoredVersion, base: str, out: neg.Output, mode: str) -> dict[str, Any]:
-    assert v.raw is not None
-    return {
-        "fullUrl": f"{base}/{v.type}/{v.id}",
-        "resource": resource_json(v.raw, out),
-        "search": {"mode": mode},
-    }
 
 
 @router.get("/Patient/$everything")

@@ -9,6 +9,7 @@ import orjson
 from starlette.responses import Response
 
 from fhir_server.api.negotiation import Output
+from fhir_server.audit import seen
 from fhir_server.datetimes import http_date
 from fhir_server.jsonio import dumps, load_stored
 from fhir_server.outcome import operation_outcome
@@ -52,10 +53,22 @@ def resource_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     assert stored.raw is not None
+    seen.saw(stored)  # what the answer discloses, for the audit record
     all_headers = {**version_headers(stored), **(headers or {})}
     if not out.subsetting and not out.pretty:
         return Response(stored.raw, status, headers=all_headers, media_type=out.content_type)
     return json_response(resource_json(stored.raw, out), out, status, all_headers)
+
+
+def search_entry(v: StoredVersion, base: str, out: Output, mode: str) -> dict[str, Any]:
+    """A searchset entry (``match`` or ``include``) for a search or an operation."""
+    assert v.raw is not None
+    seen.saw(v)
+    return {
+        "fullUrl": f"{base}/{v.type}/{v.id}",
+        "resource": resource_json(v.raw, out),
+        "search": {"mode": mode},
+    }
 
 
 def outcome_response(

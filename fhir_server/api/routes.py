@@ -24,8 +24,10 @@ from fhir_server.api.rendering import (
     outcome_response,
     resource_json,
     resource_response,
+    search_entry,
     version_headers,
 )
+from fhir_server.audit import seen
 from fhir_server.authz.authenticate import verify_bearer
 from fhir_server.authz.context import request_policy
 from fhir_server.authz.policy import Filter, Policy
@@ -35,7 +37,7 @@ from fhir_server.digits import whole_number
 from fhir_server.jsonio import dumps
 from fhir_server.outcome import FhirError, bad_request, info_outcome, not_found
 from fhir_server.resource_types import is_resource_type, resource_types
-from fhir_server.service.capability import capability_statement
+from fhir_server.service.capability import READ_ONLY_TYPES, capability_statement
 from fhir_server.service.context import request_base_url
 from fhir_server.service.history import (
     HistoryService,
@@ -186,6 +188,13 @@ _HISTORY_PARAMS = frozenset(
 
 async def _history(request: Request, query: HistoryQuery, path: str) -> Response:
     svc = services(request)
+    if query.type in READ_ONLY_TYPES:  # one version per record, kept out of history
+        raise FhirError.of(
+            400,
+            "not-supported",
+            f"{query.type} records have a single version and no history: read or search them",
+            query.type,
+        )
     out = neg.negotiate(request, allow_count=True)
     params = request.query_params
     lenient = neg.prefer(request).handling == "lenient"
@@ -244,6 +253,7 @@ async def _history(request: Request, query: HistoryQuery, path: str) -> Response
 def _history_entry(v: StoredVersion, base: str, out: neg.Output) -> dict[str, Any]:
     entry: dict[str, Any] = {"fullUrl": f"{base}/{v.type}/{v.id}"}
     if v.raw is not None:
+        seen.saw(v)
         entry["resource"] = resource_json(v.raw, out)
     url = v.type if v.method == "POST" else f"{v.type}/{v.id}"
     entry["request"] = {"method": v.method, "url": url}
@@ -297,6 +307,7 @@ async def _search(
     base = base_url(request)
     # search.html#errors: "Empty parameters are not an error - they are just ignored"
     params = [(k, v) for k, v in [*request.query_params.multi_items(), *extra] if v != ""]
+    seen.searched(urlencode(params))  # GET or POST: the parameters the audit records
     plan = svc.search.parser(base).parse(
         types,
         [(k, v) for k, v in params if k != "_type"],
@@ -322,20 +333,11 @@ async def _search(
         links["previous"] = link(result.previous)
     if result.next:
         links["next"] = link(result.next)
-    entries = [_search_entry(m, base, out, "match") for m in result.matches]
+    entries = [search_entry(m, base, out, "match") for m in result.matches]
     # search.html#elements: "The list of elements does not apply to included resources."
     out_included = replace(out, elements=None)
-    entries += [_search_entry(m, base, out_included, "include") for m in result.included]
+    entries += [search_entry(m, base, out_included, "include") for m in result.included]
     return json_response(bundle("searchset", entries, links, result.total), out)
-
-
-def _search_entry(v: StoredVersion, base: str, out: neg.Output, mode: str) -> dict[str, Any]:
-    assert v.raw is not None
-    return {
-        "fullUrl": f"{base}/{v.type}/{v.id}",
-        "resource": resource_json(v.raw, out),
-        "search": {"mode": mode},
-    }
 
 
 async def _form_params(request: Request) -> list[tuple[str, str]]:

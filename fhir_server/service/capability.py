@@ -27,6 +27,16 @@ TYPE_INTERACTIONS = (
     "history-type",
     "create",
 )
+# The audit trail is written by the server alone and keeps one version per record
+# (fhir_server/audit/): read, vread and search only.
+READ_ONLY_TYPES: dict[str, tuple[str, ...]] = {"AuditEvent": ("search-type", "read", "vread")}
+_READ_ONLY_FLAGS = {
+    "readHistory": False,
+    "updateCreate": False,
+    "conditionalCreate": False,
+    "conditionalUpdate": False,
+    "conditionalDelete": "not-supported",
+}
 SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
 
 _STARTED = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
@@ -146,7 +156,9 @@ def capability_statement(
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
             **({"supportedProfile": supported[name]} if supported.get(name) else {}),
-            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+            "interaction": [
+                {"code": code} for code in READ_ONLY_TYPES.get(name, TYPE_INTERACTIONS)
+            ],
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": settings.allow_update_create,
@@ -154,6 +166,7 @@ def capability_statement(
             "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": settings.conditional_delete,
+            **(_READ_ONLY_FLAGS if name in READ_ONLY_TYPES else {}),
             "searchInclude": ["*", *sorted(facts[name]["includes"])],
             "searchRevInclude": sorted(set(facts[name]["revincludes"])),
             "searchParam": facts[name]["params"],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import jsonpatch
 import jsonpointer
 
+from fhir_server.audit import seen as audit
 from fhir_server.config import Settings
 from fhir_server.datetimes import after, format_instant
 from fhir_server.digits import whole_number
@@ -385,6 +386,8 @@ class ResourceService:
         )
         if resource is not None:
             self.render(write, resource)
+        elif current is not None:
+            audit.wrote(write, current.comp)  # the audit record names whose record it was
         return write
 
     def render(self, write: VersionWrite, resource: dict[str, Any]) -> None:

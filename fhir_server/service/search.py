@@ -207,7 +207,7 @@ class SearchService:
         return result
 
     def _projection(self, plan: SearchPlan) -> dict[str, int]:
-        projection = {"raw": 1, "v": 1, "lu": 1, "del": 1, "so": 1}
+        projection = {"raw": 1, "v": 1, "lu": 1, "del": 1, "so": 1, "comp": 1}  # comp: audit
         for include in plan.includes:
             if not include.reverse:
                 projection["sp"] = 1  # the page's references, for _include

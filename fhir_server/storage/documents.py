@@ -40,6 +40,7 @@ class StoredVersion:
     raw: bytes | None  # None: this version is a deletion
     method: str = "PUT"
     created: bool = False  # this version created the resource (answered 201)
+    comp: tuple[str, ...] = ()  # its Patient compartments, when read with them (audit)
 
     @property
     def deleted(self) -> bool:
@@ -53,6 +54,7 @@ class StoredVersion:
             doc["v"],
             doc["lu"],
             None if doc.get("del") else doc["raw"],
+            comp=tuple(doc.get("comp") or ()),
         )
 
     @classmethod

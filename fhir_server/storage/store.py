@@ -25,6 +25,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, NetworkTimeout
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from fhir_server.audit import seen
 from fhir_server.resource_types import resource_types
 from fhir_server.storage.documents import HISTORY, StoredVersion, VersionWrite, history_key
 
@@ -54,10 +55,16 @@ _CURRENT_INDEXES = [
     IndexModel([("comp", ASCENDING)], name="compartment"),
     IndexModel([("lu", DESCENDING)], name="last_updated"),
 ]
-_CURRENT_INDEX_NAMES = frozenset({"_id_", *(i.document["name"] for i in _CURRENT_INDEXES)})
+# kept too: the audit records' TTL index (fhir_server/audit/retention.py)
+_CURRENT_INDEX_NAMES = frozenset(
+    {"_id_", "audit_retention", *(i.document["name"] for i in _CURRENT_INDEXES)}
+)
 
 
-_RESOURCE_ONLY = {"sp": 0, "so": 0, "comp": 0}
+# Types whose records are written once, outside history (the audit trail,
+# fhir_server/audit/sink.py): a version is read from the current collection.
+SINGLE_VERSION_TYPES = frozenset({"AuditEvent"})
+_RESOURCE_ONLY = {"sp": 0, "so": 0}  # comp: the patients a read discloses (audit)
 
 
 class ConcurrentModification(Exception):
@@ -213,6 +220,9 @@ class Storage:
         version: int,
         session: Session | None = None,
     ) -> StoredVersion | None:
+        if resource_type in SINGLE_VERSION_TYPES:  # no history documents: the current one
+            current = await self.read_current(resource_type, resource_id, session)
+            return current if current is not None and current.version == version else None
         doc = await self.history.find_one(
             {"_id": history_key(resource_type, resource_id, version)}, session=session
         )
@@ -329,6 +339,8 @@ class Storage:
         """
         self._tell(writes)
         prepared = await self.hook.prepare(writes, session) if self.hook else None
+        for w in writes:
+            seen.wrote(w)  # the request's audit record lists what it wrote
         created: dict[str, list[dict[str, Any]]] = defaultdict(list)
         replaced: dict[str, list[ReplaceOne[dict[str, Any]]]] = defaultdict(list)
         closed: list[UpdateOne] = []

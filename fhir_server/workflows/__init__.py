@@ -35,6 +35,7 @@ def rules(settings: Settings, search: SearchService) -> list[Rule]:
     """Every rule of the pipeline, in the order they run: refusals first (cheapest),
     then the booking keys, then the action log; then the pharmacy's stock, billing;
     subscription matching last, so that it sees what the other rules made of a write."""
+    from fhir_server.audit.guard import ReadOnlyAudit
     from fhir_server.outbound.allow import OutboundAllowList
     from fhir_server.workflows.billing.charges import ChargeCapture
     from fhir_server.workflows.billing.invoiced import InvoicedItems
@@ -65,6 +66,7 @@ def rules(settings: Settings, search: SearchService) -> list[Rule]:
     active = ActiveSubscriptions(search.storage.db)
 
     return [
+        ReadOnlyAudit(),  # the audit trail: written by the server alone (fhir_server/audit/)
         StatusTransitions(),
         MinimumNotice(settings.appointment_min_notice),
         NoDoubleBooking(settings.appointment_hold),

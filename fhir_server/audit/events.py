@@ -1,0 +1,327 @@
+"""AuditEvent resources, shaped by IHE Basic Audit Log Patterns (BALP) for FHIR R4.
+
+A RESTful interaction becomes the BALP pattern of its kind (Create, Read, Update,
+Delete, Query, and the "with Patient" variants): ``type`` rest, ``subtype`` the
+interaction, the client (Source Role ID) with its network address, this server
+(Destination Role ID), the user (information recipient, with the token's ``jti`` as
+policy, BALP's OAuth pattern), the request id (``XrequestId``), the resources and,
+for searches, the query.
+
+BALP: one patient per record ("entity:patient 1..1"). A request touching several
+patients gives one record per patient, each listing only that patient's resources and
+carrying the query only when no other patient was involved, so a patient reading its
+own trail (the AuditEvent ``patient`` compartment) learns nothing about another; one
+more record, in no patient's compartment, holds the whole request for admins.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from fhir_server.audit.seen import PATIENT, Seen
+from fhir_server.datetimes import format_instant, now
+from smart_auth.tokens import AccessToken
+
+BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+ENTITY_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+OPERATION = "urn:fhir-server:CodeSystem/operation"  # subtype: the operation's name
+AUTH_EVENT = "urn:fhir-server:CodeSystem/auth-event"  # subtype of auth events
+CLIENT_ID = "urn:fhir-server:client-id"  # agent identifiers (altId carries them too)
+USERNAME = "urn:fhir-server:username"
+
+# interaction (fhir_server.metrics.classify) -> (restful-interaction code, action, BALP)
+_REST: dict[str, tuple[str, str, str]] = {
+    "read": ("read", "R", "Read"),
+    "vread": ("vread", "R", "Read"),
+    "update": ("update", "U", "Update"),
+    "patch": ("patch", "U", "Update"),
+    "delete": ("delete", "D", "Delete"),
+    "create": ("create", "C", "Create"),
+    "search-type": ("search-type", "E", "Query"),
+    "search-system": ("search-system", "E", "Query"),
+    "search-compartment": ("search", "E", "Query"),
+    "history-system": ("history-system", "R", "Query"),
+    "history-type": ("history-type", "R", "Query"),
+    "history-instance": ("history-instance", "R", "Query"),
+    "transaction": ("transaction", "E", ""),
+    "operation": ("operation", "E", ""),
+}
+_QUERIES = frozenset(code for code, (_, _, pattern) in _REST.items() if pattern == "Query")
+
+
+def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
+    out = {"system": system, "code": code}
+    if display:
+        out["display"] = display
+    return out
+
+
+def outcome_of(status: int) -> str:
+    """AuditEvent.outcome: 0 success, 4 minor failure (the client's), 8 serious (ours)."""
+    return "0" if status < 400 else "4" if status < 500 else "8"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made the request: the token (None with authorization off) and the address."""
+
+    access: AccessToken | None
+    address: str | None
+    server: str  # this server's FHIR base URL
+
+    def agents(self) -> list[dict[str, Any]]:
+        """BALP agents: client (Source Role ID), server (Destination), user (recipient)."""
+        client: dict[str, Any] = {
+            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "requestor": self.access is None
+            or self.access.subject in (None, self.access.client_id),
+        }
+        if self.access is not None:
+            client["who"] = {"identifier": {"system": CLIENT_ID, "value": self.access.client_id}}
+            client["altId"] = self.access.client_id
+        if self.address:
+            client["network"] = {"address": self.address, "type": "2"}
+        server = {
+            "type": {"coding": [coding(DCM, "110152", "Destination Role ID")]},
+            "who": {"display": self.server},
+            "requestor": False,
+            "network": {"address": self.server, "type": "5"},
+        }
+        agents = [client, server]
+        access = self.access
+        # a backend service's token names the client as its subject: no user then
+        if access is not None and access.subject not in (None, access.client_id):
+            user: dict[str, Any] = {
+                "type": {"coding": [coding(PARTICIPATION, "IRCP", "information recipient")]},
+                "who": _user_reference(access.fhir_user, str(access.subject)),
+                "altId": access.subject,
+                "requestor": True,
+                "policy": [access.jti],
+            }
+            agents.append(user)
+        return agents
+
+
+def _user_reference(fhir_user: str | None, username: str) -> dict[str, Any]:
+    """The user as a reference to its FHIR resource when it has one (so ``agent``
+    searches find it), else by username."""
+    if fhir_user:
+        return {"reference": fhir_user.rsplit("/fhir/", 1)[-1], "display": username}
+    return {"identifier": {"system": USERNAME, "value": username}, "display": username}
+
+
+def source(server: str) -> dict[str, Any]:
+    return {
+        "site": server,
+        "observer": {"display": "fhir-server"},
+        "type": [coding(SOURCE_TYPE, "4", "Application Server")],
+    }
+
+
+def patient_entity(patient: str) -> dict[str, Any]:
+    return {
+        "what": {"reference": patient},
+        "type": coding(ENTITY_TYPE, "1", "Person"),
+        "role": coding(ENTITY_ROLE, "1", "Patient"),
+    }
+
+
+def data_entity(key: str) -> dict[str, Any]:
+    return {
+        "what": {"reference": key},
+        "type": coding(ENTITY_TYPE, "2", "System Object"),
+        "role": coding(ENTITY_ROLE, "4", "Domain Resource"),
+    }
+
+
+def query_entity(query: str) -> dict[str, Any]:
+    return {
+        "type": coding(ENTITY_TYPE, "2", "System Object"),
+        "role": coding(ENTITY_ROLE, "24", "Query"),
+        "query": base64.b64encode(query.encode()).decode(),
+    }
+
+
+def request_entity(request_id: str) -> dict[str, Any]:
+    return {
+        "what": {"identifier": {"value": request_id}},
+        "type": coding(BALP_ENTITY, "XrequestId", "X-Request-Id"),
+    }
+
+
+@dataclass(slots=True)
+class RestRequest:
+    """A finished FHIR request, as the middleware saw it."""
+
+    interaction: str  # fhir_server.metrics.classify
+    method: str
+    path: str  # below the FHIR base, e.g. "Patient/1" or "Patient/$everything"
+    query: str  # the raw query string
+    status: int
+    request_id: str
+    caller: Caller
+    path_patient: str | None = None  # Patient/<id> named by the path itself
+    operation: str | None = None  # "$everything", ...
+    seen: Seen = field(default_factory=Seen)
+
+
+def rest_events(req: RestRequest) -> list[dict[str, Any]]:
+    """The AuditEvent(s) of one request (see the module docstring for the split)."""
+    interaction = req.interaction
+    if interaction == "update" and req.status == 201:
+        interaction = "create"  # an update that created the resource (BALP Create)
+    code, action, pattern = _REST.get(interaction, ("", "E", ""))
+    subtype = [coding(INTERACTION, code, code)] if code else []
+    if req.operation:
+        subtype.append(coding(OPERATION, req.operation, req.operation))
+    patients = set(req.seen.patients)
+    if req.path_patient:
+        patients.add(req.path_patient)
+    query = req.seen.query if req.seen.query is not None else req.query
+    is_query = interaction in _QUERIES
+    # searches: their query and patients (BALP Query); the rest: what they touched
+    listed = [] if is_query else list(req.seen.resources)
+    base = {
+        "resourceType": "AuditEvent",
+        "type": coding(EVENT_TYPE, "rest", "Restful Operation"),
+        "subtype": subtype,
+        "action": action,
+        "recorded": format_instant(now()),
+        "outcome": outcome_of(req.status),
+    }
+    if req.status >= 400:
+        base["outcomeDesc"] = f"HTTP {req.status} to {req.method} {req.path}"
+    common = {"agent": req.caller.agents(), "source": source(req.caller.server)}
+    ask = [query_entity(query)] if (is_query or req.operation) and query else []
+
+    def event(patient: str | None, keys: Iterable[str], with_query: bool) -> dict[str, Any]:
+        entities = [request_entity(req.request_id)]
+        if patient is not None:
+            entities.append(patient_entity(patient))
+        entities += [data_entity(k) for k in keys]
+        if with_query:
+            entities += ask
+        profile = _profile(pattern, patient is not None)
+        head = {"meta": {"profile": [profile]}} if profile else {}
+        return {**head, **base, **common, "entity": entities}
+
+    if not patients:
+        return [event(None, listed, True)]
+    if len(patients) == 1:
+        (only,) = patients
+        return [event(only, listed, True)]
+    # the whole request, in no patient's compartment (admins only): a Patient entity
+    # would put it in that patient's, so Patients are named by their own records alone
+    events = [event(None, [k for k in listed if not k.startswith(PATIENT)], True)]
+    for p in sorted(patients):
+        own = [k for k in listed if p in req.seen.resources.get(k, ()) or k.startswith(p + "/")]
+        events.append(event(p, own, False))
+    return events
+
+
+def _profile(pattern: str, with_patient: bool) -> str | None:
+    if not pattern:
+        return None
+    return f"{BALP}Patient{pattern}" if with_patient else f"{BALP}{pattern}"
+
+
+_LOGINS = {"login": ("110122", "Login"), "logout": ("110123", "Logout")}
+# DICOM "Security Alert" (110113), with the DICOM subtype of the change where one fits:
+# a lockout, and what an admin changes in the console (smart_auth/admin/actions.py)
+_CONFIGURATION = ("110129", "Security Configuration")
+_ATTRIBUTES = ("110137", "User Security Attributes Changed")
+_SECURITY_ALERTS: dict[str, tuple[str, str] | None] = {
+    "lockout": None,
+    "client-registered": _CONFIGURATION,
+    "client-revoked": _CONFIGURATION,
+    "user-created": _ATTRIBUTES,
+    "password-reset": _ATTRIBUTES,
+    "user-unlocked": _ATTRIBUTES,
+}
+
+
+def auth_event(
+    kind: str,
+    success: bool,
+    caller: Caller,
+    *,
+    username: str | None = None,
+    client_id: str | None = None,
+    patient: str | None = None,
+    detail: str | None = None,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """An authorization server event (login, logout, lockout, token, refresh, revoke,
+    consent-granted, consent-denied, and the admin console's changes): DICOM "User
+    Authenticated" (110114), or "Security Alert" (110113) for a lockout or an admin's
+    change, with the server's own subtype code."""
+    subtype = [coding(AUTH_EVENT, kind, kind)]
+    if kind in _SECURITY_ALERTS:
+        event_type = coding(DCM, "110113", "Security Alert")
+        dicom = _SECURITY_ALERTS[kind]
+    else:
+        event_type = coding(DCM, "110114", "User Authenticated")
+        dicom = _LOGINS.get(kind)
+    if dicom is not None:
+        subtype.insert(0, coding(DCM, *dicom))
+    agents: list[dict[str, Any]] = []
+    if username is not None:
+        user: dict[str, Any] = {
+            "type": {"coding": [coding(PARTICIPATION, "IRCP", "information recipient")]},
+            "who": {"identifier": {"system": USERNAME, "value": username}, "display": username},
+            "altId": username,
+            "requestor": True,
+        }
+        if caller.address:
+            user["network"] = {"address": caller.address, "type": "2"}
+        if jti:
+            user["policy"] = [jti]
+        agents.append(user)
+    if client_id is not None:
+        client: dict[str, Any] = {
+            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "who": {"identifier": {"system": CLIENT_ID, "value": client_id}},
+            "altId": client_id,
+            "requestor": username is None,
+        }
+        if caller.address and username is None:
+            client["network"] = {"address": caller.address, "type": "2"}
+        agents.append(client)
+    if not agents:  # an unidentified caller: its address at least
+        agents.append(
+            {
+                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                "requestor": True,
+                **({"network": {"address": caller.address, "type": "2"}} if caller.address else {}),
+            }
+        )
+    out: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": event_type,
+        "subtype": subtype,
+        "action": "E",
+        "recorded": format_instant(now()),
+        "outcome": "0" if success else "4",
+        "agent": agents,
+        "source": source(caller.server),
+    }
+    if detail:
+        out["outcomeDesc"] = detail
+    if patient:
+        out["entity"] = [patient_entity(_patient_key(patient))]
+    return out
+
+
+def _patient_key(patient: str) -> str:
+    return patient if patient.startswith(PATIENT) else PATIENT + quote(patient, safe="-.")

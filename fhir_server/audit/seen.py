@@ -1,0 +1,74 @@
+"""What one request disclosed or wrote, collected while it runs.
+
+The request's middleware opens a ``Seen`` (``opened``); the places that hand resources
+to the client (a read's body, a search or history bundle's entries) and storage's
+write call ``saw``/``wrote``. A context variable carries it, so no signature changes;
+outside an audited request every call is one ``ContextVar.get``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # storage imports this module: no import back at run time
+    from fhir_server.storage.documents import StoredVersion, VersionWrite
+
+PATIENT = "Patient/"
+
+
+@dataclass(slots=True)
+class Seen:
+    """Resources (``Type/id/_history/v`` with their patients) and the query."""
+
+    resources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    patients: set[str] = field(default_factory=set)
+    query: str | None = None
+
+    def add(self, rtype: str, rid: str, version: int, comp: tuple[str, ...] | list[str]) -> None:
+        patients = tuple(comp)
+        if rtype == "Patient" and f"{PATIENT}{rid}" not in patients:
+            patients = (*patients, f"{PATIENT}{rid}")
+        key = f"{rtype}/{rid}/_history/{version}"
+        self.resources[key] = tuple(dict.fromkeys((*self.resources.get(key, ()), *patients)))
+        self.patients.update(patients)
+
+
+_current: ContextVar[Seen | None] = ContextVar("audit_seen", default=None)
+
+
+@contextmanager
+def opened() -> Iterator[Seen]:
+    """A fresh collector for one request (reset after it: a batch entry runs as a
+    nested request in the same task and must not leave its collector behind)."""
+    seen = Seen()
+    token = _current.set(seen)
+    try:
+        yield seen
+    finally:
+        _current.reset(token)
+
+
+def saw(version: StoredVersion) -> None:
+    """The client is given this version (read, vread, search or history entry)."""
+    seen = _current.get()
+    if seen is not None and version.raw is not None:
+        seen.add(version.type, version.id, version.version, version.comp)
+
+
+def wrote(write: VersionWrite, comp: tuple[str, ...] | None = None) -> None:
+    """This version was written (every write path reaches storage's write). A
+    deletion has no content to index: ``comp`` names the patients of what it deleted."""
+    seen = _current.get()
+    if seen is not None:
+        seen.add(write.type, write.id, write.version, write.comp if comp is None else comp)
+
+
+def searched(query: str) -> None:
+    """The search's parameters as the server understood them (GET or POST form)."""
+    seen = _current.get()
+    if seen is not None:
+        seen.query = query
