@@ -284,6 +284,16 @@ class Settings(BaseSettings):
         description="Bearer token /metrics requires. Unset: /metrics answers loopback "
         "clients (127.0.0.1, ::1) only.",
     )
+    audit: bool = Field(
+        True,
+        description="Record a BALP AuditEvent for every FHIR interaction and auth event "
+        "(docs/audit.md); false only where another system keeps the audit trail.",
+    )
+    audit_retention_days: float = Field(
+        2190,
+        gt=0,
+        description="Days audit records are kept before MongoDB deletes them (default six years).",
+    )
     worker_heartbeat_seconds: float = Field(
         15.0,
         gt=0,
@@ -369,6 +379,24 @@ class Settings(BaseSettings):
     )
     auth_lockout_seconds: int = Field(
         900, ge=1, description="Longest wait between failed logins (the doubling stops here)."
+    )
+    rate_limit_client: str = Field(
+        "30000/60s",
+        description="Requests one client (client_id, all its users together) may make: "
+        "N/period (units s, m, h, d), a burst of N then N per period; 429 with Retry-After "
+        "beyond it. 0 or empty: no limit. A client's registration may set its own "
+        "(auth create-client --rate-limit).",
+    )
+    rate_limit_user: str = Field(
+        "3000/60s",
+        description="Requests one user (the token's subject, whatever the app) may make: "
+        "N/period as FHIR_RATE_LIMIT_CLIENT; backend clients have no user. 0 or empty: no "
+        "limit.",
+    )
+    rate_limit_redis_url: str | None = Field(
+        None,
+        description="Redis (redis://host:6379/0) holding the rate limit buckets the API "
+        "processes share. Unset: the server's MongoDB holds them (auth_rate_limits).",
     )
     trusted_proxies: str = Field(
         "127.0.0.1,::1",
@@ -522,6 +550,23 @@ class Settings(BaseSettings):
         """uvicorn takes a malformed entry as a literal that never matches, so a typo
         would silently distrust the proxy: refused at start instead."""
         return normalise_proxies(value)
+
+    @field_validator("rate_limit_client", "rate_limit_user")
+    @classmethod
+    def _quota(cls, value: str) -> str:
+        """A malformed quota stops the server at start; kept as "1200/60s" or "0"."""
+        from smart_auth.ratelimit import normalise_quota
+
+        return normalise_quota(value)
+
+    @field_validator("rate_limit_redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # FHIR_RATE_LIMIT_REDIS_URL= (empty): MongoDB
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("reminder_lead_times")
     @classmethod

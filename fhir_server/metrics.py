@@ -65,6 +65,12 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+RATE_LIMITED = Counter(
+    "fhir_rate_limited",
+    "Requests refused 429 by the API rate limits, by the limit (client or user).",
+    ["limit"],
+    registry=REGISTRY,
+)
 POOL_CHECKED_OUT = Gauge(
     "fhir_mongo_pool_checked_out",
     "MongoDB connections in use.",

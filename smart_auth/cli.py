@@ -120,6 +120,11 @@ def auth() -> None:
 @click.option("--jwks-uri", help="URL of the client's JWK Set (fetched and cached).")
 @click.option("--name", help="Name shown on the consent page.")
 @click.option(
+    "--rate-limit",
+    help="This client's quota instead of FHIR_RATE_LIMIT_CLIENT: N/period (600/60s, "
+    "50000/1h), or 0 for none.",
+)
+@click.option(
     "--generate-key",
     is_flag=True,
     help="Make the key pair here (backend and confidential-asymmetric clients): register "
@@ -150,6 +155,7 @@ def create_client_command(
     jwks_file: Path | None,
     jwks_uri: str | None,
     name: str | None,
+    rate_limit: str | None,
     generate_key: bool,
     alg: str,
     key_out: Path,
@@ -162,9 +168,16 @@ def create_client_command(
     --key FILE.
     """
     from smart_auth.clients import ClientError, create_client
+    from smart_auth.ratelimit import normalise_quota
 
     if client_type == "backend":
         client_type = "confidential-asymmetric"
+    if rate_limit is not None:
+        try:
+            rate_limit = normalise_quota(rate_limit)
+        except ValueError as exc:
+            click.echo(f"error: --rate-limit: {exc}", err=True)
+            sys.exit(2)
     key: SigningKey | None = None
     key_file: Path | None = None
     if generate_key:
@@ -208,6 +221,7 @@ def create_client_command(
             jwks=jwks,
             jwks_uri=jwks_uri,
             name=name,
+            rate_limit=rate_limit,
         )
     except (ClientError, BackendClientError) as exc:
         if written is not None:
@@ -220,6 +234,8 @@ def create_client_command(
         raise
     finally:
         client.close()
+    if rate_limit is not None:
+        out["rate_limit"] = rate_limit
     if key is not None and key_file is not None:
         out.update(key_file=str(key_file.resolve()), alg=key.alg, kid=key.kid, jwks=jwks)
         click.echo(json.dumps(out))
@@ -231,6 +247,31 @@ def create_client_command(
         )
         return
     click.echo(json.dumps(out))
+
+
+@auth.command("list-clients")
+@_db_options
+def list_clients_command(mongo_url: str | None, database: str | None) -> None:
+    """Print the registered clients, one JSON object per line: client_id, type, name,
+    scope, redirect_uris, launch_url and rate_limit (null: FHIR_RATE_LIMIT_CLIENT)."""
+    from smart_auth.clients import all_clients
+
+    client, db = _database(mongo_url, database)
+    try:
+        found = all_clients(db)
+    finally:
+        client.close()
+    for c in found:
+        shown = {
+            "client_id": c.client_id,
+            "type": c.client_type,
+            "name": c.name,
+            "scope": c.scope,
+            "redirect_uris": c.redirect_uris,
+            "launch_url": c.launch_url,
+            "rate_limit": c.rate_limit,
+        }
+        click.echo(json.dumps(shown))
 
 
 def _file_safe(client_id: str) -> str:

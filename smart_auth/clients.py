@@ -18,6 +18,7 @@ from typing import Any, Literal
 from authlib.oauth2.rfc6749 import ClientMixin
 from pymongo.database import Database
 
+from smart_auth.ratelimit import normalise_quota
 from smart_auth.scopes import InvalidScope, ResourceScope, ScopeSet, parse_scope
 from smart_auth.store import CLIENTS
 
@@ -74,6 +75,7 @@ class Client(ClientMixin):  # type: ignore[misc]
     jwks_uri: str | None = None
     name: str = ""
     secret_hash: str | None = None
+    rate_limit: str | None = None  # "600/60s", "0" (none); None: FHIR_RATE_LIMIT_CLIENT
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Client:
@@ -87,6 +89,7 @@ class Client(ClientMixin):  # type: ignore[misc]
             jwks_uri=doc.get("jwks_uri"),
             name=doc.get("name") or doc["_id"],
             secret_hash=doc.get("secret_hash"),
+            rate_limit=doc.get("rate_limit"),
         )
 
     @property
@@ -149,6 +152,7 @@ def create_client(
     jwks: dict[str, Any] | None = None,
     jwks_uri: str | None = None,
     name: str | None = None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
     """Register a client; returns ``{"client_id", "client_secret"}`` (the secret only for
     confidential-symmetric clients: it is shown once and stored hashed)."""
@@ -173,6 +177,11 @@ def create_client(
             ScopeSet.parse(scope)
         except InvalidScope as exc:
             raise ClientError(str(exc)) from exc
+    if rate_limit is not None:
+        try:
+            rate_limit = normalise_quota(rate_limit)
+        except ValueError as exc:
+            raise ClientError(f"rate limit: {exc}") from None
     secret = secrets.token_urlsafe(32) if client_type == "confidential-symmetric" else None
     doc: dict[str, Any] = {
         "_id": client_id,
@@ -184,10 +193,15 @@ def create_client(
         "jwks_uri": jwks_uri,
         "name": name or client_id,
         "secret_hash": _hash_secret(secret) if secret else None,
+        "rate_limit": rate_limit,
         "created": time.time(),
     }
     db[CLIENTS].replace_one({"_id": client_id}, doc, upsert=True)
     return {"client_id": client_id, "client_secret": secret}
+
+
+def all_clients(db: Database[Any]) -> list[Client]:
+    return [Client.from_doc(d) for d in db[CLIENTS].find().sort("_id", 1)]
 
 
 def launchable_clients(db: Database[Any]) -> list[Client]:

@@ -23,6 +23,7 @@ PENDING = "auth_pending"
 REFRESH = "auth_refresh_tokens"
 JTIS = "auth_jtis"
 SECRETS = "auth_secrets"
+RATE_LIMITS = "auth_rate_limits"  # shared token buckets (smart_auth/ratelimit.py)
 
 
 def ensure_auth_indexes(db: Database[Any]) -> None:
@@ -33,7 +34,7 @@ def ensure_auth_indexes(db: Database[Any]) -> None:
     db[LOGIN_ATTEMPTS].create_index("at", expireAfterSeconds=24 * 3600)
     db[LOGIN_ATTEMPTS].create_index([("username", 1), ("at", -1)])
     db[LOGIN_THROTTLE].create_index("expires", expireAfterSeconds=0)
-    for name in (CODES, LAUNCHES, PENDING, REFRESH, JTIS):
+    for name in (CODES, LAUNCHES, PENDING, REFRESH, JTIS, RATE_LIMITS):
         db[name].create_index("expires", expireAfterSeconds=0)
     db[REFRESH].create_index("family")
 

@@ -3,7 +3,8 @@
 One app-wide dependency, so routers added later (bulk export ...) are covered too. It
 only acts on paths under the FHIR base; the capability statement, the OpenAPI document
 and the SMART configuration stay public. It stores the verified ``AccessToken`` in
-``request.state.access`` (None when authorization is off: everything allowed).
+``request.state.access`` (None when authorization is off: everything allowed) and
+charges the request to the token's client and user (smart_auth/ratelimit.py: 429).
 """
 
 from __future__ import annotations
@@ -108,3 +109,5 @@ async def verify_bearer(request: Request) -> None:
         ) from None
     request.state.access = access
     request_access.set(access)  # for the write pipeline (service/context.py)
+    if (limiter := getattr(request.app.state, "rate_limiter", None)) is not None:
+        await limiter.charge(access)  # 429 past the client's or user's quota
