@@ -18,6 +18,9 @@ from starlette.responses import Response
 
 COOKIE = "fhir_auth_session"
 MAX_AGE = 8 * 3600
+# The login pages and the admin console (smart_auth/admin) share the session; the FHIR
+# API never sees the cookie (it takes bearer tokens only).
+COOKIE_PATHS = ("/auth", "/admin")
 
 
 @dataclass
@@ -80,15 +83,16 @@ class Sessions:
                 "iat": time.time(),
             }
         )
-        response.set_cookie(
-            COOKIE,
-            value,
-            max_age=MAX_AGE,
-            httponly=True,
-            samesite="lax",
-            secure=secure,
-            path="/auth",
-        )
+        for path in COOKIE_PATHS:
+            response.set_cookie(
+                COOKIE,
+                value,
+                max_age=MAX_AGE,
+                httponly=True,
+                samesite="lax",
+                secure=secure,
+                path=path,
+            )
 
     def csrf_token(self, session: Session) -> str:
         return hmac.new(self.secret.encode(), session.sid.encode(), hashlib.sha256).hexdigest()
