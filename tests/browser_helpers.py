@@ -35,8 +35,10 @@ def missing_prerequisites() -> list[str]:
         )
     if not CHROMIUM.exists():
         missing.append(f"{CHROMIUM} (apt-get install -y chromium)")
-    if not FHIR_CLIENT_JS.exists():
-        missing.append(f"{FHIR_CLIENT_JS} (npm ci --prefix tests/smart_app)")
+    if not FHIR_CLIENT_JS.exists() and not shutil.which("npm"):
+        missing.append("npm to install tests/smart_app's packages (apt-get install -y npm)")
+    elif not FHIR_CLIENT_JS.exists():
+        missing.append(f"{FHIR_CLIENT_JS} (npm ci --prefix tests/smart_app failed: run it)")
     return missing
 
 

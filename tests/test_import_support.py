@@ -43,8 +43,8 @@ def start_private_mariadb(directory: Path) -> tuple[str, subprocess.Popen[bytes]
     daemon = shutil.which("mariadbd") or shutil.which("mysqld") or "/usr/sbin/mariadbd"
     if install is None or not Path(daemon).exists():
         raise pytest.fail.Exception(
-            "no MariaDB on 127.0.0.1:3306 and no mariadb-server to start one "
-            "(apt-get install mariadb-server)",
+            "no MariaDB on 127.0.0.1:3306 and no mariadb-server to start one: install it "
+            "(apt-get install -y mariadb-server)",
             pytrace=False,
         )
     data = directory / "data"
@@ -124,7 +124,8 @@ def start_private_postgres() -> tuple[str, subprocess.Popen[bytes], Path]:
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not bins:
         raise pytest.fail.Exception(
-            "no PostgreSQL on 127.0.0.1:5432 and no postgresql package to start one",
+            "no PostgreSQL on 127.0.0.1:5432 and no postgresql package to start one: install "
+            "it (apt-get install -y postgresql)",
             pytrace=False,
         )
     bindir = bins[-1].parent

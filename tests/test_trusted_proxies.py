@@ -17,6 +17,7 @@ import html
 import ipaddress
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -257,8 +258,31 @@ class Proxied:
         )
 
 
+NGINX = Path("/usr/sbin/nginx")
+
+
+def _nginx_prerequisites() -> None:
+    """What the nginx test cannot run without: one line each, a failure (never a skip)."""
+    needs = None
+    if os.geteuid() != 0:
+        needs = "root: it runs nginx in a network namespace"
+    elif not NGINX.exists():
+        needs = f"{NGINX}: install it (apt-get install -y nginx-light)"
+    elif shutil.which("ip") is None:
+        needs = "ip: install it (apt-get install -y iproute2)"
+    if needs:
+        pytest.fail(f"the nginx test needs {needs}", pytrace=False)
+
+
 def _sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=30)
+    """Run a setup command; its failure is one line with its stderr, not a traceback."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{' '.join(args)} failed ({done.stderr.strip()}): the nginx test needs root "
+            "with CAP_NET_ADMIN",
+            pytrace=False,
+        )
 
 
 def _certificate(directory: Path, address: str) -> tuple[Path, Path]:
@@ -323,6 +347,7 @@ http {{
 
 @pytest.fixture(scope="module")
 def proxied(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
+    _nginx_prerequisites()
     tmp = tmp_path_factory.mktemp("nginx")
     tag = uuid.uuid4().hex[:6]
     namespace, outside, inside = f"fhirpx-{tag}", f"px{tag}h", f"px{tag}n"
@@ -355,7 +380,7 @@ def proxied(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         with server:
             log = open(tmp / "nginx.out", "wb")  # noqa: SIM115
             nginx = subprocess.Popen(
-                ["ip", "netns", "exec", namespace, "/usr/sbin/nginx", "-c", str(conf)],
+                ["ip", "netns", "exec", namespace, str(NGINX), "-c", str(conf)],
                 stdout=log,
                 stderr=log,
             )
