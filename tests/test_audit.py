@@ -109,7 +109,6 @@ def test_a_read_is_recorded_as_balp_patient_read(world: tuple[TestClient, TokenM
     assert event["subtype"][0] == {
         "system": "http://hl7.org/fhir/restful-interaction",
         "code": "read",
-        "display": "read",
     }
     assert (event["action"], event["outcome"]) == ("R", "0")
     assert patients_of(event) == ["Patient/pa"]

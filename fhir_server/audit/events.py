@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -60,11 +61,10 @@ _REST: dict[str, tuple[str, str, str]] = {
 _QUERIES = frozenset(code for code, (_, _, pattern) in _REST.items() if pattern == "Query")
 
 
-def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
-    out = {"system": system, "code": code}
-    if display:
-        out["display"] = display
-    return out
+def coding(system: str, code: str) -> dict[str, str]:
+    """A Coding without display: each display is an index key and a few dozen bytes of
+    every record, on every read (the admin console names the codes it shows)."""
+    return {"system": system, "code": code}
 
 
 def outcome_of(status: int) -> str:
@@ -81,36 +81,47 @@ class Caller:
     server: str  # this server's FHIR base URL
 
     def agents(self) -> list[dict[str, Any]]:
-        """BALP agents: client (Source Role ID), server (Destination), user (recipient)."""
-        client: dict[str, Any] = {
-            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
-            "requestor": self.access is None
-            or self.access.subject in (None, self.access.client_id),
-        }
-        if self.access is not None:
-            client["who"] = {"identifier": {"system": CLIENT_ID, "value": self.access.client_id}}
-            client["altId"] = self.access.client_id
-        if self.address:
-            client["network"] = {"address": self.address, "type": "2"}
-        server = {
-            "type": {"coding": [coding(DCM, "110152", "Destination Role ID")]},
-            "who": {"display": self.server},
-            "requestor": False,
-            "network": {"address": self.server, "type": "5"},
-        }
-        agents = [client, server]
-        access = self.access
-        # a backend service's token names the client as its subject: no user then
-        if access is not None and access.subject not in (None, access.client_id):
-            user: dict[str, Any] = {
-                "type": {"coding": [coding(PARTICIPATION, "IRCP", "information recipient")]},
-                "who": _user_reference(access.fhir_user, str(access.subject)),
-                "altId": access.subject,
+        """BALP agents: client (Source Role ID), server (Destination), user (recipient).
+        The same caller's agents are one shared list (records are never changed)."""
+        a = self.access
+        token = (a.client_id, a.subject, a.fhir_user, a.jti) if a is not None else None
+        return _agents(token, self.address, self.server)
+
+
+@lru_cache(maxsize=4096)
+def _agents(
+    token: tuple[str, str | None, str | None, str] | None, address: str | None, server: str
+) -> list[dict[str, Any]]:
+    client: dict[str, Any] = {"type": {"coding": [coding(DCM, "110153")]}}
+    # a backend service's token names the client as its subject: no user then
+    user = None
+    if token is not None:
+        client_id, subject, fhir_user, jti = token
+        client["who"] = {"identifier": {"system": CLIENT_ID, "value": client_id}}
+        client["altId"] = client_id
+        if subject not in (None, client_id):
+            user = {
+                "type": {"coding": [coding(PARTICIPATION, "IRCP")]},
+                "who": _user_reference(fhir_user, str(subject)),
+                "altId": subject,
                 "requestor": True,
-                "policy": [access.jti],
+                "policy": [jti],
             }
-            agents.append(user)
-        return agents
+    client["requestor"] = user is None
+    if address:
+        client["network"] = {"address": address, "type": "2"}
+    agents = [
+        client,
+        {
+            "type": {"coding": [coding(DCM, "110152")]},
+            "who": {"display": server},
+            "requestor": False,
+            "network": {"address": server, "type": "5"},
+        },
+    ]
+    if user is not None:
+        agents.append(user)
+    return agents
 
 
 def _user_reference(fhir_user: str | None, username: str) -> dict[str, Any]:
@@ -121,34 +132,35 @@ def _user_reference(fhir_user: str | None, username: str) -> dict[str, Any]:
     return {"identifier": {"system": USERNAME, "value": username}, "display": username}
 
 
+@lru_cache(maxsize=64)
 def source(server: str) -> dict[str, Any]:
+    """This server as the observer (shared by every record: never changed)."""
     return {
-        "site": server,
-        "observer": {"display": "fhir-server"},
-        "type": [coding(SOURCE_TYPE, "4", "Application Server")],
+        "observer": {"display": server},
+        "type": [coding(SOURCE_TYPE, "4")],
     }
 
 
 def patient_entity(patient: str) -> dict[str, Any]:
     return {
         "what": {"reference": patient},
-        "type": coding(ENTITY_TYPE, "1", "Person"),
-        "role": coding(ENTITY_ROLE, "1", "Patient"),
+        "type": coding(ENTITY_TYPE, "1"),
+        "role": coding(ENTITY_ROLE, "1"),
     }
 
 
 def data_entity(key: str) -> dict[str, Any]:
     return {
         "what": {"reference": key},
-        "type": coding(ENTITY_TYPE, "2", "System Object"),
-        "role": coding(ENTITY_ROLE, "4", "Domain Resource"),
+        "type": coding(ENTITY_TYPE, "2"),
+        "role": coding(ENTITY_ROLE, "4"),
     }
 
 
 def query_entity(query: str) -> dict[str, Any]:
     return {
-        "type": coding(ENTITY_TYPE, "2", "System Object"),
-        "role": coding(ENTITY_ROLE, "24", "Query"),
+        "type": coding(ENTITY_TYPE, "2"),
+        "role": coding(ENTITY_ROLE, "24"),
         "query": base64.b64encode(query.encode()).decode(),
     }
 
@@ -156,7 +168,7 @@ def query_entity(query: str) -> dict[str, Any]:
 def request_entity(request_id: str) -> dict[str, Any]:
     return {
         "what": {"identifier": {"value": request_id}},
-        "type": coding(BALP_ENTITY, "XrequestId", "X-Request-Id"),
+        "type": coding(BALP_ENTITY, "XrequestId"),
     }
 
 
@@ -182,9 +194,9 @@ def rest_events(req: RestRequest) -> list[dict[str, Any]]:
     if interaction == "update" and req.status == 201:
         interaction = "create"  # an update that created the resource (BALP Create)
     code, action, pattern = _REST.get(interaction, ("", "E", ""))
-    subtype = [coding(INTERACTION, code, code)] if code else []
+    subtype = [coding(INTERACTION, code)] if code else []
     if req.operation:
-        subtype.append(coding(OPERATION, req.operation, req.operation))
+        subtype.append(coding(OPERATION, req.operation))
     patients = set(req.seen.patients)
     if req.path_patient:
         patients.add(req.path_patient)
@@ -194,7 +206,7 @@ def rest_events(req: RestRequest) -> list[dict[str, Any]]:
     listed = [] if is_query else list(req.seen.resources)
     base = {
         "resourceType": "AuditEvent",
-        "type": coding(EVENT_TYPE, "rest", "Restful Operation"),
+        "type": coding(EVENT_TYPE, "rest"),
         "subtype": subtype,
         "action": action,
         "recorded": format_instant(now()),
@@ -266,19 +278,19 @@ def auth_event(
     consent-granted, consent-denied, and the admin console's changes): DICOM "User
     Authenticated" (110114), or "Security Alert" (110113) for a lockout or an admin's
     change, with the server's own subtype code."""
-    subtype = [coding(AUTH_EVENT, kind, kind)]
+    subtype = [coding(AUTH_EVENT, kind)]
     if kind in _SECURITY_ALERTS:
-        event_type = coding(DCM, "110113", "Security Alert")
+        event_type = coding(DCM, "110113")
         dicom = _SECURITY_ALERTS[kind]
     else:
-        event_type = coding(DCM, "110114", "User Authenticated")
+        event_type = coding(DCM, "110114")
         dicom = _LOGINS.get(kind)
     if dicom is not None:
-        subtype.insert(0, coding(DCM, *dicom))
+        subtype.insert(0, coding(DCM, dicom[0]))
     agents: list[dict[str, Any]] = []
     if username is not None:
         user: dict[str, Any] = {
-            "type": {"coding": [coding(PARTICIPATION, "IRCP", "information recipient")]},
+            "type": {"coding": [coding(PARTICIPATION, "IRCP")]},
             "who": {"identifier": {"system": USERNAME, "value": username}, "display": username},
             "altId": username,
             "requestor": True,
@@ -290,7 +302,7 @@ def auth_event(
         agents.append(user)
     if client_id is not None:
         client: dict[str, Any] = {
-            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "type": {"coding": [coding(DCM, "110153")]},
             "who": {"identifier": {"system": CLIENT_ID, "value": client_id}},
             "altId": client_id,
             "requestor": username is None,
@@ -301,7 +313,7 @@ def auth_event(
     if not agents:  # an unidentified caller: its address at least
         agents.append(
             {
-                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                "type": {"coding": [coding(DCM, "110153")]},
                 "requestor": True,
                 **({"network": {"address": caller.address, "type": "2"}} if caller.address else {}),
             }

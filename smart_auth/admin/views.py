@@ -297,9 +297,22 @@ class AuditRow:
     entities: list[str] = field(default_factory=list)
 
 
+# The DICOM codes of the audit records (fhir_server/audit/events.py writes codes only).
+_LABELS = {
+    "110113": "Security Alert",
+    "110114": "User Authenticated",
+    "110122": "Login",
+    "110123": "Logout",
+    "110129": "Security Configuration",
+    "110137": "User Security Attributes Changed",
+    "rest": "RESTful operation",
+}
+
+
 def _coding_text(value: Any) -> str:
     if isinstance(value, dict):
-        return str(value.get("display") or value.get("code") or "")
+        code = str(value.get("code") or "")
+        return str(value.get("display") or _LABELS.get(code, code))
     return ""
 
 
