@@ -385,7 +385,7 @@ class Settings(BaseSettings):
         description="Requests one client (client_id, all its users together) may make: "
         "N/period (units s, m, h, d), a burst of N then N per period; 429 with Retry-After "
         "beyond it. 0 or empty: no limit. A client's registration may set its own "
-        "(auth create-client --rate-limit).",
+        "(the rate limit option of auth create-client).",
     )
     rate_limit_user: str = Field(
         "3000/60s",

@@ -444,3 +444,27 @@ def test_consent_denied_is_recorded(smart: Smart) -> None:
     (denied,) = auth_events(smart, "consent-denied")
     assert patients_of(denied) == ["Patient/p1"]
     assert agent(denied, "IRCP")["altId"] == "ana"
+
+
+def test_head_is_recorded_as_the_get_it_stands_for(world: tuple[TestClient, TokenMint]) -> None:
+    c, mint = world
+    r = c.head("/fhir/Observation/oa-vital", headers=mint.headers("user/*.rs", **DR))
+    assert r.status_code == 200
+    events = audit_search(c, mint, "subtype=read&patient=Patient/pa")
+    (event,) = by_request(events, r.headers["x-request-id"])
+    assert data_of(event) == ["Observation/oa-vital/_history/1"]
+    assert agent(event, "IRCP")["who"]["reference"] == "Practitioner/dr"
+
+
+def test_everything_leaves_the_trail_out_unless_asked(world: tuple[TestClient, TokenMint]) -> None:
+    """$everything returns the patient's record; the record of who looked at it (also in
+    the Patient compartment) only when ``_type`` names AuditEvent."""
+    c, mint = world
+    h = mint.headers("system/*.rs system/AuditEvent.rs")
+    assert c.get("/fhir/Patient/pa", headers=h).status_code == 200
+    audit_search(c, mint, "patient=Patient/pa")  # flushed
+    everything = c.get("/fhir/Patient/pa/$everything", headers=h).json()
+    types = {e["resource"]["resourceType"] for e in everything["entry"]}
+    assert "AuditEvent" not in types and "Observation" in types
+    asked = c.get("/fhir/Patient/pa/$everything?_type=AuditEvent", headers=h).json()
+    assert {e["resource"]["resourceType"] for e in asked["entry"]} == {"AuditEvent"}

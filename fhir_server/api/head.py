@@ -23,4 +23,10 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, send_headers_only)
+        finally:  # the matched route, for what runs around the app (the audit record)
+            for key in ("route", "path_params"):
+                if key in inner:
+                    scope[key] = inner[key]

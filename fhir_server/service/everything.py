@@ -82,6 +82,11 @@ def compartment_types(registry: Registry) -> tuple[str, ...]:
     return ("Patient", *others)
 
 
+# In the compartment, but not the record itself: who looked at it (docs/audit.md), which
+# grows with every call. Returned when ``_type`` names it.
+ASKED_FOR_ONLY = frozenset({"AuditEvent"})
+
+
 # --- parameters ----------------------------------------------------------------------------
 
 
@@ -96,7 +101,9 @@ def parse_query(
 ) -> EverythingQuery:
     """The operation's parameters (already merged from URL and body) as a query; 400
     naming the parameter for anything malformed or unsupported."""
-    query = EverythingQuery(scope, compartment_types(registry), count=default_count)
+    compartment = compartment_types(registry)
+    unasked = tuple(t for t in compartment if t not in ASKED_FOR_ONLY)
+    query = EverythingQuery(scope, unasked, count=default_count)
     requested: list[str] = []
     seen: set[str] = set()
     for name, value in pairs:
@@ -117,7 +124,7 @@ def parse_query(
         if name != "_cursor":
             query.canonical.append((name, value))
     if requested:
-        query.types, query.referenced = select_types(query.types, requested)
+        query.types, query.referenced = select_types(compartment, requested)
     return query
 
 
