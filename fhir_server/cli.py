@@ -25,6 +25,7 @@ from smart_auth.cli import backend_client_options
 from terminology.cli import terminology_group
 
 if TYPE_CHECKING:
+    from fhir_server.load_journal import Journal
     from fhir_server.loader import Options, Summary
     from smart_auth.backend_client import BackendAuth, BackendClient
 
@@ -297,6 +298,15 @@ def _load_epilog() -> str:
             "it (re-sending could create resources twice). Exit code: 0 when everything loaded, "
             "1 when anything failed (each failure is listed with its file, entry or line, "
             "fullUrl and the server's OperationOutcome diagnostics), 2 for usage errors.",
+            "Resuming: every upload the server answered 2xx for is appended to --journal "
+            "at once (keyed by base URL, the file's absolute path, size, mtime and the "
+            "position and digest of its bytes). A rerun skips those, so a killed load goes "
+            "on where it stopped without creating resources twice; a file changed since is "
+            "sent again in full. Refused uploads (4xx, 5xx) wrote nothing and are sent "
+            "again, as is one that got no answer: the server may have applied it (a request "
+            "in flight at a kill), the one case a rerun can duplicate. The journal is kept "
+            "after a complete run, so a rerun is a no-op; --restart (or deleting the "
+            "journal) sends everything again.",
         ]
     )
 
@@ -346,6 +356,14 @@ def _load_epilog() -> str:
     help="Seconds to wait for one response.",
 )
 @click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(".fhir-load-journal.ndjson"),
+    show_default=True,
+    help="Uploads already loaded, for resuming (see below).",
+)
+@click.option("--restart", is_flag=True, help="Empty the journal and send everything again.")
+@click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
 )
 def load(
@@ -360,12 +378,14 @@ def load(
     ndjson_bundle: str,
     retries: int,
     timeout: float,
+    journal: Path,
+    restart: bool,
     progress: bool,
 ) -> None:
     """Upload Bundles, NDJSON and resource files to any FHIR server at BASE.
 
     Prints a summary (files, requests, resources sent / succeeded / failed, resources/s)
-    and every failure.
+    and every failure. A killed load rerun resumes where it stopped (--journal).
     """
     from fhir_server import loader
 
@@ -386,20 +406,30 @@ def load(
         files, skipped = loader.discover(paths)
     except loader.UsageError as exc:
         raise click.UsageError(str(exc)) from None
+    from fhir_server.load_journal import Journal
     from smart_auth.backend_client import BackendClientError
 
+    try:
+        done = Journal(journal, base_url, restart=restart)
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--journal") from None
     failure: BaseException | None = None
     try:
-        summary = asyncio.run(_run_load(files, skipped, options, progress, backend))
+        summary = asyncio.run(_run_load(files, skipped, options, progress, backend, done))
     except* BackendClientError as group:  # no token at the start, or none when renewing
         failure = group.exceptions[0]
         while isinstance(failure, BaseExceptionGroup):
             failure = failure.exceptions[0]
+    finally:
+        done.close()
     if failure is not None:
         click.echo(f"error: {failure}", err=True)
         sys.exit(1)
     for line in summary.lines():
         click.echo(line)
+    click.echo(
+        f"journal: {journal} (a rerun skips what is loaded; --restart sends everything again)"
+    )
     sys.exit(0 if summary.ok else 1)
 
 
@@ -434,15 +464,16 @@ async def _run_load(
     options: Options,
     progress: bool,
     backend: tuple[BackendClient, BackendAuth] | None = None,
+    journal: Journal | None = None,
 ) -> Summary:
     from fhir_server import loader
 
     if backend is not None:  # the first token before any file is read: fail at once
         await backend[0].token()
     if not progress:
-        return await loader.load_files(files, options, skipped=skipped)
+        return await loader.load_files(files, options, skipped=skipped, journal=journal)
     with loader.ProgressBar(loader.total_bytes(files)) as bar:
-        return await loader.load_files(files, options, bar, skipped=skipped)
+        return await loader.load_files(files, options, bar, skipped=skipped, journal=journal)
 
 
 @main.command()

@@ -14,11 +14,16 @@ any size loads in bounded memory:
 
 Resources are spliced into NDJSON Bundles as their original bytes, never re-serialised,
 so decimals keep their exact JSON text.
+
+With a ``Journal`` (fhir_server/load_journal.py) every upload the server answered 2xx for
+is recorded, and a rerun skips those, so a killed load resumes without creating the
+resources of its POST entries twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 import time
@@ -31,6 +36,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from fhir_server.load_journal import Journal, Key
 from fhir_server.progress import stderr_progress
 
 JSON_SUFFIXES = (".json",)
@@ -87,6 +93,11 @@ class Upload:
     source_bytes: int
     bundle_where: str = "bundle"
     idempotent: bool = False
+    # where in its file it came from ("file", "lines A-B") and the SHA-256 of its source
+    # bytes: with the file's identity, the journal's key
+    position: str = "file"
+    digest: str = ""
+    key: Key | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,8 @@ class Summary:
     retries: int = 0
     elapsed_s: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    resumed_uploads: int = 0  # skipped: the journal says an earlier run loaded them
+    resumed_resources: int = 0
 
     @property
     def ok(self) -> bool:
@@ -138,6 +151,11 @@ class Summary:
             f"resources: {self.sent} sent, {self.succeeded} succeeded, {self.failed} failed",
             f"elapsed: {self.elapsed_s:.1f} s, {self.per_second:.0f} resources/s",
         ]
+        if self.resumed_uploads:
+            out.append(
+                f"resumed: {self.resumed_uploads} uploads ({self.resumed_resources} resources) "
+                "already loaded were skipped"
+            )
         if self.failures:
             out.append(f"failures ({len(self.failures)}):")
             out += [f"  {f.describe()}" for f in self.failures]
@@ -210,6 +228,7 @@ def _json_file(path: Path) -> Upload | Failure:
         return Failure(name, "file", None, None, f"invalid JSON: {exc}")
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         return Failure(name, "file", None, None, "not a FHIR resource (no resourceType)")
+    digest = hashlib.sha256(data).hexdigest()
     if doc["resourceType"] == "Bundle" and doc.get("type") in ("transaction", "batch"):
         raw = doc.get("entry")
         raw_entries = (
@@ -219,12 +238,14 @@ def _json_file(path: Path) -> Upload | Failure:
             EntryRef(name, f"entry {i}", e.get("fullUrl")) for i, e in enumerate(raw_entries)
         ]
         repeatable = all(_entry_method(e) in IDEMPOTENT_METHODS for e in raw_entries)
-        return Upload(
-            name, "POST", "", data, entries, doc["type"], len(data), idempotent=repeatable
-        )
+        bundle = Upload(name, "POST", "", data, entries, doc["type"], len(data))
+        bundle.idempotent, bundle.digest = repeatable, digest
+        return bundle
     method, rpath = _resource_path(doc)
     entry = [EntryRef(name, "resource")]
-    return Upload(name, method, rpath, data, entry, None, len(data), "resource", method == "PUT")
+    single = Upload(name, method, rpath, data, entry, None, len(data), "resource")
+    single.idempotent, single.digest = method == "PUT", digest
+    return single
 
 
 def _entry_method(entry: dict[str, Any]) -> Any:
@@ -246,7 +267,9 @@ def _bundle(
 ) -> Upload:
     parts: list[bytes] = []
     entries: list[EntryRef] = []
+    source = hashlib.sha256()  # of the lines, not the body: its urn:uuids are new each run
     for line_no, raw, resource in chunk:
+        source.update(raw + b"\n")
         entry, full_url = _bundle_entry(raw, resource, options.base_url.rstrip("/"))
         parts.append(entry)
         entries.append(EntryRef(name, f"line {line_no}", full_url))
@@ -254,7 +277,9 @@ def _bundle(
     body = head + b",".join(parts) + b"]}"
     where = f"lines {chunk[0][0]}-{chunk[-1][0]}"
     repeatable = all(e.full_url and not e.full_url.startswith("urn:") for e in entries)
-    return Upload(name, "POST", "", body, entries, options.ndjson_bundle, size, where, repeatable)
+    upload = Upload(name, "POST", "", body, entries, options.ndjson_bundle, size, where)
+    upload.idempotent, upload.position, upload.digest = repeatable, where, source.hexdigest()
+    return upload
 
 
 def _ndjson_line(name: str, line_no: int, raw: bytes) -> dict[str, Any] | Failure:
@@ -463,8 +488,16 @@ def _no_progress(done: int, ok: int, failed: int) -> None:
 class _Run:
     """A producer reading files into a bounded queue and ``concurrency`` senders."""
 
-    def __init__(self, options: Options, sender: Sender, progress: Progress, summary: Summary):
+    def __init__(
+        self,
+        options: Options,
+        sender: Sender,
+        progress: Progress,
+        summary: Summary,
+        journal: Journal | None = None,
+    ):
         self.options, self.sender, self.progress, self.summary = options, sender, progress, summary
+        self.journal = journal
         self.queue: asyncio.Queue[Upload | None] = asyncio.Queue(maxsize=options.concurrency)
 
     def _fail(self, failure: Failure) -> None:
@@ -475,8 +508,11 @@ class _Run:
     async def produce(self, files: list[Path]) -> None:
         try:
             for path in files:
+                stat = path.stat()
                 for item in read_file(path, self.options):
                     if isinstance(item, Upload):
+                        if self._loaded_before(item, path, stat.st_size, stat.st_mtime_ns):
+                            continue
                         await self.queue.put(item)
                     elif isinstance(item, Failure):
                         self._fail(item)
@@ -486,10 +522,28 @@ class _Run:
             for _ in range(self.options.concurrency):
                 await self.queue.put(None)
 
+    def _loaded_before(self, upload: Upload, path: Path, size: int, mtime_ns: int) -> bool:
+        """Whether the journal has the upload (then it is counted as resumed)."""
+        if self.journal is None:
+            return False
+        key = self.journal.key(path, size, mtime_ns, upload.position, upload.digest)
+        upload.key = key
+        resources = self.journal.resources(key)
+        if resources is None:
+            return False
+        self.summary.resumed_uploads += 1
+        self.summary.resumed_resources += resources
+        self.progress(upload.source_bytes, 0, 0)
+        return True
+
     async def consume(self) -> None:
         while (upload := await self.queue.get()) is not None:
             status, body = await self.sender.send(upload)
             ok, failures = interpret(upload, status, body)
+            # 2xx: applied (a batch's failed entries are reported, not re-sent on resume)
+            applied = status is not None and 200 <= status < 300
+            if self.journal is not None and upload.key is not None and applied:
+                self.journal.record(upload.key, len(upload.entries))
             s = self.summary
             s.requests += 1
             s.bundles += upload.bundle_type is not None
@@ -507,10 +561,13 @@ async def load(
     progress: Progress | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    journal: Journal | None = None,
 ) -> Summary:
     """Upload every file under ``paths``; raises UsageError for a path it cannot take."""
     files, skipped = discover(paths)
-    return await load_files(files, options, progress, skipped=skipped, transport=transport)
+    return await load_files(
+        files, options, progress, skipped=skipped, transport=transport, journal=journal
+    )
 
 
 async def load_files(
@@ -520,11 +577,13 @@ async def load_files(
     *,
     skipped: int = 0,
     transport: httpx.AsyncBaseTransport | None = None,
+    journal: Journal | None = None,
 ) -> Summary:
-    """``load`` for files already discovered (the CLI sizes its progress bar in between)."""
+    """``load`` for files already discovered (the CLI sizes its progress bar in between).
+    With a ``journal``, uploads it holds are skipped and those answered 2xx are added."""
     summary = Summary(files=len(files), skipped=skipped)
     sender = Sender(options, transport)
-    run = _Run(options, sender, progress or _no_progress, summary)
+    run = _Run(options, sender, progress or _no_progress, summary, journal)
     start = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as tasks:  # one crash cancels the rest

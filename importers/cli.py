@@ -273,6 +273,7 @@ def check_mapping(mapping: str) -> None:
 @click.option("--mapping", required=True, metavar="NAME|FILE", help="Mapping with a users: part.")
 @click.option("--fhir-url", required=True, metavar="BASE", help="Where the records went.")
 @click.option("--token", envvar="FHIR_IMPORT_TOKEN", help="Bearer token [env: FHIR_IMPORT_TOKEN].")
+@backend_client_options
 @click.option("--mongo-url", envvar="FHIR_MONGO_URL", required=True, help="[env: FHIR_MONGO_URL]")
 @click.option("--database", envvar="FHIR_DATABASE", default="fhir", show_default=True)
 def users(
@@ -280,26 +281,40 @@ def users(
     mapping: str,
     fhir_url: str,
     token: str | None,
+    client_id: str | None,
+    key_file: Path | None,
+    scope: str,
     mongo_url: str,
     database: str,
 ) -> None:
     """Copy legacy users and roles into the SMART authorization server's users.
 
     Run it after `import run`: each user is linked to its migrated Practitioner or
-    Patient and must choose a new password (legacy hashes are not carried over).
+    Patient and must choose a new password (legacy hashes are not carried over). The
+    records are looked up with --token or, like `import run`, as a backend client
+    (--client-id/--key, tokens renewed).
     """
     from pymongo import MongoClient
 
+    from fhir_server.cli import _backend_client  # (not at import: it imports this)
     from importers.mapping.model import load_mapping
     from importers.users import import_users
+    from smart_auth.backend_client import BackendClientError
     from smart_auth.store import ensure_auth_indexes
 
+    if not fhir_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--fhir-url")
+    backend = _backend_client(fhir_url, token, client_id, key_file, scope, 60.0)
     client: MongoClient[dict[str, object]] = MongoClient(mongo_url, tz_aware=True)
     try:
         with _exit_on_source_errors():
             db = client[database]
             ensure_auth_indexes(db)
-            summary = import_users(load_mapping(mapping), source, fhir_url, db, token)
+            auth = backend[1] if backend else None
+            summary = import_users(load_mapping(mapping), source, fhir_url, db, token, auth)
+    except BackendClientError as exc:  # no token at the start, or none when renewing
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     finally:
         client.close()
     for line in summary.lines():

@@ -217,3 +217,54 @@ def test_import_outlives_the_token_lifetime(
     )
     assert dispensed.status_code == 200, dispensed.text
     assert dispensed.json()["total"] > 0, out + err
+
+
+def _users(secured: Secured, source: str, *auth: str | Path) -> Any:
+    return secured.cli(
+        "import", "users", "--source", source, "--mapping", "clinica",
+        "--fhir-url", secured.base, *auth,
+    )  # fmt: skip
+
+
+def test_import_users_as_backend_client(secured: Secured, mariadb_url: str, tmp_path: Path) -> None:
+    """``import users --client-id --key`` looks the linked records up with the backend
+    client's token: each user gets its migrated Practitioner or Patient."""
+    make_sample(mariadb_url, "clinica", 5, seed=3)
+    migrator = secured.backend_key("migrator", tmp_path, "system/*.cruds")
+    migrated = _import(
+        secured, mariadb_url, tmp_path / "st", "--client-id", "migrator", "--key", migrator
+    )
+    assert "Traceback" not in migrated.stderr, migrated.stderr  # (issued invoices: exit 1)
+    reader = secured.backend_key("user-reader", tmp_path, "system/*.rs")
+
+    def accounts() -> dict[str, dict[str, Any]]:
+        with MongoClient(secured.mongo_url) as mc:
+            found = mc[secured.database]["auth_users"].find()
+            return {u["_id"]: u for u in found}
+
+    # the wrong key: one line naming the token endpoint, no user created
+    wrong = _users(secured, mariadb_url, "--client-id", "migrator", "--key", reader)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    lines = wrong.stderr.strip().splitlines()
+    assert len(lines) == 1 and secured.token_url in lines[0] and "invalid_client" in lines[0]
+    assert "admin" not in accounts()
+
+    done = _users(secured, mariadb_url, "--client-id", "migrator", "--key", migrator)
+    assert done.returncode == 0, done.stdout + done.stderr
+    users = accounts()
+    doctors = [u for u in users.values() if u["role"] == "practitioner"]
+    patients = [u for u in users.values() if u["role"] == "patient"]
+    assert doctors and patients and users["admin"]["role"] == "admin"
+    access = secured.token("user-reader", reader)
+    for user in doctors + patients:
+        assert user["fhir_user"], user  # resolved through the token's search
+        r = httpx.get(
+            f"{secured.base}/{user['fhir_user']}",
+            headers={"Authorization": f"Bearer {access}"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["resourceType"] == user["role"].capitalize()
+
+    half = _users(secured, mariadb_url, "--client-id", "migrator")
+    assert half.returncode == 2 and "--client-id and --key go together" in half.stderr
