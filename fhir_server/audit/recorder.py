@@ -8,6 +8,8 @@ Records are built after the answer is sent and handed to the sink.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.types import Scope
 
 from fhir_server.audit.events import Caller, RestRequest, rest_events
@@ -15,6 +17,7 @@ from fhir_server.audit.seen import PATIENT, Seen
 from fhir_server.audit.sink import AuditSink
 from fhir_server.metrics import classify
 
+log = logging.getLogger("fhir_server.audit")
 BASE = "/fhir"
 _HISTORY = ("history-system", "history-type", "history-instance")
 _UNRECORDED = frozenset({"/fhir/metadata", "/fhir/metadata/", "/fhir/openapi.json"})
@@ -50,6 +53,13 @@ class Auditor:
         self.base_url = base_url
 
     def finish(self, scope: Scope, status: int, request_id: str, seen: Seen) -> None:
+        """Queue the request's records; a fault here is logged, never the request's."""
+        try:
+            self._finish(scope, status, request_id, seen)
+        except Exception:
+            log.exception("the audit record of %s %s was not made", scope["method"], scope["path"])
+
+    def _finish(self, scope: Scope, status: int, request_id: str, seen: Seen) -> None:
         route = getattr(scope.get("route"), "path", None)
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         interaction = classify(route, method) if route is not None else "unmatched"
