@@ -138,3 +138,31 @@ def test_same_index_as_the_generic_indexer(chunk: int) -> None:
         assert _as_sets(mine.sp) == _as_sets(generic.sp), stored
         assert mine.so == generic.so, stored
         assert sorted(mine.comp) == sorted(generic.comp), stored
+
+
+def test_a_large_transaction_is_recorded_in_bounded_records() -> None:
+    """A 10,000-entry transaction must not become one record of megabytes (MongoDB's
+    16 MB document limit, and every index key of it on one insert): at most 500
+    resources a record, all with the request's id."""
+    seen = Seen()
+    for i in range(1200):
+        seen.add("Observation", f"o{i}", 1, ("Patient/p1",))
+    request = RestRequest(
+        interaction="transaction",
+        method="POST",
+        path="",
+        query="",
+        status=200,
+        request_id="req-big",
+        caller=Caller(_token("user"), "10.1.2.3", SERVER),
+        seen=seen,
+    )
+    events = rest_events(request)
+    listed = [
+        [e for e in event["entity"] if e.get("role", {}).get("code") == "4"] for event in events
+    ]
+    assert [len(x) for x in listed] == [500, 500, 200]
+    assert sum(len(x) for x in listed) == 1200
+    for event in events:
+        ids = [e for e in event["entity"] if e["type"]["code"] == "XrequestId"]
+        assert ids[0]["what"]["identifier"]["value"] == "req-big"

@@ -58,6 +58,7 @@ _REST: dict[str, tuple[str, str, str]] = {
     "transaction": ("transaction", "E", ""),
     "operation": ("operation", "E", ""),
 }
+MAX_LISTED = 500  # resources named per record; more make more records of the request
 _QUERIES = frozenset(code for code, (_, _, pattern) in _REST.items() if pattern == "Query")
 
 
@@ -228,17 +229,23 @@ def rest_events(req: RestRequest) -> list[dict[str, Any]]:
         head = {"meta": {"profile": [profile]}} if profile else {}
         return {**head, **base, **common, "entity": entities}
 
+    def split(patient: str | None, keys: list[str], with_query: bool) -> list[dict[str, Any]]:
+        """Records of at most MAX_LISTED resources each (a 10,000-entry transaction
+        would otherwise be one multi-megabyte record), the query in the first."""
+        chunks = [keys[i : i + MAX_LISTED] for i in range(0, len(keys), MAX_LISTED)] or [[]]
+        return [event(patient, c, with_query and n == 0) for n, c in enumerate(chunks)]
+
     if not patients:
-        return [event(None, listed, True)]
+        return split(None, listed, True)
     if len(patients) == 1:
         (only,) = patients
-        return [event(only, listed, True)]
+        return split(only, listed, True)
     # the whole request, in no patient's compartment (admins only): a Patient entity
     # would put it in that patient's, so Patients are named by their own records alone
-    events = [event(None, [k for k in listed if not k.startswith(PATIENT)], True)]
+    events = split(None, [k for k in listed if not k.startswith(PATIENT)], True)
     for p in sorted(patients):
         own = [k for k in listed if p in req.seen.resources.get(k, ()) or k.startswith(p + "/")]
-        events.append(event(p, own, False))
+        events += split(p, own, False)
     return events
 
 
