@@ -93,6 +93,19 @@ def _instant(value: str) -> dict[str, datetime] | None:
     return date_value(value)
 
 
+class _Params(dict[str, _Param]):
+    """The parameters of one index, each made on first use."""
+
+    def __missing__(self, code: str) -> _Param:
+        found = self[code] = _Param()
+        return found
+
+    def store(self, index: Index) -> None:
+        for code, param in self.items():
+            if param.values or param.extra:
+                param.store(index, code)
+
+
 def _dedupe(values: list[Any]) -> list[Any]:
     if len(values) < 2:
         return values
@@ -124,13 +137,8 @@ def audit_index(resource: dict[str, Any]) -> Index:
     )
     static = _static(shape, resource)
     index = Index(dict(static.sp), dict(static.so))
-    params: dict[str, _Param] = {}
-
-    def p(code: str) -> _Param:
-        found = params.get(code)
-        if found is None:
-            found = params[code] = _Param()
-        return found
+    params = _Params()
+    p = params.__getitem__
 
     p("_lastUpdated").date(meta.get("lastUpdated"))
     p("date").date(resource.get("recorded"))
@@ -145,9 +153,7 @@ def audit_index(resource: dict[str, Any]) -> Index:
             patients.reference(what)
         p("entity-role").coding(entity.get("role"))
         p("entity-type").coding(entity.get("type"))
-    for code, param in params.items():
-        if param.values or param.extra:
-            param.store(index, code)
+    params.store(index)
     comp = [k for k in index.sp.get("patient", ()) if k.startswith(PATIENT) and k.count("/") == 1]
     index.comp = list(dict.fromkeys(comp))
     return index
@@ -164,13 +170,8 @@ def _static(shape: tuple[Any, ...], resource: dict[str, Any]) -> Index:
     if found is not None:
         return found
     index = Index()
-    params: dict[str, _Param] = {}
-
-    def p(code: str) -> _Param:
-        found = params.get(code)
-        if found is None:
-            found = params[code] = _Param()
-        return found
+    params = _Params()
+    p = params.__getitem__
 
     for profile in (resource.get("meta") or {}).get("profile") or ():
         for key in canonical_keys(profile):
@@ -197,9 +198,7 @@ def _static(shape: tuple[Any, ...], resource: dict[str, Any]) -> Index:
         p("altid").token(None, agent.get("altId"))
         for policy in agent.get("policy") or ():
             p("policy").plain(policy)
-    for code, param in params.items():
-        if param.values or param.extra:
-            param.store(index, code)
+    params.store(index)
     if len(_SHAPES) >= _MAX_SHAPES:
         _SHAPES.clear()  # tokens expire: old shapes are not asked for again
     _SHAPES[shape] = index
