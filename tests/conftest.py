@@ -80,6 +80,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ.get("FHIR_MONGOD_BIN"),
         cache_size_gb=0.25,
         close_idle_files_after=30,
+        parameters={"enableTestCommands": "1"},  # fail points (configureFailPoint)
     )
     try:
         url = mongo.start()

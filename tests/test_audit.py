@@ -317,6 +317,44 @@ def test_failures_and_missing_tokens_are_recorded(world: tuple[TestClient, Token
     assert agent(anon, "110153")["network"]["address"]
 
 
+def test_a_transaction_that_did_not_commit_names_nothing_it_tried_to_write(
+    world: tuple[TestClient, TokenMint], mongo_url: str
+) -> None:
+    """Versions a transaction wrote before its commit failed were never stored: the
+    record of the attempt (outcome "serious failure") names none of them. Before, a
+    10,000-entry transaction cancelled at shutdown made 10,000 per-patient records of
+    versions that do not exist."""
+    c, mint = world
+    h = mint.headers("user/*.cruds", **DR)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "id": pid, "active": True},
+                "request": {"method": "PUT", "url": f"Patient/{pid}"},
+            }
+            for pid in ("lost-a", "lost-b")
+        ],
+    }
+    with MongoClient(mongo_url) as admin:
+        admin.admin.command(
+            "configureFailPoint", "failCommand", mode={"times": 1},
+            data={"failCommands": ["commitTransaction"], "errorCode": 2},
+        )  # fmt: skip
+        try:
+            r = c.post("/fhir", json=bundle, headers=h)
+        finally:
+            admin.admin.command("configureFailPoint", "failCommand", mode="off")
+    assert r.status_code >= 500, r.text
+    assert c.get("/fhir/Patient/lost-a", headers=h).status_code == 404
+    events = by_request(audit_search(c, mint, "subtype=transaction"), r.headers["x-request-id"])
+    assert len(events) == 1, events
+    (event,) = events
+    assert event["outcome"] in {"8", "12"}
+    assert not [e for e in data_of(event) + patients_of(event) if "lost-" in e], event
+
+
 def test_retention_is_a_ttl_index_that_follows_the_setting(mongo_url: str) -> None:
     from fhir_server.app import create_app
     from fhir_server.config import Settings

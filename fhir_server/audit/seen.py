@@ -38,6 +38,10 @@ class Seen:
 
 
 _current: ContextVar[Seen | None] = ContextVar("audit_seen", default=None)
+# The writes of the running transaction, held until it commits (``staged``).
+_held: ContextVar[list[tuple[VersionWrite, tuple[str, ...] | None]] | None] = ContextVar(
+    "audit_held", default=None
+)
 
 
 @contextmanager
@@ -61,10 +65,41 @@ def saw(version: StoredVersion) -> None:
 
 def wrote(write: VersionWrite, comp: tuple[str, ...] | None = None) -> None:
     """This version was written (every write path reaches storage's write). A
-    deletion has no content to index: ``comp`` names the patients of what it deleted."""
+    deletion has no content to index: ``comp`` names the patients of what it deleted.
+    Inside a transaction it counts only once the transaction commits (``staged``)."""
+    held = _held.get()
+    if held is not None:
+        held.append((write, comp))
+        return
     seen = _current.get()
     if seen is not None:
         seen.add(write.type, write.id, write.version, write.comp if comp is None else comp)
+
+
+@contextmanager
+def staged() -> Iterator[None]:
+    """Hold the writes made inside this block and record them only if it ends without
+    an exception (the transaction committed). A cancelled or failed transaction wrote
+    nothing, so its record names nothing: a 10,000-entry transaction cancelled at
+    shutdown once made 10,000 per-patient records of versions that were never stored."""
+    if _current.get() is None:  # not an audited request: nothing to collect
+        yield
+        return
+    held: list[tuple[VersionWrite, tuple[str, ...] | None]] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+    for write, comp in held:  # reached only when the block succeeded
+        wrote(write, comp)
+
+
+def retried() -> None:
+    """The transaction runs again from the start: forget its earlier attempt's writes."""
+    held = _held.get()
+    if held is not None:
+        held.clear()
 
 
 def searched(query: str) -> None:

@@ -278,7 +278,8 @@ class Storage:
         told: list[WriteObserver] = []
         reset = _TOLD.set(told)
         try:
-            return await self._transaction(fn)
+            with seen.staged():  # the audit record names the versions only once committed
+                return await self._transaction(fn)
         finally:
             _TOLD.reset(reset)
             for observer in told:
@@ -291,6 +292,7 @@ class Storage:
             # long while mongod is down. The server was already waited for
             # (serverSelectionTimeoutMS, or a refused connection): answer 503 now.
             # Write conflicts are not connection failures and are still retried.
+            seen.retried()  # a rerun: the audit record names only the last run's writes
             try:
                 return await fn(session)
             except ConnectionFailure as exc:
