@@ -14,6 +14,7 @@ import base64
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -131,6 +132,28 @@ def test_a_read_is_recorded_as_balp_patient_read(world: tuple[TestClient, TokenM
     assert not [i for i in v.json()["issue"] if i["severity"] in ("error", "fatal")], v.text
 
 
+@pytest.mark.parametrize(
+    ("path", "subtype"),
+    [
+        ("Observation/oa-lab/_history/1", "vread"),
+        ("Observation/oa-lab/_history", "history-instance"),
+    ],
+)
+def test_vread_and_history_name_whose_record_it_was(
+    world: tuple[TestClient, TokenMint], path: str, subtype: str
+) -> None:
+    """An old version discloses the patient's data as the current one does: its record
+    is in that patient's trail (history versions keep their Patient compartments)."""
+    c, mint = world
+    r = c.get(f"/fhir/{path}", headers=mint.headers("user/*.rs", **DR))
+    assert r.status_code == 200, r.text
+    events = audit_search(c, mint, f"subtype={subtype}&patient=Patient/pa")
+    (event,) = by_request(events, r.headers["x-request-id"])
+    assert patients_of(event) == ["Patient/pa"]
+    if subtype == "vread":  # a history is a query (BALP): its patients, not its entries
+        assert data_of(event) == ["Observation/oa-lab/_history/1"]
+
+
 def test_writes_record_action_and_versions(world: tuple[TestClient, TokenMint]) -> None:
     c, mint = world
     h = mint.headers("user/*.cruds", **DR)
@@ -189,6 +212,36 @@ def test_search_across_patients_is_split_per_patient(world: tuple[TestClient, To
     )
     assert query_of(event) == "subject=Patient%2Fpa&category=vital-signs"
     assert event["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientQuery")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "subject=Patient/pa,Patient/pb-never-seen",
+        "subject:Patient._id=pa",  # a chain: its values could be anyone's
+        "_id=oa-lab,ob-lab-of-someone",
+    ],
+)
+def test_a_query_naming_someone_else_stays_out_of_the_patients_record(
+    world: tuple[TestClient, TokenMint], query: str
+) -> None:
+    """A search that found one patient's data, but whose query names another patient
+    (or cannot be told not to): the patient's apps read that patient's trail, so the
+    query goes in the admin-only record of the whole request, and the patient's record
+    names the patient without it."""
+    c, mint = world
+    h = mint.headers("user/*.rs", **DR)
+    r = c.get(f"/fhir/Observation?{query}&category=laboratory", headers=h)
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == ["oa-lab"]
+    events = by_request(audit_search(c, mint, "subtype=search-type", 2), r.headers["x-request-id"])
+    own = [e for e in events if patients_of(e)]
+    whole = [e for e in events if not patients_of(e)]
+    assert [patients_of(e) for e in own] == [["Patient/pa"]]
+    assert query_of(own[0]) is None
+    assert len(whole) == 1 and query_of(whole[0]) == urlencode(
+        [*parse_qsl(query), ("category", "laboratory")]
+    )
 
 
 def test_a_transaction_over_two_patients_gives_each_only_its_own(
@@ -353,6 +406,59 @@ def test_a_transaction_that_did_not_commit_names_nothing_it_tried_to_write(
     (event,) = events
     assert event["outcome"] in {"8", "12"}
     assert not [e for e in data_of(event) + patients_of(event) if "lost-" in e], event
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=Patient/nobody",
+        "entity=Patient/pa/_history/1",
+        "entity:identifier=abc",
+        "agent=Practitioner/dr",
+        "altid=dr-user",
+        "policy=some-jti",
+        "address=192.0.2.1",
+        "date=ge2099-01-01",
+        "date=lt2020-01-01",
+        "outcome=8",
+        "patient=Patient/pa&subtype=read&_sort=-_lastUpdated",
+    ],
+)
+def test_the_questions_asked_of_a_trail_run_on_indexes(
+    world: tuple[TestClient, TokenMint], query: str
+) -> None:
+    """The AuditEvent collection has its own indexes (audit/indexes.py: who, whose
+    record, when, what failed) instead of the wildcard index every other type has; each
+    of these selective searches is answered from one of them, not by a scan of the
+    collection or of its _id index."""
+    from fhir_server.audit.indexes import AUDIT_INDEXES
+    from fhir_server.service.search import plan_stages
+
+    c, mint = world
+    assert c.get("/fhir/Patient/pa", headers=mint.headers("user/*.rs", **DR)).status_code == 200
+    audit_search(c, mint, "patient=Patient/pa")
+    r = c.get(f"/fhir/AuditEvent?{query}", headers=mint.headers(AUDIT))
+    assert r.status_code == 200, r.text
+    search = c.app.state.services.search  # type: ignore[attr-defined]
+    plan = search.parser().parse_url(f"AuditEvent?{query}")
+    explained = c.portal.call(search.explain, plan)  # type: ignore[union-attr]
+    assert explained
+    chosen = {i.document["name"] for i in AUDIT_INDEXES} | {"audit_retention"}
+    for _, winning in explained:
+        stages = plan_stages(winning)
+        assert "COLLSCAN" not in stages and "IXSCAN" in stages, (query, stages)
+        used = index_names(winning)
+        assert used and used <= chosen, (query, used)  # not a walk of the _id index
+
+
+def index_names(plan: Any) -> set[str]:
+    """The indexes an explain() winning plan reads."""
+    if isinstance(plan, dict):
+        own = {plan["indexName"]} if isinstance(plan.get("indexName"), str) else set()
+        return own.union(*(index_names(v) for v in plan.values()))
+    if isinstance(plan, list):
+        return set().union(*(index_names(v) for v in plan))
+    return set()
 
 
 def test_retention_is_a_ttl_index_that_follows_the_setting(mongo_url: str) -> None:

@@ -316,6 +316,7 @@ async def _search(
         max_count=svc.settings.search_max_count,
         compartment=compartment,
     )
+    seen.planned(plan)  # whom its criteria name: whose audit record may show the query
     fixed = [("_type", ",".join(types))] if path == "" and request.query_params.get("_type") else []
 
     def link(cursor: str | None) -> str:

@@ -237,11 +237,13 @@ def rest_events(req: RestRequest) -> list[dict[str, Any]]:
 
     if not patients:
         return split(None, listed, True)
-    if len(patients) == 1:
+    if len(patients) == 1 and req.seen.confined_to(next(iter(patients))):
         (only,) = patients
         return split(only, listed, True)
     # the whole request, in no patient's compartment (admins only): a Patient entity
-    # would put it in that patient's, so Patients are named by their own records alone
+    # would put it in that patient's, so Patients are named by their own records alone.
+    # So is a one-patient search whose query names someone else (patient=a,b): its
+    # text stays out of the record a's apps read.
     events = split(None, [k for k in listed if not k.startswith(PATIENT)], True)
     for p in sorted(patients):
         own = [k for k in listed if p in req.seen.resources.get(k, ()) or k.startswith(p + "/")]

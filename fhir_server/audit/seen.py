@@ -14,7 +14,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fhir_server.search.plan import Criterion, ReferenceValue
+
 if TYPE_CHECKING:  # storage imports this module: no import back at run time
+    from fhir_server.search.plan import SearchPlan
     from fhir_server.storage.documents import StoredVersion, VersionWrite
 
 PATIENT = "Patient/"
@@ -27,6 +30,18 @@ class Seen:
     resources: dict[str, tuple[str, ...]] = field(default_factory=dict)
     patients: set[str] = field(default_factory=set)
     query: str | None = None
+    # what the search's criteria point at (reference values), and whether it has
+    # criteria whose values cannot be told apart from another patient's (chains, _id)
+    query_refs: set[str] = field(default_factory=set)
+    query_opaque: bool = False
+
+    def confined_to(self, patient: str) -> bool:
+        """Whether the query names nothing but ``patient``: only then may its text go
+        in that patient's own record (which the patient's apps can read)."""
+        own = patient + "/_history/"
+        return not self.query_opaque and all(
+            r == patient or r.startswith(own) for r in self.query_refs
+        )
 
     def add(self, rtype: str, rid: str, version: int, comp: tuple[str, ...] | list[str]) -> None:
         patients = tuple(comp)
@@ -107,3 +122,17 @@ def searched(query: str) -> None:
     seen = _current.get()
     if seen is not None:
         seen.query = query
+
+
+def planned(plan: SearchPlan) -> None:
+    """What the parsed search names (``Seen.confined_to``)."""
+    seen = _current.get()
+    if seen is None:
+        return
+    for condition in plan.conditions:
+        if not isinstance(condition, Criterion) or condition.code == "_id":
+            seen.query_opaque = True
+            continue
+        for value in condition.values:
+            if isinstance(value, ReferenceValue):
+                seen.query_refs.update(value.keys)

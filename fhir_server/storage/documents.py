@@ -67,6 +67,7 @@ class StoredVersion:
             doc.get("raw"),
             doc["m"],
             doc.get("c", doc["v"] == 1),
+            tuple(doc.get("comp") or ()),
         )
 
 
@@ -110,6 +111,9 @@ class VersionWrite:
             "m": self.method,
             "c": self.created,
             "raw": self.raw,
+            # whose record this version was: a vread or history entry names the patient
+            # in its audit record, as a read of the current version does
+            **({"comp": self.comp} if self.comp else {}),
         }
 
     def stored(self) -> StoredVersion:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+import pymongo
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -21,21 +23,34 @@ from pymongo import (
 )
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, NetworkTimeout
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from fhir_server.audit import seen
+from fhir_server.audit.indexes import AUDIT_INDEXES
 from fhir_server.resource_types import resource_types
 from fhir_server.storage.documents import HISTORY, StoredVersion, VersionWrite, history_key
 
 T = TypeVar("T")
 Session = AsyncClientSession
+log = logging.getLogger(__name__)
 
 # Writes are acknowledged by a majority and journaled: a 201 means the version survives
 # a crash or a failover, never "accepted but lost".
 _WRITE_CONCERN = WriteConcern(w="majority", j=True)
 _MAX_ATTEMPTS = 20
+# The longest a commit whose outcome is unknown is looked up afterwards (``_settle``;
+# at most the transaction's own time again): a new primary is usually elected within
+# MongoDB's 10 s election timeout plus a little.
+SETTLE_SECONDS = 10.0
 
 
 _HISTORY_INDEXES = [
@@ -55,10 +70,10 @@ _CURRENT_INDEXES = [
     IndexModel([("comp", ASCENDING)], name="compartment"),
     IndexModel([("lu", DESCENDING)], name="last_updated"),
 ]
+# Types with their own index sets instead: the audit trail (fhir_server/audit/indexes.py)
+_TYPE_INDEXES = {"AuditEvent": AUDIT_INDEXES}
 # kept too: the audit records' TTL index (fhir_server/audit/retention.py)
-_CURRENT_INDEX_NAMES = frozenset(
-    {"_id_", "audit_retention", *(i.document["name"] for i in _CURRENT_INDEXES)}
-)
+_KEPT_INDEXES = {"_id_", "audit_retention"}
 
 
 # Types whose records are written once, outside history (the audit trail,
@@ -142,6 +157,31 @@ _TOLD: contextvars.ContextVar[list[WriteObserver] | None] = contextvars.ContextV
 )
 
 
+class CommitOutcomeUnknown(PyMongoError):
+    """A commit was sent, and neither its success nor its failure could be learnt in
+    time (the election outlasted the transaction's time and the look-up after it): the
+    writes may or may not be stored. Never reported as a failure (the API answers 504
+    and says so), since telling the client to retry could store them twice."""
+
+
+# What the running transaction attempt wrote: its history documents by key, to look
+# one up when the commit's outcome is unknown (``Storage._settle``).
+_WRITTEN: contextvars.ContextVar[dict[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "written", default=None
+)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One run of ``with_transaction``: whether its callback returned (so the commit
+    was sent), with what, and what it wrote."""
+
+    committing: bool = False
+    result: Any = None
+    reruns: int = 0  # after the primary went away mid-transaction
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class _Unreachable(Exception):
     """Carries a connection failure out of ``with_transaction`` unretried."""
 
@@ -188,9 +228,11 @@ class Storage:
         # create_indexes creates the collection too, and is a no-op when both exist
         # (so concurrent workers may race here harmlessly).
         collection = self.current(resource_type)
-        await collection.create_indexes(_CURRENT_INDEXES)
+        indexes = _TYPE_INDEXES.get(resource_type, _CURRENT_INDEXES)
+        kept = _KEPT_INDEXES | {i.document["name"] for i in indexes}
+        await collection.create_indexes(indexes)
         async for index in await collection.list_indexes():
-            if index["name"] not in _CURRENT_INDEX_NAMES:  # an index this version dropped
+            if index["name"] not in kept:  # an index this version dropped
                 await collection.drop_index(index["name"])
         self._ready.add(resource_type)
 
@@ -286,38 +328,127 @@ class Storage:
                 observer.written()
 
     async def _transaction(self, fn: Callable[[Session], Awaitable[T]]) -> T:
+        attempt = _Attempt()
+
         async def unless_unreachable(session: Session) -> T:
             # with_transaction retries a transaction that could not reach the server
             # (a TransientTransactionError) for up to 120 s: a request would hang that
             # long while mongod is down. The server was already waited for
             # (serverSelectionTimeoutMS, or a refused connection): answer 503 now.
             # Write conflicts are not connection failures and are still retried.
-            seen.retried()  # a rerun: the audit record names only the last run's writes
+            # Nothing is committed before the callback returns, so 503 is the truth.
+            # One exception: the primary went away under a running transaction (a
+            # reset connection, "not primary" after a step-down), not a failed wait for
+            # one. Running it again (with_transaction does) waits at most one server
+            # selection for the next primary, which a step-down has ready in a second.
+            attempt.committing = False
+            attempt.written.clear()
+            seen.retried()
             try:
-                return await fn(session)
+                result = await fn(session)
             except ConnectionFailure as exc:
+                if (
+                    attempt.reruns < 1
+                    and not isinstance(exc, ServerSelectionTimeoutError)
+                    and exc.has_error_label("TransientTransactionError")
+                ):
+                    attempt.reruns += 1
+                    raise
                 raise _Unreachable(exc) from exc
+            attempt.result, attempt.committing = result, True
+            return result
 
-        for attempt in range(_MAX_ATTEMPTS):
+        for retry in range(_MAX_ATTEMPTS):
+            attempt = _Attempt()
+            written = _WRITTEN.set(attempt.written)
             try:
-                # Not pymongo.timeout: under it every retryable operation (the abort of
-                # a failed transaction too) retries until the deadline.
-                async with asyncio.timeout(self.transaction_timeout):
-                    async with self.client.start_session() as session:
-                        return await session.with_transaction(
-                            unless_unreachable, write_concern=_WRITE_CONCERN
-                        )
+                async with self.client.start_session() as session:
+                    unknown = await self._attempt(session, unless_unreachable, attempt)
+                    if unknown is None:
+                        return attempt.result  # type: ignore[no-any-return]
+                    # Never hand this session out again: it is killed below.
+                    _retire(session)
+                    session_id = session.session_id
+                return await self._settle(attempt, session_id, unknown)  # type: ignore[no-any-return]
             except _Unreachable as unreachable:
                 raise unreachable.error from None
-            except TimeoutError:
-                raise NetworkTimeout(
-                    f"the transaction did not finish within {self.transaction_timeout} s"
-                ) from None
             except (ConcurrentModification, DuplicateKeyError):
-                if attempt == _MAX_ATTEMPTS - 1:
+                if retry == _MAX_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(0.002 * (attempt + 1))
+                await asyncio.sleep(0.002 * (retry + 1))
+            finally:
+                _WRITTEN.reset(written)
         raise AssertionError("unreachable")
+
+    async def _attempt(
+        self,
+        session: Session,
+        callback: Callable[[Session], Awaitable[Any]],
+        attempt: _Attempt,
+    ) -> PyMongoError | None:
+        """Run the transaction (``attempt.result``); None when it committed, the error
+        when its commit was sent and its outcome is unknown; raises otherwise."""
+        try:
+            # Not pymongo.timeout: under it every retryable operation (the abort of a
+            # failed transaction too) retries until the deadline.
+            # A commit that failed over is retried by with_transaction (its outcome is
+            # learnt from the new primary: committed, or NoSuchTransaction and the
+            # whole transaction runs again) until this deadline.
+            async with asyncio.timeout(self.transaction_timeout):
+                await session.with_transaction(callback, write_concern=_WRITE_CONCERN)
+            return None
+        except TimeoutError:
+            timeout = NetworkTimeout(
+                f"the transaction did not finish within {self.transaction_timeout} s"
+            )
+            if attempt.committing:
+                return timeout
+            raise timeout from None
+        except PyMongoError as exc:
+            if attempt.committing and exc.has_error_label("UnknownTransactionCommitResult"):
+                return exc
+            raise
+
+    async def _settle(
+        self, attempt: _Attempt, session_id: Mapping[str, Any], error: PyMongoError
+    ) -> Any:
+        """The commit was sent but its outcome is unknown: the primary died with it and
+        no new one confirmed it within the transaction's time, or its answers were lost.
+        Kill the session first (a primary that is still alive aborts the transaction if
+        it did not commit, rather than holding its locks until it expires), then read
+        one version it wrote back, linearizably (on a primary, reflecting every
+        majority-acknowledged write): the client is told success only if it committed,
+        and 503 only if not."""
+        try:
+            with pymongo.timeout(self.client.options.server_selection_timeout):
+                await self.client.admin.command("killSessions", [session_id])
+        except PyMongoError as exc:  # no primary yet, say: the look-up still decides
+            log.info("could not kill the session of an unknown commit: %s", exc)
+        if not attempt.written:  # nothing to look for (no resource versions written)
+            raise CommitOutcomeUnknown(f"the commit's outcome is unknown: {error}") from error
+        key, mine = next(iter(attempt.written.items()))
+        history = self.db.get_collection(HISTORY, read_concern=ReadConcern("linearizable"))
+        budget = min(self.transaction_timeout or SETTLE_SECONDS, SETTLE_SECONDS)
+        deadline = asyncio.get_running_loop().time() + budget
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                with pymongo.timeout(max(left, 0.001)):
+                    found = await history.find_one({"_id": key}, {"lu": 1, "raw": 1})
+                break
+            except PyMongoError as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    log.warning("commit outcome unknown (%s; look-up: %s)", error, exc)
+                    raise CommitOutcomeUnknown(
+                        f"the commit's outcome is unknown: {error}"
+                    ) from error
+                await asyncio.sleep(0.1)
+        if found is not None and found.get("lu") == mine["lu"] and found.get("raw") == mine["raw"]:
+            log.warning("commit outcome was unknown (%s): it committed (%s)", error, key)
+            return attempt.result
+        log.warning("commit outcome was unknown (%s): it did not commit (%s)", error, key)
+        # a connection failure, whatever the commit's error was: the API's 503
+        raise AutoReconnect(f"the transaction did not commit: {error}") from error
 
     async def claim(self, keys: Sequence[str], session: Session) -> None:
         """Serialise transactions that decide on the same keys (e.g. conditional
@@ -366,6 +497,7 @@ class Storage:
             if result.matched_count != len(ops):
                 raise ConcurrentModification(t)
         versions = [w.history_document() for w in writes]
+        _remember(versions)
         if closed:  # one round trip: close the replaced versions, add the new ones
             inserts = [InsertOne(d) for d in versions]
             await self.history.bulk_write([*closed, *inserts], session=session)
@@ -404,15 +536,30 @@ class Storage:
                 [ReplaceOne({"_id": w.id, "v": w.version}, w.current_document()) for w in group],
                 session=session,
             )
+        versions = [w.history_document() for w in writes]
+        _remember(versions)
         await self.history.bulk_write(
-            [
-                ReplaceOne({"_id": history_key(w.type, w.id, w.version)}, w.history_document())
-                for w in writes
-            ],
-            session=session,
+            [ReplaceOne({"_id": v["_id"]}, v) for v in versions], session=session
         )
         if prepared is not None:
             await prepared.apply(session)
+
+
+def _retire(session: Session) -> None:
+    """Keep PyMongo from reusing the session's server-side id for another transaction
+    (it pools them), since ``_settle`` kills that id. The dirty mark is PyMongo's own,
+    set when a network error may have left the session in an unknown state."""
+    server_session = getattr(session, "_server_session", None)
+    if server_session is not None:
+        server_session.mark_dirty()
+
+
+def _remember(versions: Sequence[dict[str, Any]]) -> None:
+    """Note the history documents the running transaction attempt writes (``_settle``)."""
+    written = _WRITTEN.get()
+    if written is not None:
+        for v in versions:
+            written[v["_id"]] = v
 
 
 def _keyset(cursor: HistoryCursor, op: str) -> dict[str, Any]:
