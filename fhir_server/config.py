@@ -47,7 +47,8 @@ class Settings(BaseSettings):
         gt=0,
         le=600,
         description="Longest a write transaction may take, its retries included (PyMongo's "
-        "own limit is 120 s); then 503 with Retry-After.",
+        "own limit is 120 s); then 503 with Retry-After, or, when the commit was sent, "
+        "the write is looked up: 2xx if it committed, 503 if not, 504 if still unknown.",
     )
     supervisor_backoff_seconds: float = Field(
         1.0,

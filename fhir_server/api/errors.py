@@ -18,10 +18,17 @@ from fhir_server.health import RETRY_AFTER_SECONDS, unavailable, unavailable_iss
 from fhir_server.jsonio import dumps
 from fhir_server.offload import WorkCancelled
 from fhir_server.outcome import FhirError, Issue, operation_outcome
+from fhir_server.storage.store import CommitOutcomeUnknown
 
 log = logging.getLogger("fhir_server")
 CONTENT_TYPE = "application/fhir+json; charset=utf-8"
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+_OUTCOME_UNKNOWN = Issue(
+    "timeout",
+    "The database did not confirm or refuse this write in time (a failover took longer "
+    "than the server waits): it may or may not have been stored. Read the resource (or "
+    "search for it) before sending the write again",
+)
 
 
 def outcome_response(status: int, issues: list[Issue], headers: dict[str, str]) -> Response:
@@ -58,7 +65,12 @@ def unavailable_response() -> Response:
 
 async def on_database_error(request: Request, exc: Exception) -> Response:
     """MongoDB unreachable (mongod down, failover, network): 503 + Retry-After, fast
-    (see fhir_server/health.py for the timeouts). Other database errors are bugs: 500."""
+    (see fhir_server/health.py for the timeouts). Other database errors are bugs: 500.
+    A write whose commit nobody could confirm or refuse is 504: neither "done" nor
+    "not done, retry" would be the truth (docs/scaling.md, failover)."""
+    if isinstance(exc, CommitOutcomeUnknown):
+        log.warning("write outcome unknown on %s %s: %s", request.method, request.url.path, exc)
+        return outcome_response(504, [_OUTCOME_UNKNOWN], {})
     if unavailable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return unavailable_response()
