@@ -88,6 +88,18 @@ def agent(event: dict[str, Any], code: str) -> dict[str, Any]:
     raise AssertionError(f"no agent {code} in {event['agent']}")
 
 
+def patients_put(*ids: str) -> dict[str, Any]:
+    """A transaction updating (creating) an active Patient for each id."""
+    entries = [
+        {
+            "resource": {"resourceType": "Patient", "id": pid, "active": True},
+            "request": {"method": "PUT", "url": f"Patient/{pid}"},
+        }
+        for pid in ids
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
 @pytest.fixture
 def world(mongo_url: str) -> Iterator[tuple[TestClient, TokenMint]]:
     with smart_client(mongo_url) as pair:
@@ -249,17 +261,7 @@ def test_a_transaction_over_two_patients_gives_each_only_its_own(
 ) -> None:
     c, mint = world
     h = mint.headers("user/*.cruds", **DR)
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {"resourceType": "Patient", "id": pid, "active": True},
-                "request": {"method": "PUT", "url": f"Patient/{pid}"},
-            }
-            for pid in ("pa", "pb")
-        ],
-    }
+    bundle = patients_put("pa", "pb")
     r = c.post("/fhir", json=bundle, headers=h)
     assert r.status_code == 200, r.text
     events = by_request(audit_search(c, mint, "subtype=transaction", 3), r.headers["x-request-id"])
@@ -379,17 +381,7 @@ def test_a_transaction_that_did_not_commit_names_nothing_it_tried_to_write(
     versions that do not exist."""
     c, mint = world
     h = mint.headers("user/*.cruds", **DR)
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {"resourceType": "Patient", "id": pid, "active": True},
-                "request": {"method": "PUT", "url": f"Patient/{pid}"},
-            }
-            for pid in ("lost-a", "lost-b")
-        ],
-    }
+    bundle = patients_put("lost-a", "lost-b")
     with MongoClient(mongo_url) as admin:
         admin.admin.command(
             "configureFailPoint", "failCommand", mode={"times": 1},
