@@ -31,6 +31,7 @@ from fhir_server.audit.recorder import Auditor
 from fhir_server.audit.retention import ensure_retention
 from fhir_server.audit.sink import AuditSink
 from fhir_server.authz.authenticate import authenticate
+from fhir_server.bulk.import_routes import router as bulk_import_router
 from fhir_server.bulk.routes import router as bulk_router
 from fhir_server.config import Settings
 from fhir_server.health import client_options
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(views_router, prefix=BASE_PATH)  # SQL on FHIR $viewdefinition-run
     app.include_router(reports_router, prefix=BASE_PATH)  # the clinics' $report
     app.include_router(bulk_router, prefix=BASE_PATH)
+    app.include_router(bulk_import_router, prefix=BASE_PATH)  # $import (docs/bulk-import.md)
     app.include_router(bundles_router, prefix=BASE_PATH)
     app.include_router(websocket_router, prefix=BASE_PATH)  # Subscription websocket channel
     app.include_router(unknown_operations, prefix=BASE_PATH)  # last of the FHIR routes

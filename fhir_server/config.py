@@ -431,6 +431,30 @@ class Settings(BaseSettings):
         description="Seconds without progress after which a bulk export unit whose worker "
         "died is given to another worker.",
     )
+    import_dirs: str = Field(
+        "",
+        description="Directories whose files a bulk $import may read as file:// inputs, "
+        "comma-separated (/srv/imports,/data/ndjson). Empty: file:// inputs are refused.",
+    )
+    import_url_allow: str = Field(
+        "",
+        description="URL prefixes a bulk $import may fetch http(s):// inputs from, "
+        "comma-separated (https://data.example.org/exports/). Empty: http(s) inputs are "
+        "refused. Redirects are not followed.",
+    )
+    import_unit_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="Bytes of a file:// $import input per unit of work: a larger input is "
+        "split into ranges that several workers import side by side.",
+    )
+    import_chunk_resources: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Resources per $import chunk: one MongoDB transaction and one "
+        "checkpoint, the most a killed worker's successor redoes.",
+    )
     terminology_load_core: bool = Field(
         True,
         description="Load the R4 core code systems, value sets and concept maps when "

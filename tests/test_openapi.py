@@ -86,7 +86,7 @@ def test_openapi_is_public_valid_3_1_and_lists_what_the_capability_statement_lis
         path, method = SYSTEM_ENDPOINTS[interaction["code"]]
         assert method in paths[path], interaction["code"]
     names = {op["name"] for op in rest["operation"]}
-    assert names == {"validate", "export", "stock", "report"}
+    assert names == {"validate", "export", "import", "stock", "report"}
     assert all("post" in paths[f"/{r['type']}/$validate"] for r in rest["resource"])
     assert {"get", "post"} <= set(paths["/$export"])
     # the workflows' operations, described from their OperationDefinitions

@@ -137,3 +137,36 @@ def owns(access: AccessLike | None, job: dict[str, Any]) -> bool:
     if owner is None:
         return job.get("client_id") is None
     return owner == owner_of(access)
+
+
+def _may_import(scopes: Any, resource_type: str) -> bool:
+    """A ``system/`` scope, without search parameters, granting both create and update
+    of the type (an import writes each resource as an update that may create it):
+    ``system/T.cu``, ``system/T.write``, ``system/*.cud``, ``system/*.*`` ..."""
+
+    def whole(interaction: str) -> bool:
+        return any(
+            s.context == "system" and not s.params
+            for s in scopes.grants(resource_type, interaction)
+        )
+
+    return whole("c") and whole("u")
+
+
+def authorize_import(access: AccessLike | None, types: Sequence[str]) -> str | None:
+    """The client an ``$import`` job belongs to, or 403 (before anything is read or
+    written). Bulk import is a backend service's job: only ``system/`` scopes count,
+    and each must cover all of the type, since the worker writes outside any request
+    and could not confine itself to part of it. None: authorization is off."""
+    if access is None:
+        return None
+    if "system" not in access.scopes.contexts:
+        raise _forbidden("Bulk import needs system/ scopes (a backend service token)")
+    denied = sorted({t for t in types if not _may_import(access.scopes, t)})
+    if denied:
+        raise _forbidden(
+            "The token does not grant system/ create and update, on all resources, of "
+            + ", ".join(denied),
+            "input",
+        )
+    return access.client_id

@@ -11,9 +11,11 @@
 The limits are the API's settings at kick-off, so workers need no export settings.
 GridFS bucket ``bulk``: the files, metadata {job, unit, seq, type, contentType}.
 
-Two kinds of job share this machinery: ``resources`` (Bulk Data ``$export``: a unit
+Three kinds of job share this machinery: ``resources`` (Bulk Data ``$export``: a unit
 copies resources to NDJSON) and ``view`` (SQL on FHIR ``$viewdefinition-export``: a
-unit writes a ViewDefinition's rows, views/export.py). Only what a unit writes per
+unit writes a ViewDefinition's rows, views/export.py), and ``import`` (Bulk Data
+``$import``: a unit reads a byte range of an NDJSON input and writes its resources,
+bulk/imports.py; its units and job are made by bulk/import_routes.py). Only what a unit writes per
 resource differs (export.py ``content_for``); jobs, units, leases, checkpoints,
 dispatch, status, cancel, download and expiry are the same code.
 
@@ -42,6 +44,7 @@ from fhir_server.datetimes import now
 JOBS = "bulk_jobs"
 UNITS = "bulk_units"
 BUCKET = "bulk"
+IMPORT_ERRORS = "bulk_import_errors"
 UNIT_MIN_RESOURCES = 100_000  # a type is split into ranges of about this many resources
 
 Filter = dict[str, Any]
@@ -172,6 +175,8 @@ async def delete_job(db: AsyncDatabase[dict[str, Any]], job_id: str) -> None:
     """Remove a job, its units and its files (cancel, expiry)."""
     await db[JOBS].delete_one({"_id": job_id})
     await db[UNITS].delete_many({"job": job_id})
+    # $import's error lines (bulk/imports.py), keyed "<job>:<input>:<offset>"
+    await db[IMPORT_ERRORS].delete_many({"_id": {"$gt": f"{job_id}:", "$lt": f"{job_id};"}})
     # Not bucket.delete: a worker may be deleting one of these files at the same time.
     files = await db[f"{BUCKET}.files"].find({"metadata.job": job_id}, {"_id": 1}).to_list()
     ids = [f["_id"] for f in files]

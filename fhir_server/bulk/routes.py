@@ -330,7 +330,7 @@ async def export_other_methods(request: Request) -> Response:
 async def _job(request: Request, job_id: str) -> dict[str, Any]:
     db = await prepare(request)
     job = await db[jobs.JOBS].find_one({"_id": job_id})
-    if job is None or not owns(access_of(request), job):
+    if job is None or job.get("kind") == "import" or not owns(access_of(request), job):
         # One answer for both: another user must not learn that the job exists.
         raise FhirError.of(404, "not-found", f"No export job {job_id!r} (expired or deleted?)")
     return job

@@ -64,12 +64,12 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def dispatch(app: Celery, settings: Settings, unit_ids: Sequence[str]) -> None:
-    """Queue one task per unit (blocking: call it from a thread in async code)."""
+def dispatch(app: Celery, settings: Settings, unit_ids: Sequence[str], task: str = TASK) -> None:
+    """Queue one ``task`` per unit (blocking: call it from a thread in async code)."""
     with app.producer_or_acquire() as producer:
         for unit_id in unit_ids:
             app.send_task(
-                TASK,
+                task,
                 args=[settings.database, unit_id],
                 queue=settings.celery_queue,
                 producer=producer,
@@ -102,6 +102,9 @@ def worker_app(settings: Settings) -> Celery:
             fail_job(db, unit_id, f"Export failed: {exc}")
             return 0
 
+    from fhir_server.bulk import imports
+
+    imports.register(app, settings)  # bulk $import units (docs/bulk-import.md)
     from fhir_server.workflows.scheduling import worker as slots
 
     slots.register(app, settings)  # slot generation (docs/scheduling.md)

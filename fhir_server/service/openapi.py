@@ -481,6 +481,8 @@ def _operation_paths(add: Adder, operation: Json, types: list[str]) -> None:
                 )
     elif name == "export":
         _export_paths(add, definition)
+    elif name == "import":
+        _import_paths(add, definition)
     elif definition.endswith("/appointment-find"):
         params = [
             _query(p, {"type": "string"})
@@ -783,6 +785,75 @@ def _export_paths(add: Adder, definition: str) -> None:
             "tags": tags,
             "summary": "Download an export file",
             "parameters": [job, _path_param("file_id", {"type": "string"})],
+            "responses": {
+                "200": {
+                    "description": "NDJSON",
+                    "content": {NDJSON: {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    )
+
+
+def _import_paths(add: Adder, definition: str) -> None:
+    """Bulk Data Import kick-off (a Parameters manifest; fhir_server/bulk/import_routes.py),
+    its status (and cancel) and its error files."""
+    tags = ["Bulk Data"]
+    schema = _ref("schemas", "Parameters")
+    add(
+        "/$import",
+        "post",
+        {
+            "operationId": "import",
+            "tags": tags,
+            "summary": f"Bulk import kick-off ({definition})",
+            "parameters": [_ref("parameters", "Prefer-async"), _ref("parameters", "Accept-fhir")],
+            "requestBody": {"required": True, "content": {FHIR_JSON: {"schema": schema}}},
+            "responses": {
+                "202": {
+                    "description": "Accepted: poll the Content-Location",
+                    "headers": {"Content-Location": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    )
+    job = _path_param("job_id", {"type": "string"})
+    add(
+        "/$import-status/{job_id}",
+        "get",
+        {
+            "operationId": "import-status",
+            "tags": tags,
+            "summary": "Bulk import status",
+            "parameters": [job],
+            "responses": {
+                "200": {
+                    "description": "Complete: the manifest",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "202": {"description": "In progress"},
+            },
+        },
+    )
+    add(
+        "/$import-status/{job_id}",
+        "delete",
+        {
+            "operationId": "import-cancel",
+            "tags": tags,
+            "summary": "Cancel a bulk import",
+            "parameters": [job],
+            "responses": _fhir_body(_ref("schemas", "OperationOutcome"), "202"),
+        },
+    )
+    add(
+        "/$import-file/{job_id}/{input}",
+        "get",
+        {
+            "operationId": "import-errors",
+            "tags": tags,
+            "summary": "Download an import's error file (OperationOutcome NDJSON)",
+            "parameters": [job, _path_param("input", {"type": "string"})],
             "responses": {
                 "200": {
                     "description": "NDJSON",

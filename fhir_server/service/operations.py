@@ -38,6 +38,9 @@ _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/export"})
 PATIENT_EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/patient-export"})
 GROUP_EXPORT = MappingProxyType({"name": "export", "definition": f"{_BULK}/group-export"})
+# The Bulk Data Import proposal (manifest form; fhir_server/bulk/import_routes.py), under
+# the canonical base of the Bulk Data IG it is drafted for.
+IMPORT = MappingProxyType({"name": "import", "definition": f"{_BULK}/import"})
 
 # rest.resource[type].operation
 RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyType(
@@ -59,6 +62,7 @@ RESOURCE_OPERATIONS: Mapping[str, tuple[Mapping[str, str], ...]] = MappingProxyT
 SYSTEM_OPERATIONS: tuple[Mapping[str, str], ...] = (
     RESOURCE_VALIDATE,
     EXPORT,
+    IMPORT,
     *PHARMACY.system(),
     *REPORTS.system(),  # reports/: the clinics' $report
 )
