@@ -389,6 +389,43 @@ def test_import_needs_system_write_scopes_for_every_type(
         mc.drop_database(settings.database)
 
 
+def test_issued_legacy_invoices_come_in_through_import_with_authorization_on(
+    mongo_url: str, queue: str, worker: Any, data_dir: Path
+) -> None:
+    """docs/billing.md: invoices are created as drafts and numbered when issued; only
+    the server itself may create one already issued, with the number the old system
+    gave it. An authorized $import writes as the server (its kick-off checked the
+    client's system write scopes), so a clinic's issued invoices come across with
+    authorization on, while the same client's REST create of an issued one is refused."""
+    settings = importer(mongo_url, queue, data_dir, auth_enabled=True)
+    number = {"system": "urn:fhir-server:ec:invoice-number", "value": "001-001-000000457"}
+    invoice = {
+        "resourceType": "Invoice",
+        "id": "legacy-457",
+        "status": "issued",
+        "identifier": [number],
+        "subject": {"reference": "Patient/p0"},
+        "date": "2019-05-02",
+    }
+    body = manifest(
+        ("Patient", ndjson(data_dir / "Patient.ndjson", patients(1))),
+        ("Invoice", ndjson(data_dir / "Invoice.ndjson", [invoice])),
+    )
+    token = bearer(settings, "migration", "system/Patient.cu system/Invoice.cu system/Invoice.r")
+    with open_client(settings) as c:
+        done = run_import(c, body, **token)
+        assert [o["count"] for o in done["output"]] == [1, 1] and not done.get("error")
+        stored = c.get("/fhir/Invoice/legacy-457", headers=token).json()
+        assert (stored["status"], stored["identifier"]) == ("issued", [number])
+        again = {k: v for k, v in invoice.items() if k != "id"}
+        again["identifier"] = [{**number, "value": "001-001-000000458"}]
+        r = c.post("/fhir/Invoice", json=again, headers=token)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Invoice.status"]
+    with MongoClient(mongo_url) as mc:
+        mc.drop_database(settings.database)
+
+
 # --- a killed worker ------------------------------------------------------------------------------
 
 
