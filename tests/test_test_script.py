@@ -81,8 +81,8 @@ def test_not_root_stops_at_the_missing_package_before_pytest(tmp_path: Path) -> 
     assert got.returncode == 2, got.stdout + got.stderr
     assert got.stdout == ""
     assert got.stderr.splitlines() == [
-        "tools/test: missing /usr/sbin/nginx for tests/test_trusted_proxies.py and "
-        "tests/test_compose.py: apt-get install -y nginx-light"
+        "tools/test: missing /usr/sbin/nginx for tests/test_trusted_proxies.py, "
+        "test_scale_out.py and test_compose.py: apt-get install -y nginx-light"
     ]
 
 

@@ -14,27 +14,26 @@ token endpoint URL, which is the public https URL the client sees.
 from __future__ import annotations
 
 import html
-import ipaddress
 import os
 import re
-import shutil
-import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from nginx_helpers import (
+    NGINX_HEAD,
+    NGINX_HTTP_COMMON,
+    certificate,
+    https_client,
+    network,
+    nginx,
+)
 from pymongo import MongoClient
 from smart_as_helpers import csrf, pkce
 
@@ -243,7 +242,7 @@ class Proxied:
         self.direct = served.base  # http://10.x.y.1:port/fhir, bypassing nginx
 
     def https(self) -> httpx.Client:
-        return httpx.Client(verify=ssl.create_default_context(cafile=self.cert), timeout=30)
+        return https_client(self.cert)
 
     def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
         """The installed command, trusting the test's certificate as a system CA."""
@@ -258,78 +257,13 @@ class Proxied:
         )
 
 
-NGINX = Path("/usr/sbin/nginx")
-
-
-def _nginx_prerequisites() -> None:
-    """What the nginx test cannot run without: one line each, a failure (never a skip)."""
-    needs = None
-    if os.geteuid() != 0:
-        needs = "root: it runs nginx in a network namespace"
-    elif not NGINX.exists():
-        needs = f"{NGINX}: install it (apt-get install -y nginx-light)"
-    elif shutil.which("ip") is None:
-        needs = "ip: install it (apt-get install -y iproute2)"
-    if needs:
-        pytest.fail(f"the nginx test needs {needs}", pytrace=False)
-
-
-def _sh(*args: str) -> None:
-    """Run a setup command; its failure is one line with its stderr, not a traceback."""
-    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        pytest.fail(
-            f"{' '.join(args)} failed ({done.stderr.strip()}): the nginx test needs root "
-            "with CAP_NET_ADMIN",
-            pytrace=False,
-        )
-
-
-def _certificate(directory: Path, address: str) -> tuple[Path, Path]:
-    """A self-signed certificate for ``address`` (an IP SAN), valid for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
-NGINX_CONF = """
-daemon off;
-user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
+NGINX_CONF = (
+    NGINX_HEAD
+    + """
 http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+"""
+    + NGINX_HTTP_COMMON
+    + """
     server {{
         listen {proxy}:443 ssl;
         ssl_certificate {cert};
@@ -343,27 +277,15 @@ http {{
     }}
 }}
 """
+)
 
 
 @pytest.fixture(scope="module")
 def proxied(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
-    _nginx_prerequisites()
     tmp = tmp_path_factory.mktemp("nginx")
-    tag = uuid.uuid4().hex[:6]
-    namespace, outside, inside = f"fhirpx-{tag}", f"px{tag}h", f"px{tag}n"
-    net = uuid.uuid4().int % 200 + 20, uuid.uuid4().int % 64 * 4
-    host, proxy = f"10.{net[0]}.{net[1]}.1", f"10.{net[0]}.{net[1]}.2"
-    _sh("ip", "netns", "add", namespace)
-    nginx: subprocess.Popen[bytes] | None = None
-    try:
-        _sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-        _sh("ip", "link", "set", inside, "netns", namespace)
-        _sh("ip", "addr", "add", f"{host}/30", "dev", outside)
-        _sh("ip", "link", "set", outside, "up")
-        _sh("ip", "netns", "exec", namespace, "ip", "addr", "add", f"{proxy}/30", "dev", inside)
-        _sh("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
-        _sh("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
-        cert, key = _certificate(tmp, proxy)
+    with network() as net:
+        host, proxy = net.host, net.proxy
+        cert, key = certificate(tmp, proxy)
         database = f"test_proxies_{uuid.uuid4().hex[:12]}"
         server = ServerProcess(
             mongo_url=mongo_url,
@@ -377,34 +299,11 @@ def proxied(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         conf.write_text(
             NGINX_CONF.format(d=tmp, proxy=proxy, cert=cert, key=key, host=host, port=server.port)
         )
-        with server:
-            log = open(tmp / "nginx.out", "wb")  # noqa: SIM115
-            nginx = subprocess.Popen(
-                ["ip", "netns", "exec", namespace, str(NGINX), "-c", str(conf)],
-                stdout=log,
-                stderr=log,
-            )
-            proxied = Proxied(Served(server, mongo_url, database), proxy, host, cert)
-            with proxied.https() as http:
-                deadline = time.monotonic() + 30
-                while True:
-                    assert nginx.poll() is None, (tmp / "nginx.out").read_text()
-                    try:
-                        if http.get(f"{proxied.public}/metadata").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        assert time.monotonic() < deadline, "nginx never answered"
-                        time.sleep(0.2)
-            yield proxied
+        with server, nginx(net, conf, f"https://{proxy}/fhir/metadata", cert):
+            yield Proxied(Served(server, mongo_url, database), proxy, host, cert)
         client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
         with client:
             client.drop_database(database)
-    finally:
-        if nginx is not None:
-            nginx.terminate()
-            nginx.wait(30)
-        subprocess.run(["ip", "netns", "del", namespace], timeout=30)
-        subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=30)
 
 
 def test_nginx_tls_backend_services_flow(proxied: Proxied, tmp_path: Path) -> None:
