@@ -10,12 +10,19 @@ get the same 200 Patients; then each round sends ``--requests`` reads of them to
 server and then to the other (the order alternating by round). Reported: the median of
 the rounds' throughputs per server, the cost as the relative difference, and the read
 latency p50/p95 over all rounds. The client runs on the same machine, so its CPU counts.
+
+Throughput on two shared cores depends on how the client, both servers and both mongod
+are scheduled; so the server side's CPU time per read is reported too (the ``serve``
+process and its children: the embedded mongod and worker, from /proc), which other
+load on the machine does not change. Where the client runs elsewhere and the server is
+CPU-bound, throughput is inversely proportional to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -57,7 +64,29 @@ async def round_of(
     return n / (time.perf_counter() - start)
 
 
-async def compare(bases: dict[str, str], args: argparse.Namespace) -> None:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants."""
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += parents.get(p, [])
+    return total
+
+
+async def compare(bases: dict[str, str], pids: dict[str, int], args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
     clients = {
         k: httpx.AsyncClient(base_url=b, limits=limits, timeout=60) for k, b in bases.items()
@@ -69,11 +98,15 @@ async def compare(bases: dict[str, str], args: argparse.Namespace) -> None:
             await round_of(clients[name], ids[name], args.requests, args.concurrency, [])
         rates: dict[str, list[float]] = {k: [] for k in names}
         lat: dict[str, list[float]] = {k: [] for k in names}
+        cpu: dict[str, list[float]] = {k: [] for k in names}
         for r in range(args.rounds):
             for name in names if r % 2 == 0 else names[::-1]:
+                before = tree_cpu(pids[name])
                 rate = await round_of(
                     clients[name], ids[name], args.requests, args.concurrency, lat[name]
                 )
+                await asyncio.sleep(0.5)  # the audit sink's last flush of the round
+                cpu[name].append((tree_cpu(pids[name]) - before) / args.requests * 1e6)
                 rates[name].append(rate)
     finally:
         for c in clients.values():
@@ -86,10 +119,14 @@ async def compare(bases: dict[str, str], args: argparse.Namespace) -> None:
             f"{name:10s} reads c={args.concurrency}: median {median:7.1f}/s "
             f"(rounds {min(rates[name]):.0f}-{max(rates[name]):.0f})  "
             f"p50 {statistics.median(ordered) * 1000:.2f} ms  "
-            f"p95 {ordered[int(len(ordered) * 0.95) - 1] * 1000:.2f} ms"
+            f"p95 {ordered[int(len(ordered) * 0.95) - 1] * 1000:.2f} ms  "
+            f"server CPU per read: median {statistics.median(cpu[name]):.0f} µs "
+            f"(rounds {min(cpu[name]):.0f}-{max(cpu[name]):.0f})"
         )
     cost = 1 - statistics.median(rates[base]) / statistics.median(rates[changed])
     print(f"cost of the default ({base}) against {' '.join(args.settings)}: {cost * 100:+.1f} %")
+    cpu_cost = statistics.median(cpu[base]) / statistics.median(cpu[changed]) - 1
+    print(f"server CPU per read of the default against the changed: {cpu_cost * 100:+.1f} %")
 
 
 def main() -> None:
@@ -105,7 +142,10 @@ def main() -> None:
         ServerProcess(Path(tmp) / "default") as default,
         ServerProcess(Path(tmp) / "changed", env=env) as changed,
     ):
-        asyncio.run(compare({"default": default.base_url, "changed": changed.base_url}, args))
+        assert default.process and changed.process
+        bases = {"default": default.base_url, "changed": changed.base_url}
+        pids = {"default": default.process.pid, "changed": changed.process.pid}
+        asyncio.run(compare(bases, pids, args))
 
 
 if __name__ == "__main__":

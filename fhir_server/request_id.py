@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhir_server import metrics
 from fhir_server.audit.recorder import Auditor, recorded
 from fhir_server.audit.seen import opened
+from fhir_server.audit.sink import AuditSink
 from fhir_server.config import Settings
 from fhir_server.jsonio import dumps
 
@@ -79,8 +80,13 @@ class RequestTelemetry:
             await send(message)
 
         auditor: Auditor | None = None
-        if self.audit and recorded(scope):
-            auditor = getattr(scope["app"].state, "auditor", None)
+        sink: AuditSink | None = None
+        if self.audit:  # the audit sink works in the gaps between requests
+            sink = getattr(scope["app"].state, "audit_sink", None)
+            if recorded(scope):
+                auditor = getattr(scope["app"].state, "auditor", None)
+        if sink is not None:
+            sink.entered()
         try:
             if auditor is None:
                 await self.app(scope, receive, send_with_id)
@@ -91,6 +97,8 @@ class RequestTelemetry:
                     finally:
                         auditor.finish(scope, status, rid, seen)
         finally:
+            if sink is not None:
+                sink.left()
             seconds = time.perf_counter() - started
             if self.collect:
                 rtype = metrics.resource_type(scope.get("path_params") or {})

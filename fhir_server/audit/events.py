@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
@@ -187,6 +188,7 @@ class RestRequest:
     path_patient: str | None = None  # Patient/<id> named by the path itself
     operation: str | None = None  # "$everything", ...
     seen: Seen = field(default_factory=Seen)
+    at: datetime = field(default_factory=now)  # when it was answered (``recorded``)
 
 
 def rest_events(req: RestRequest) -> list[dict[str, Any]]:
@@ -210,7 +212,7 @@ def rest_events(req: RestRequest) -> list[dict[str, Any]]:
         "type": coding(EVENT_TYPE, "rest"),
         "subtype": subtype,
         "action": action,
-        "recorded": format_instant(now()),
+        "recorded": format_instant(req.at),
         "outcome": outcome_of(req.status),
     }
     if req.status >= 400:

@@ -3,18 +3,22 @@
 Called by the request middleware (fhir_server/request_id.py) around every HTTP request;
 everything under the FHIR base is recorded except the server's public descriptions
 (the CapabilityStatement, OpenAPI, the SMART configuration), which disclose no data.
-Records are built after the answer is sent and handed to the sink.
+The sink builds the records after the answer is sent, when the server is idle.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from functools import partial
+from typing import Any
 
 from starlette.types import Scope
 
 from fhir_server.audit.events import Caller, RestRequest, rest_events
 from fhir_server.audit.seen import PATIENT, Seen
 from fhir_server.audit.sink import AuditSink
+from fhir_server.datetimes import now
 from fhir_server.metrics import classify
 
 log = logging.getLogger("fhir_server.audit")
@@ -53,13 +57,23 @@ class Auditor:
         self.base_url = base_url
 
     def finish(self, scope: Scope, status: int, request_id: str, seen: Seen) -> None:
-        """Queue the request's records; a fault here is logged, never the request's."""
+        """Queue the request's records, built later by the sink (when no request is
+        running, sink.py): the request pays for a closure, not for the record."""
+        self.sink.defer(partial(self._events, scope, status, request_id, seen, now()))
+
+    def _events(
+        self, scope: Scope, status: int, request_id: str, seen: Seen, at: datetime
+    ) -> list[dict[str, Any]]:
+        """The request's records; a fault here is logged, never the request's."""
         try:
-            self._finish(scope, status, request_id, seen)
+            return self._build(scope, status, request_id, seen, at)
         except Exception:
             log.exception("the audit record of %s %s was not made", scope["method"], scope["path"])
+            return []
 
-    def _finish(self, scope: Scope, status: int, request_id: str, seen: Seen) -> None:
+    def _build(
+        self, scope: Scope, status: int, request_id: str, seen: Seen, at: datetime
+    ) -> list[dict[str, Any]]:
         route = getattr(scope.get("route"), "path", None)
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         interaction = classify(route, method) if route is not None else "unmatched"
@@ -84,5 +98,6 @@ class Auditor:
             path_patient=patient,
             operation=last if last.startswith("$") else None,
             seen=seen,
+            at=at,
         )
-        self.sink.emit(rest_events(request))
+        return rest_events(request)

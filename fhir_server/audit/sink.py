@@ -16,9 +16,11 @@ flooded with a record of every read. What a killed process had not flushed (at m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -33,18 +35,23 @@ from fhir_server.storage.store import Storage
 
 log = logging.getLogger("fhir_server.audit")
 TYPE = "AuditEvent"
-MAX_BATCH = 200  # records per insert_many
-STEP = 8  # records rendered between two yields to the loop (~0.5 ms): no request waits long
+MAX_BATCH = 32  # queued requests per insert_many (their encoding holds the loop)
+MAX_DELAY = 1.0  # seconds a flush waits for gaps between requests before it goes on
 DUPLICATE_KEY = 11000
 MAX_PENDING = 200_000  # beyond this (MongoDB down for long) the oldest are dropped, logged
+# a record, or what builds a request's records (recorder.Auditor: built when idle)
+Item = dict[str, Any] | Callable[[], list[dict[str, Any]]]
 
 
 class AuditSink:
     def __init__(self, storage: Storage, interval: float = 0.25) -> None:
         self.storage = storage
         self.interval = interval
-        self.pending: deque[dict[str, Any]] = deque()
+        self.pending: deque[Item] = deque()
         self.dropped = 0
+        self.in_flight = 0  # requests running now (request_id.RequestTelemetry counts)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -55,9 +62,41 @@ class AuditSink:
     def emit(self, events: list[dict[str, Any]]) -> None:
         """Queue records (any thread); the flusher stores them."""
         self.pending.extend(events)
+        self._trim()
+
+    def defer(self, build: Callable[[], list[dict[str, Any]]]) -> None:
+        """Queue what builds a request's records: the flusher calls it (on the loop)."""
+        self.pending.append(build)
+        self._trim()
+
+    def _trim(self) -> None:
         while len(self.pending) > MAX_PENDING:
             self.pending.popleft()
             self.dropped += 1
+
+    # --- the requests running now ------------------------------------------------------
+
+    def entered(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def left(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    async def _quiet(self, deadline: float) -> None:
+        """Wait until no request is running, but not past ``deadline``: records are
+        built and stored in the gaps between requests, so that a server with spare
+        time (a clinic's) answers no later for keeping the trail; a server busy
+        without a gap still stores each record at most ``MAX_DELAY`` s late."""
+        left = deadline - asyncio.get_running_loop().time()
+        if self.in_flight > 0 and left > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._idle.wait()
+        else:
+            await asyncio.sleep(0)  # one record at a time between requests
 
     async def start(self) -> None:
         await self.storage.ensure_type(TYPE)
@@ -66,8 +105,10 @@ class AuditSink:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task  # its batch goes back to the queue
             self._task = None
-        await self.flush()
+        await self.flush(wait=False)
 
     async def _run(self) -> None:
         while True:
@@ -77,22 +118,31 @@ class AuditSink:
             except PyMongoError as exc:  # kept queued; retried next round
                 log.warning("audit records not stored yet (%s); retrying", exc)
 
-    async def flush(self) -> int:
-        """Store everything queued now; the number stored."""
+    async def flush(self, wait: bool = True) -> int:
+        """Store everything queued now (``wait``: in the gaps between requests, at most
+        ``MAX_DELAY`` s); the number stored."""
         stored = 0
         async with self._lock:
             if self.dropped:
                 log.error("%d audit records dropped: MongoDB unreachable too long", self.dropped)
                 self.dropped = 0
+            deadline = asyncio.get_running_loop().time() + (MAX_DELAY if wait else 0.0)
             while self.pending:
-                batch = [self.pending.popleft() for _ in range(min(MAX_BATCH, len(self.pending)))]
+                batch: list[dict[str, Any]] = []
                 docs = []
-                for i, event in enumerate(batch, 1):
-                    docs.append(self._document(event))
-                    if i % STEP == 0:
-                        await asyncio.sleep(0)
                 try:
-                    await self.collection.insert_many(docs, ordered=False)
+                    for _ in range(min(MAX_BATCH, len(self.pending))):
+                        await self._quiet(deadline)
+                        if not self.pending:
+                            break
+                        item = self.pending.popleft()
+                        for event in item() if callable(item) else (item,):
+                            batch.append(event)
+                            docs.append(self._document(event))
+                            if len(docs) % 8 == 0:  # a request of many patients' records
+                                await asyncio.sleep(0)
+                    if docs:
+                        await self.collection.insert_many(docs, ordered=False)
                 except BulkWriteError as exc:
                     # a retried batch: records stored by the failed attempt are duplicates
                     failed = [
@@ -103,8 +153,8 @@ class AuditSink:
                     self.pending.extendleft(reversed([batch[i] for i in failed]))
                     if failed:
                         raise
-                except PyMongoError:
-                    self.pending.extendleft(reversed(batch))  # ids kept: no duplicates
+                except BaseException:  # unreachable, or cancelled (stopping): kept, with
+                    self.pending.extendleft(reversed(batch))  # their ids: no duplicates
                     raise
                 stored += len(docs)
         return stored
