@@ -1,16 +1,18 @@
 """Writing audit records off the request path, in batches, into their own collection.
 
-``emit`` only appends to a deque (thread-safe: the authorization server's handlers run
-on worker threads), so a request pays microseconds. A task on the app's loop drains
-it every ``interval`` seconds: each record becomes a stored AuditEvent (id, meta, search
-index and Patient compartments, as every resource gets; index.py) and a batch is one
-``insert_many`` into the ``AuditEvent`` collection.
+``emit`` (a record) and ``defer`` (what builds a request's records) only append to a
+deque (thread-safe: the authorization server's handlers run on worker threads), so a
+request pays microseconds. A task on the app's loop drains it every ``interval``
+seconds, in the gaps between requests (``_quiet``): each record becomes a stored
+AuditEvent (id, meta, search index and Patient compartments, as every resource gets;
+index.py), and up to ``MAX_BATCH`` requests' records are one ``insert_many`` into the
+``AuditEvent`` collection.
 
 Records bypass the write pipeline (the API refuses AuditEvent writes: guard.py) and
 history: each is written once and never changes, so it has one version, read from the
 current collection; and system ``_history``, which sync clients page through, is not
 flooded with a record of every read. What a killed process had not flushed (at most
-``interval`` seconds of records) is lost; a clean shutdown flushes.
+``interval`` + ``MAX_DELAY`` seconds of records) is lost; a clean shutdown flushes.
 """
 
 from __future__ import annotations

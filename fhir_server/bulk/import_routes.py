@@ -32,9 +32,16 @@ from fhir_server.bulk import jobs
 from fhir_server.bulk.access import access_of, authorize_import, owner_of, owns
 from fhir_server.bulk.import_manifest import Manifest, check_sources, parse_manifest
 from fhir_server.bulk.imports import ERRORS, TASK, validation_snapshot
-from fhir_server.bulk.routes import FHIR_JSON, NDJSON, RETRY_AFTER, prepare, respond_async
+from fhir_server.bulk.routes import (
+    FHIR_JSON,
+    NDJSON,
+    RETRY_AFTER,
+    manifest_response,
+    prepare,
+    respond_async,
+)
 from fhir_server.bulk.tasks import dispatch
-from fhir_server.datetimes import format_instant, http_date, now
+from fhir_server.datetimes import now
 from fhir_server.jsonio import dumps
 from fhir_server.outcome import FhirError, Issue, bad_request, info_outcome, operation_outcome
 
@@ -214,15 +221,7 @@ async def import_status(request: Request, job_id: str) -> Response:
                     "url": f"{base}/$import-file/{job_id}/{i}",
                 }
             )
-    manifest = {
-        "transactionTime": format_instant(job["tx"]),
-        "request": job["request"],
-        "requiresAccessToken": True,
-        "output": output,
-        "error": errors,
-    }
-    headers = {"Expires": http_date(job["expires"])} if job.get("expires") else {}
-    return Response(dumps(manifest), 200, headers=headers, media_type="application/json")
+    return manifest_response(job, output, errors)
 
 
 async def _complete(db: AsyncDatabase[dict[str, Any]], job: dict[str, Any]) -> dict[str, Any]:

@@ -372,6 +372,14 @@ async def export_status(request: Request, job_id: str) -> Response:
         {"type": "OperationOutcome", "url": f"{base}/$export-file/{job_id}/{f['id']}"}
         for f in job.get("error_files", [])
     ]
+    return manifest_response(job, output, errors)
+
+
+def manifest_response(
+    job: dict[str, Any], output: list[dict[str, Any]], errors: list[dict[str, Any]]
+) -> Response:
+    """A finished job's manifest (export.html#response---complete-status; $import's
+    status answers the same shape), with the files' expiry."""
     manifest = {
         "transactionTime": format_instant(job["tx"]),
         "request": job["request"],

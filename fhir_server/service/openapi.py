@@ -748,51 +748,7 @@ def _export_paths(add: Adder, definition: str) -> None:
         )
     if level != "system":
         return
-    job = _path_param("job_id", {"type": "string"})
-    add(
-        "/$export-status/{job_id}",
-        "get",
-        {
-            "operationId": "export-status",
-            "tags": tags,
-            "summary": "Bulk export status",
-            "parameters": [job],
-            "responses": {
-                "200": {
-                    "description": "Complete: the manifest",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "202": {"description": "In progress"},
-            },
-        },
-    )
-    add(
-        "/$export-status/{job_id}",
-        "delete",
-        {
-            "operationId": "export-cancel",
-            "tags": tags,
-            "summary": "Cancel a bulk export",
-            "parameters": [job],
-            "responses": _fhir_body(_ref("schemas", "OperationOutcome"), "202"),
-        },
-    )
-    add(
-        "/$export-file/{job_id}/{file_id}",
-        "get",
-        {
-            "operationId": "export-file",
-            "tags": tags,
-            "summary": "Download an export file",
-            "parameters": [job, _path_param("file_id", {"type": "string"})],
-            "responses": {
-                "200": {
-                    "description": "NDJSON",
-                    "content": {NDJSON: {"schema": {"type": "string"}}},
-                }
-            },
-        },
-    )
+    _job_paths(add, "export", "file_id", "Download an export file")
 
 
 def _import_paths(add: Adder, definition: str) -> None:
@@ -817,14 +773,22 @@ def _import_paths(add: Adder, definition: str) -> None:
             },
         },
     )
+    _job_paths(add, "import", "input", "Download an import's error file (OperationOutcome NDJSON)")
+
+
+def _job_paths(add: Adder, kind: str, file_param: str, file_summary: str) -> None:
+    """A bulk job's status poll, cancel and file download (``kind``: export or import,
+    fhir_server/bulk/routes.py and import_routes.py share them)."""
+    tags = ["Bulk Data"]
     job = _path_param("job_id", {"type": "string"})
+    status = f"/${kind}-status/{{job_id}}"
     add(
-        "/$import-status/{job_id}",
+        status,
         "get",
         {
-            "operationId": "import-status",
+            "operationId": f"{kind}-status",
             "tags": tags,
-            "summary": "Bulk import status",
+            "summary": f"Bulk {kind} status",
             "parameters": [job],
             "responses": {
                 "200": {
@@ -836,24 +800,24 @@ def _import_paths(add: Adder, definition: str) -> None:
         },
     )
     add(
-        "/$import-status/{job_id}",
+        status,
         "delete",
         {
-            "operationId": "import-cancel",
+            "operationId": f"{kind}-cancel",
             "tags": tags,
-            "summary": "Cancel a bulk import",
+            "summary": f"Cancel a bulk {kind}",
             "parameters": [job],
             "responses": _fhir_body(_ref("schemas", "OperationOutcome"), "202"),
         },
     )
     add(
-        "/$import-file/{job_id}/{input}",
+        f"/${kind}-file/{{job_id}}/{{{file_param}}}",
         "get",
         {
-            "operationId": "import-errors",
+            "operationId": "export-file" if kind == "export" else "import-errors",
             "tags": tags,
-            "summary": "Download an import's error file (OperationOutcome NDJSON)",
-            "parameters": [job, _path_param("input", {"type": "string"})],
+            "summary": file_summary,
+            "parameters": [job, _path_param(file_param, {"type": "string"})],
             "responses": {
                 "200": {
                     "description": "NDJSON",
