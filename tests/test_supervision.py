@@ -301,7 +301,10 @@ def test_requests_in_flight_when_mongod_dies_get_503_in_time(tmp_path: Path) -> 
             if answer.status_code != 200:
                 assert_unavailable(answer)
         (tx,) = [a for a in in_flight if a[0] == "transaction"]
-        assert isinstance(tx[3], httpx.Response) and tx[3].status_code == 503
+        # A transaction the dead mongod dropped carries TransientTransactionError, so
+        # it runs once more (MongoDB's documented retry); if the restarted mongod is
+        # back within the transaction time it commits whole (200), otherwise 503.
+        assert isinstance(tx[3], httpx.Response) and tx[3].status_code in (200, 503)
 
         wait_for(
             lambda: httpx.get(f"{root}/health/ready", timeout=10).status_code == 200,
@@ -310,5 +313,6 @@ def test_requests_in_flight_when_mongod_dies_get_503_in_time(tmp_path: Path) -> 
         )
         r = http.get("/Observation", params={"code:text": "in-flight", "_summary": "count"})
         assert r.status_code == 200, (r.text, log.read_text()[-3000:])
-        assert r.json()["total"] in (0, N_IN_FLIGHT)  # all or nothing
+        # all or nothing, and as the answer said
+        assert r.json()["total"] == (N_IN_FLIGHT if tx[3].status_code == 200 else 0)
         assert server.stop() == 0

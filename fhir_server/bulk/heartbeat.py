@@ -75,11 +75,15 @@ async def last_seen(db: AsyncDatabase[dict[str, Any]], settings: Settings) -> di
     fresh (within three intervals), and how many workers beat freshly."""
     now = datetime.now(UTC)
     stale = timedelta(seconds=settings.worker_heartbeat_seconds * STALE_AFTER_BEATS)
-    latest = await db[HEARTBEATS].find_one({}, sort=[("seen", -1)])
+    # counted before the latest is read, so a worker beating in between can only make
+    # the latest fresher than the count, never the count say fresh beside a stale age
     fresh = await db[HEARTBEATS].count_documents({"seen": {"$gte": now - stale}})
+    latest = await db[HEARTBEATS].find_one({}, sort=[("seen", -1)])
     if latest is None:
         return {"status": "missing", "fresh": False, "last_seen": None, "workers": 0}
     age = (now - latest["seen"]).total_seconds()
+    if age <= stale.total_seconds():
+        fresh = max(fresh, 1)
     return {
         "status": "fresh" if fresh else "stale",
         "fresh": bool(fresh),
