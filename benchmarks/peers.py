@@ -13,8 +13,9 @@ takes little of the 2 cores the server and mongod share), for ``--duration`` sec
 after a 2 s warm-up, ``--repeat`` times: the table gives the median of the runs' rates
 and of their p50 and p95 latencies. Searches run at one connection, as the peer figures
 did. The values (patient P, family X, code C) are read from the loaded data.
-"CPU a + b ms" is what the server's Python processes (a) and its mongod (b) spent per
-request over the timed runs, from /proc; ``--profile FIGURE`` adds a py-spy profile.
+"CPU a + b ms" is what the server's Python processes (a: the API and the Celery worker
+that ``serve`` starts) and its mongod (b) spent per request over the timed runs, from
+/proc; ``--profile FIGURE`` adds a py-spy profile.
 
 The Medplum column is the issue's measurement (same machine, same data, same wrk
 workload, one run); it is printed for the ratio and is not re-measured here.
