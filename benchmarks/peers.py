@@ -174,11 +174,13 @@ def values(base: str) -> dict[str, str]:
     with httpx.Client(base_url=base, timeout=60) as http:
         page = http.get("/Observation", params={"_count": "500"}).json()
         observations = [e["resource"] for e in page["entry"]]
-        codes = Counter(
-            f"{c['system']}|{c['code']}" for o in observations for c in o["code"]["coding"][:1]
-        )
-        code = codes.most_common(1)[0][0]
-        first = next(o for o in observations if o["code"]["coding"][0]["code"] in code)
+
+        def first_code(o: dict[str, Any]) -> str:
+            coding = o["code"]["coding"][0]
+            return f"{coding['system']}|{coding['code']}"
+
+        code = Counter(map(first_code, observations)).most_common(1)[0][0]
+        first = next(o for o in observations if first_code(o) == code)
         pid = first["subject"]["reference"].removeprefix("Patient/")
         family = http.get(f"/Patient/{pid}").json()["name"][0]["family"]
     return {"P": pid, "X": quote(family, safe=""), "C": quote(code, safe="")}
