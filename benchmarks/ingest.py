@@ -101,6 +101,7 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peak = {"server": 0, "mongod": 0}
+        self.peak_process_kib = 0  # the largest one Python process of the server reached
         self.first: dict[int, int] = {}
         self.last: dict[int, tuple[str, int]] = {}
         self.halt = threading.Event()
@@ -117,6 +118,8 @@ class RssSampler(threading.Thread):
             name, kib = rss_kib(p)
             group = "mongod" if name == "mongod" else "server"
             sums[group] += kib
+            if group == "server":
+                self.peak_process_kib = max(self.peak_process_kib, kib)
             ticks = cpu_ticks(p)
             self.first.setdefault(p, ticks)
             self.last[p] = (group, ticks)

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ingest import Profiler, RssSampler, print_profile, rss_kib, tree, upload
+from benchmarks.ingest import Profiler, RssSampler, print_profile, upload
 from benchmarks.synthea import SYNTHEA
 from fhir_server.testing import ServerProcess
 
@@ -90,27 +89,6 @@ PATIENT = {
     "telecom": [{"system": "phone", "value": "+593-2-2123456"}],
     "address": [{"line": ["Av. Amazonas 123"], "city": "Quito", "country": "EC"}],
 }
-
-
-class PeakRss(threading.Thread):
-    """The largest RSS any one Python process of the server reached (a worker's)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak_kib = pid, 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.2):
-            for p in tree(self.pid):
-                name, kib = rss_kib(p)
-                if name != "mongod":
-                    self.peak_kib = max(self.peak_kib, kib)
-
-    def stop(self) -> float:
-        self.halt.set()
-        self.join()
-        return self.peak_kib / 1024
 
 
 def wrk(
@@ -195,7 +173,7 @@ def one_worker_count(workers: int, args: argparse.Namespace) -> dict[str, dict[s
             rows["ingest c1"] = {"per_s": summary.per_second}
         with ServerProcess(Path(tmp) / "c4", workers=workers, env=env) as server:
             assert server.pid is not None
-            peak = PeakRss(server.pid)
+            peak = RssSampler(server.pid)  # the whole run: its largest API process
             peak.start()
             summary, _ = upload(server.base_url, 4, args.data)
             rows["ingest c4"] = {"per_s": summary.per_second}
@@ -223,7 +201,8 @@ def one_worker_count(workers: int, args: argparse.Namespace) -> dict[str, dict[s
                 profile = name in args.profile
                 rows[name] = measure(url, c, args, Path(tmp), server.pid, post, profile)
                 print(f"  workers={workers} {name}: {fmt(rows[name])}", flush=True)
-            rows["peak worker RSS"] = {"mb": peak.stop()}
+            peak.stop()
+            rows["peak worker RSS"] = {"mb": peak.peak_process_kib / 1024}
     return rows
 
 
