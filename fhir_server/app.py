@@ -120,7 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pipeline.start()
         storage.hook = pipeline
         # the audit trail (fhir_server/audit/): records stored in batches off the request
-        sink = AuditSink(storage) if settings.audit else None
+        sink = (
+            AuditSink(storage, max_lag=settings.audit_max_lag_seconds) if settings.audit else None
+        )
         if sink is not None:
             await sink.start()
             await ensure_retention(sink.collection, settings.audit_retention_days)

@@ -295,6 +295,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Days audit records are kept before MongoDB deletes them (default six years).",
     )
+    audit_max_lag_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="While requests leave no gap, audit facts are staged and their records "
+        "made in a later gap, or once this many seconds old whatever the load (docs/audit.md).",
+    )
     worker_heartbeat_seconds: float = Field(
         15.0,
         gt=0,

@@ -42,8 +42,9 @@ def after(previous: datetime | None) -> datetime:
 
 
 def format_instant(t: datetime) -> str:
-    t = t.astimezone(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}+00:00"
+    """``2026-12-07T16:05:26.123+00:00``: isoformat is C, strftime was 4x slower and a
+    tenth of making an audit record."""
+    return t.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def http_date(t: datetime) -> str:

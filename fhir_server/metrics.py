@@ -42,6 +42,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from starlette.responses import Response
 
+from fhir_server.audit.staging import staged_units
 from fhir_server.bulk.heartbeat import HEARTBEATS, STALE_AFTER_BEATS
 from fhir_server.bulk.jobs import JOBS, UNITS
 from fhir_server.config import Settings
@@ -127,6 +128,14 @@ DELIVERY_FAILING = Gauge(
 DELIVERY_FAILURES = Gauge(
     "fhir_subscription_delivery_failures",
     "Consecutive failed delivery attempts, summed over all Subscriptions.",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+AUDIT_STAGED = Gauge(
+    "fhir_audit_staged_units",
+    "Units of up to 32 requests whose audit facts are staged (the server was busy) and "
+    "whose AuditEvents are not made yet: made when it is quiet, or "
+    "FHIR_AUDIT_MAX_LAG_SECONDS late at most.",
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
@@ -309,6 +318,7 @@ async def refresh(db: AsyncDatabase[dict[str, Any]], settings: Settings) -> None
         failing, failures = row["n"], row["f"]
     DELIVERY_FAILING.set(failing)
     DELIVERY_FAILURES.set(failures)
+    AUDIT_STAGED.set(await staged_units(db))
 
 
 def exposition() -> bytes:

@@ -52,7 +52,8 @@ def _seen(kind: str) -> Seen:
     return seen
 
 
-def rest_records() -> list[dict[str, Any]]:
+def rest_requests() -> list[RestRequest]:
+    """A request of every kind: each interaction, caller, set of resources, outcome."""
     out = []
     interactions = ["read", "vread", "update", "patch", "delete", "create", "search-type"]
     interactions += ["search-system", "search-compartment", "history-instance", "transaction"]
@@ -76,8 +77,12 @@ def rest_records() -> list[dict[str, Any]]:
             operation="$everything" if interaction == "operation" else None,
             seen=_seen(seen),
         )
-        out += rest_events(request)
+        out.append(request)
     return out
+
+
+def rest_records() -> list[dict[str, Any]]:
+    return [event for request in rest_requests() for event in rest_events(request)]
 
 
 def auth_records() -> list[dict[str, Any]]:

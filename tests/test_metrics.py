@@ -231,6 +231,9 @@ def test_mongo_pool_and_scrape_time_gauges(mongo_url: str) -> None:
             db[STATE].insert_many(
                 [{"_id": "s1", "failures": 3}, {"_id": "s2", "failures": 1}, {"_id": "s3"}]
             )
+            # two units of audit facts another (live: leased) process staged while busy
+            later = now + timedelta(minutes=5)
+            db["audit_staging"].insert_many([{"lease": later, "facts": []} for _ in range(2)])
         m = scrape(c)
     assert value(m, "fhir_mongo_pool_connections_created_total") >= 1
     assert value(m, "fhir_mongo_pool_checked_out") >= 0
@@ -243,6 +246,7 @@ def test_mongo_pool_and_scrape_time_gauges(mongo_url: str) -> None:
     assert value(m, "fhir_celery_queue_depth") == 2
     assert value(m, "fhir_subscription_deliveries_failing") == 2
     assert value(m, "fhir_subscription_delivery_failures") == 4
+    assert value(m, "fhir_audit_staged_units") == 2
 
 
 def test_failed_mongo_commands_are_counted(mongo_url: str) -> None:

@@ -21,12 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from fhir_server.audit.seen import PATIENT, Seen
 from fhir_server.datetimes import format_instant, now
-from smart_auth.tokens import AccessToken
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -74,11 +73,25 @@ def outcome_of(status: int) -> str:
     return "0" if status < 400 else "4" if status < 500 else "8"
 
 
+class Identity(Protocol):
+    """What a record names of the access token (smart_auth.tokens.AccessToken, or a
+    staged request's, staging.Who)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def fhir_user(self) -> str | None: ...
+    @property
+    def jti(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who made the request: the token (None with authorization off) and the address."""
 
-    access: AccessToken | None
+    access: Identity | None
     address: str | None
     server: str  # this server's FHIR base URL
 

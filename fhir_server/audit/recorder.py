@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 from starlette.types import Scope
 
-from fhir_server.audit.events import Caller, RestRequest, rest_events
+from fhir_server.audit.events import Caller, RestRequest
 from fhir_server.audit.seen import PATIENT, Seen
 from fhir_server.audit.sink import AuditSink
 from fhir_server.datetimes import now
@@ -57,23 +56,24 @@ class Auditor:
         self.base_url = base_url
 
     def finish(self, scope: Scope, status: int, request_id: str, seen: Seen) -> None:
-        """Queue the request's records, built later by the sink (when no request is
-        running, sink.py): the request pays for a closure, not for the record."""
-        self.sink.defer(partial(self._events, scope, status, request_id, seen, now()))
+        """Queue the request: the sink reads its facts from the scope later and makes
+        its records when no request is running (sink.py), or stages the facts while
+        the server is busy (staging.py): the request pays for a closure."""
+        self.sink.defer(partial(self._request, scope, status, request_id, seen, now()))
 
-    def _events(
+    def _request(
         self, scope: Scope, status: int, request_id: str, seen: Seen, at: datetime
-    ) -> list[dict[str, Any]]:
-        """The request's records; a fault here is logged, never the request's."""
+    ) -> RestRequest | None:
+        """What the request's records say; a fault here is logged, never the request's."""
         try:
-            return self._build(scope, status, request_id, seen, at)
+            return self._read(scope, status, request_id, seen, at)
         except Exception:
             log.exception("the audit record of %s %s was not made", scope["method"], scope["path"])
-            return []
+            return None
 
-    def _build(
+    def _read(
         self, scope: Scope, status: int, request_id: str, seen: Seen, at: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> RestRequest:
         route = getattr(scope.get("route"), "path", None)
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         interaction = classify(route, method) if route is not None else "unmatched"
@@ -87,7 +87,7 @@ class Auditor:
         rid = params.get("rid") or params.get("cid")
         if rtype == "Patient" and isinstance(rid, str) and rid:
             patient = PATIENT + rid
-        request = RestRequest(
+        return RestRequest(
             interaction=interaction,
             method=scope["method"],
             path=path,
@@ -100,4 +100,3 @@ class Auditor:
             seen=seen,
             at=at,
         )
-        return rest_events(request)

@@ -3,16 +3,19 @@
 ``emit`` (a record) and ``defer`` (what builds a request's records) only append to a
 deque (thread-safe: the authorization server's handlers run on worker threads), so a
 request pays microseconds. A task on the app's loop drains it every ``interval``
-seconds, in the gaps between requests (``_quiet``): each record becomes a stored
-AuditEvent (id, meta, search index and Patient compartments, as every resource gets;
-index.py), and up to ``MAX_BATCH`` requests' records are one ``insert_many`` into the
-``AuditEvent`` collection.
+seconds. When the server is quiet (no request for ``QUIET`` s), each record becomes a
+stored AuditEvent (id, meta, search index and Patient compartments, as every resource
+gets; index.py), and up to ``MAX_BATCH`` requests' records are one ``insert_many``
+into the ``AuditEvent`` collection. When it is not, the requests' facts are staged in
+MongoDB instead, and their records made when it is quiet again, or once ``max_lag``
+old whatever the load (staging.py).
 
 Records bypass the write pipeline (the API refuses AuditEvent writes: guard.py) and
 history: each is written once and never changes, so it has one version, read from the
 current collection; and system ``_history``, which sync clients page through, is not
-flooded with a record of every read. What a killed process had not flushed (at most
-``interval`` + ``MAX_DELAY`` seconds of records) is lost; a clean shutdown flushes.
+flooded with a record of every read. What a killed process had neither stored nor
+staged (at most ``interval`` seconds of requests) is lost; a clean shutdown stores
+what is queued.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from fhir_server.audit import staging
+from fhir_server.audit.events import RestRequest, rest_events
 from fhir_server.audit.index import audit_index
 from fhir_server.datetimes import now
 from fhir_server.jsonio import dumps
@@ -38,22 +45,28 @@ from fhir_server.storage.store import Storage
 log = logging.getLogger("fhir_server.audit")
 TYPE = "AuditEvent"
 MAX_BATCH = 32  # queued requests per insert_many (their encoding holds the loop)
-MAX_DELAY = 1.0  # seconds a flush waits for gaps between requests before it goes on
+QUIET = 0.02  # seconds without a request after which records are made at once
+STOP_BUDGET = 2.0  # seconds a clean stop spends making staged units into records
+ADOPT_EVERY = 60.0  # seconds between looks for units whose process died
 DUPLICATE_KEY = 11000
 MAX_PENDING = 200_000  # beyond this (MongoDB down for long) the oldest are dropped, logged
-# a record, or what builds a request's records (recorder.Auditor: built when idle)
-Item = dict[str, Any] | Callable[[], list[dict[str, Any]]]
+# a record, or what reads a request's facts (recorder.Auditor: read when idle)
+Item = dict[str, Any] | Callable[[], RestRequest | None]
 
 
 class AuditSink:
-    def __init__(self, storage: Storage, interval: float = 0.25) -> None:
+    def __init__(self, storage: Storage, interval: float = 0.25, max_lag: float = 60.0) -> None:
         self.storage = storage
         self.interval = interval
+        self.max_lag = max_lag
+        # this process's staged units: (id, when due: loop time), oldest first
+        self.units: deque[tuple[str, float]] = deque()
+        self._unsent: list[dict[str, Any]] = []  # staged units MongoDB has not taken yet
+        self._adopted_at = float("-inf")
         self.pending: deque[Item] = deque()
         self.dropped = 0
         self.in_flight = 0  # requests running now (request_id.RequestTelemetry counts)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.last_request = float("-inf")  # time.monotonic() of the latest start
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -66,9 +79,9 @@ class AuditSink:
         self.pending.extend(events)
         self._trim()
 
-    def defer(self, build: Callable[[], list[dict[str, Any]]]) -> None:
-        """Queue what builds a request's records: the flusher calls it (on the loop)."""
-        self.pending.append(build)
+    def defer(self, read: Callable[[], RestRequest | None]) -> None:
+        """Queue what reads a request's facts: the flusher calls it (on the loop)."""
+        self.pending.append(read)
         self._trim()
 
     def _trim(self) -> None:
@@ -80,25 +93,15 @@ class AuditSink:
 
     def entered(self) -> None:
         self.in_flight += 1
-        self._idle.clear()
+        self.last_request = time.monotonic()
 
     def left(self) -> None:
         self.in_flight -= 1
-        if self.in_flight <= 0:
-            self._idle.set()
 
-    async def _quiet(self, deadline: float) -> None:
-        """Wait until no request is running, but not past ``deadline``: records are
-        built and stored in the gaps between requests, so that a server with spare
-        time (a clinic's) answers no later for keeping the trail; a server busy
-        without a gap still stores each record at most ``MAX_DELAY`` s late."""
-        left = deadline - asyncio.get_running_loop().time()
-        if self.in_flight > 0 and left > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._idle.wait()
-        else:
-            await asyncio.sleep(0)  # one record at a time between requests
+    def quiet(self) -> bool:
+        """No request running, nor one started within ``QUIET`` s: making records now
+        delays no one (a clinic's server, most of the time)."""
+        return self.in_flight <= 0 and time.monotonic() - self.last_request >= QUIET
 
     async def start(self) -> None:
         await self.storage.ensure_type(TYPE)
@@ -112,60 +115,163 @@ class AuditSink:
             self._task = None
         await self.flush(wait=False)
 
+    @property
+    def staged(self) -> AsyncCollection[dict[str, Any]]:
+        return self.storage.db[staging.COLLECTION]
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval)
             try:
+                if loop.time() - self._adopted_at >= ADOPT_EVERY:
+                    await self._adopt()
                 await self.flush()
             except PyMongoError as exc:  # kept queued; retried next round
                 log.warning("audit records not stored yet (%s); retrying", exc)
+            except Exception:  # a fault of ours must not end the trail for good
+                log.exception("audit records not stored this round")
 
     async def flush(self, wait: bool = True) -> int:
-        """Store everything queued now (``wait``: in the gaps between requests, at most
-        ``MAX_DELAY`` s); the number stored."""
-        stored = 0
+        """Store what is queued now: as records while the server is quiet, else as
+        facts (staged); then make staged units into records while it is quiet, or when
+        they are due. ``wait`` False (stopping): records at once, and staged units for
+        at most ``STOP_BUDGET`` s. The number of records stored."""
         async with self._lock:
             if self.dropped:
                 log.error("%d audit records dropped: MongoDB unreachable too long", self.dropped)
                 self.dropped = 0
-            deadline = asyncio.get_running_loop().time() + (MAX_DELAY if wait else 0.0)
-            while self.pending:
-                batch: list[dict[str, Any]] = []
-                docs = []
-                try:
-                    for _ in range(min(MAX_BATCH, len(self.pending))):
-                        await self._quiet(deadline)
-                        if not self.pending:
-                            break
-                        item = self.pending.popleft()
-                        for event in item() if callable(item) else (item,):
-                            batch.append(event)
-                            docs.append(self._document(event))
-                            if len(docs) % 8 == 0:  # a request of many patients' records
-                                await asyncio.sleep(0)
-                    if docs:
-                        await self.collection.insert_many(docs, ordered=False)
-                except BulkWriteError as exc:
-                    # a retried batch: records stored by the failed attempt are duplicates
-                    failed = [
-                        e["index"]
-                        for e in exc.details.get("writeErrors", [])
-                        if e.get("code") != DUPLICATE_KEY
-                    ]
-                    self.pending.extendleft(reversed([batch[i] for i in failed]))
-                    if failed:
-                        raise
-                except BaseException:  # unreachable, or cancelled (stopping): kept, with
-                    self.pending.extendleft(reversed(batch))  # their ids: no duplicates
-                    raise
-                stored += len(docs)
+            await self._send_units()
+            stored = await self._store_pending(wait)
+            stored += await self._make_units(wait)
         return stored
+
+    # --- records now --------------------------------------------------------------------
+
+    async def _store_pending(self, wait: bool) -> int:
+        """The queued requests' records, one at a time between requests; if requests
+        come meanwhile (``wait``), the rest are staged."""
+        stored = 0
+        while self.pending:
+            if wait and not self.quiet():  # what came meanwhile waits for the next round
+                self._stage()
+                await self._send_units()
+                break
+            batch: list[dict[str, Any]] = []
+            docs = []
+            try:
+                for _ in range(min(MAX_BATCH, len(self.pending))):
+                    if wait and not self.quiet():
+                        break
+                    for event in _events(_read(self.pending.popleft())):
+                        batch.append(event)
+                        docs.append(self._document(event))
+                    await asyncio.sleep(0)  # a request arriving meanwhile goes first
+                if docs:
+                    await self.collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                # a retried batch: records stored by the failed attempt are duplicates
+                failed = [
+                    e["index"]
+                    for e in exc.details.get("writeErrors", [])
+                    if e.get("code") != DUPLICATE_KEY
+                ]
+                self.pending.extendleft(reversed([batch[i] for i in failed]))
+                if failed:
+                    raise
+            except BaseException:  # unreachable, or cancelled (stopping): kept, with
+                self.pending.extendleft(reversed(batch))  # their ids: no duplicates
+                raise
+            stored += len(docs)
+        return stored
+
+    # --- facts now, records later (staging.py) ------------------------------------------
+
+    def _stage(self) -> None:
+        """The queued requests' facts, ``staging.UNIT`` per unit, to be sent."""
+        facts = []
+        while self.pending:
+            got = _read(self.pending.popleft())
+            if got is not None:
+                facts.append(staging.fact(got))
+        lease = now() + timedelta(seconds=self.max_lag) + staging.LEASE_MARGIN
+        for i in range(0, len(facts), staging.UNIT):
+            self._unsent.append(staging.unit(facts[i : i + staging.UNIT], lease))
+
+    async def _send_units(self) -> None:
+        """Store the staged units not stored yet (kept, with their ids, until MongoDB
+        has them all: a retry stores none twice)."""
+        if not self._unsent:
+            return
+        try:
+            await self.staged.insert_many(self._unsent, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+        due = asyncio.get_running_loop().time() + self.max_lag
+        self.units.extend((u["_id"], due) for u in self._unsent)
+        self._unsent = []
+
+    async def _make_units(self, wait: bool) -> int:
+        """This process's staged units made into records, oldest first: while no
+        request runs, or once due (``wait`` False: all, for at most ``STOP_BUDGET`` s,
+        the rest left to the next start or another process)."""
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + STOP_BUDGET
+        stored = 0
+        while self.units:
+            unit_id, due = self.units[0]
+            if wait and not self.quiet() and loop.time() < due:
+                break
+            if not wait and loop.time() > stop_at:
+                break
+            found = await self.staged.find_one({"_id": unit_id})
+            if found is not None:  # else another process made it (after our lease)
+                stored += await self._make(found)
+                await self.staged.delete_one({"_id": unit_id})
+            self.units.popleft()
+        if not wait and self.units:  # leased to no one: the next to look takes them
+            ids = [u for u, _ in self.units]
+            await self.staged.update_many({"_id": {"$in": ids}}, {"$set": {"lease": now()}})
+            self.units.clear()
+        return stored
+
+    async def _make(self, unit: dict[str, Any]) -> int:
+        """One unit's records, stored; their ids derived from the unit's."""
+        docs = []
+        for n, stored_fact in enumerate(unit["facts"]):
+            for k, event in enumerate(_events(staging.unfact(stored_fact))):
+                event["id"] = staging.record_id(unit["_id"], n, k)
+                docs.append(self._document(event))
+            await asyncio.sleep(0)  # a request arriving meanwhile goes first
+        if docs:
+            try:
+                await self.collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:  # made before, by a process killed after
+                codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
+                if codes - {DUPLICATE_KEY}:
+                    raise
+        return len(docs)
+
+    async def _adopt(self) -> None:
+        """Take the units whose lease ran out (their process died, or stopped with
+        units left), due at once: they are late already."""
+        loop = asyncio.get_running_loop()
+        self._adopted_at = loop.time()
+        lease = now() + timedelta(seconds=self.max_lag) + staging.LEASE_MARGIN
+        expired = self.staged.find({"lease": {"$lt": now()}}, {"lease": 1}).sort("lease")
+        async for found in expired.limit(1000):
+            taken = await self.staged.update_one(
+                {"_id": found["_id"], "lease": found["lease"]}, {"$set": {"lease": lease}}
+            )
+            if taken.modified_count:
+                self.units.append((found["_id"], loop.time()))
 
     def _document(self, event: dict[str, Any]) -> dict[str, Any]:
         """The stored form of one record (its id fixed on first try, so a retried
         batch cannot store a record twice: the duplicate-key error of an
         ``ordered=False`` retry leaves the others stored)."""
-        rid = event.setdefault("id", str(uuid.uuid4()))
+        rid = event.get("id") or event.setdefault("id", str(uuid.uuid4()))
         write = VersionWrite(
             type=TYPE,
             id=rid,
@@ -181,3 +287,22 @@ class AuditSink:
         index = audit_index(stored)  # the generic indexer's result, faster (index.py)
         write.sp, write.so, write.comp = index.sp, index.so, index.comp
         return write.current_document()
+
+
+def _read(item: Item) -> RestRequest | dict[str, Any] | None:
+    """A queued item's request (read from its scope now) or record."""
+    return item() if callable(item) else item
+
+
+def _events(got: RestRequest | dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The records of a request (or the record itself); a fault is logged, not raised:
+    one malformed request must not hold back everyone else's records."""
+    if got is None:
+        return []
+    if isinstance(got, dict):
+        return [got]
+    try:
+        return rest_events(got)
+    except Exception:
+        log.exception("the audit record of %s %s was not made", got.method, got.path)
+        return []
