@@ -22,6 +22,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_server import heap
 from fhir_server.testing import ServerProcess
 from fhir_server.validation.model import model
 from fhir_server.validation.primitives import XHTML_NS
@@ -261,6 +262,9 @@ def test_collections_during_a_large_body_do_not_walk_the_start_up_heap(
     assert id(client.app.router.routes) not in walked  # type: ignore[attr-defined]
     some_type = next(iter(model().types.values()))
     assert id(some_type.elements) not in walked
+    # and the young generation is collected every YOUNG allocations, not every 700
+    # (heap.py: a collection every few hundred allocations ran several per read)
+    assert gc.get_threshold()[0] == heap.YOUNG
 
 
 # --- authorization before validation, and SIGTERM --------------------------------------------
