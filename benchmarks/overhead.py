@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -44,10 +43,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.peers import _LUA_DONE
+from benchmarks.peers import _LUA_DONE, settled
 from fhir_server.testing import ServerProcess
-
-STAGED = re.compile(r"^fhir_audit_staged_units (\S+)", re.M)
 
 
 async def seed(http: httpx.AsyncClient, n: int) -> list[str]:
@@ -104,18 +101,6 @@ def wrk_round(
     return float(figures["requests"] / (figures["duration_us"] / 1e6))
 
 
-async def settled(http: httpx.AsyncClient, base: str) -> None:
-    """Until the server has made the audit records it staged (none staged: at once)."""
-    metrics = base.rsplit("/fhir", 1)[0] + "/metrics"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        found = STAGED.search((await http.get(metrics)).text)
-        if found is None or float(found.group(1)) == 0:
-            return
-        await asyncio.sleep(1.0)
-    raise SystemExit(f"{base}: staged audit records not made within 300 s")
-
-
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its descendants."""
     parents: dict[int, list[int]] = {}
@@ -148,8 +133,7 @@ async def compare(bases: dict[str, str], pids: dict[str, int], args: argparse.Na
         names = list(clients)
         for name in names:  # warm-up round, not counted
             await round_of(clients[name], ids[name], args.requests, args.concurrency, [])
-            await asyncio.sleep(0.5)
-            await settled(clients[name], bases[name])
+            await asyncio.to_thread(settled, bases[name])
         rates: dict[str, list[float]] = {k: [] for k in names}
         lat: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
@@ -168,8 +152,7 @@ async def compare(bases: dict[str, str], pids: dict[str, int], args: argparse.Na
                     )
                     reads = args.requests
                 during = tree_cpu(pids[name])
-                await asyncio.sleep(0.5)  # the audit sink's last flush of the round
-                await settled(clients[name], bases[name])
+                await asyncio.to_thread(settled, bases[name])
                 cpu[name].append((during - before) / reads * 1e6)
                 later[name].append((tree_cpu(pids[name]) - during) / reads * 1e6)
                 rates[name].append(rate)

@@ -154,7 +154,7 @@ class AuditSink:
         stored = 0
         while self.pending:
             if wait and not self.quiet():  # what came meanwhile waits for the next round
-                self._stage()
+                await self._stage()
                 await self._send_units()
                 break
             batch: list[dict[str, Any]] = []
@@ -187,16 +187,22 @@ class AuditSink:
 
     # --- facts now, records later (staging.py) ------------------------------------------
 
-    def _stage(self) -> None:
-        """The queued requests' facts, ``staging.UNIT`` per unit, to be sent."""
+    async def _stage(self) -> None:
+        """The queued requests' facts, ``staging.UNIT`` per unit, to be sent: a few at
+        a time, so that the work fills the loop's waits on MongoDB rather than holding
+        the next request back (at concurrency 1, every request)."""
         facts = []
-        while self.pending:
-            got = _read(self.pending.popleft())
-            if got is not None:
-                facts.append(staging.fact(got))
-        lease = now() + timedelta(seconds=self.max_lag) + staging.LEASE_MARGIN
-        for i in range(0, len(facts), staging.UNIT):
-            self._unsent.append(staging.unit(facts[i : i + staging.UNIT], lease))
+        try:
+            for n in range(len(self.pending)):
+                got = _read(self.pending.popleft())
+                if got is not None:
+                    facts.append(staging.fact(got))
+                if n % 8 == 7:
+                    await asyncio.sleep(0)
+        finally:  # cancelled (stopping) too: what was taken is sent by the stop's flush
+            lease = now() + timedelta(seconds=self.max_lag) + staging.LEASE_MARGIN
+            for i in range(0, len(facts), staging.UNIT):
+                self._unsent.append(staging.unit(facts[i : i + staging.UNIT], lease))
 
     async def _send_units(self) -> None:
         """Store the staged units not stored yet (kept, with their ids, until MongoDB
