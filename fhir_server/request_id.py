@@ -81,7 +81,7 @@ class RequestTelemetry:
 
         auditor: Auditor | None = None
         sink: AuditSink | None = None
-        if self.audit:  # the audit sink works in the gaps between requests
+        if self.audit:  # the audit sink makes records when no request is running
             sink = getattr(scope["app"].state, "audit_sink", None)
             if recorded(scope):
                 auditor = getattr(scope["app"].state, "auditor", None)

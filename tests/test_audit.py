@@ -44,9 +44,9 @@ DR = {"fhir_user": "Practitioner/dr", "subject": "dr-user"}
 def audit_search(
     c: TestClient, mint: TokenMint, query: str, expect: int = 1, rids: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
-    """The AuditEvents a search finds, waiting for the sink (records are stored in the
-    gaps between requests, at most about a second late) until there are ``expect`` and
-    the records of the requests ``rids`` (X-Request-Id) are among them."""
+    """The AuditEvents a search finds, waiting for the sink (records are stored once the
+    server is quiet: here between two polls) until there are ``expect`` and the
+    records of the requests ``rids`` (X-Request-Id) are among them."""
     headers = mint.headers(AUDIT)
     deadline = time.monotonic() + 5
     while True:
