@@ -209,11 +209,7 @@ class AuditSink:
         has them all: a retry stores none twice)."""
         if not self._unsent:
             return
-        try:
-            await self.staged.insert_many(self._unsent, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise
+        await _insert_once(self.staged, self._unsent)
         due = asyncio.get_running_loop().time() + self.max_lag
         self.units.extend((u["_id"], due) for u in self._unsent)
         self._unsent = []
@@ -251,12 +247,7 @@ class AuditSink:
                 docs.append(self._document(event))
             await asyncio.sleep(0)  # a request arriving meanwhile goes first
         if docs:
-            try:
-                await self.collection.insert_many(docs, ordered=False)
-            except BulkWriteError as exc:  # made before, by a process killed after
-                codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
-                if codes - {DUPLICATE_KEY}:
-                    raise
+            await _insert_once(self.collection, docs)  # made before: a process killed after
         return len(docs)
 
     async def _adopt(self) -> None:
@@ -312,3 +303,13 @@ def _events(got: RestRequest | dict[str, Any] | None) -> list[dict[str, Any]]:
     except Exception:
         log.exception("the audit record of %s %s was not made", got.method, got.path)
         return []
+
+
+async def _insert_once(collection: AsyncCollection[dict[str, Any]], docs: list[Any]) -> None:
+    """Insert documents whose ids are fixed, some perhaps stored by an earlier try: only
+    an error other than their duplicate key is one."""
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            raise
