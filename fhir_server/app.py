@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             client,
             settings.database,
             transaction_timeout=settings.mongo_transaction_timeout_seconds,
+            read_preference=settings.read_preference,
         )
         await storage.ensure_indexes()
         search = SearchService(storage, Registry.from_definitions())

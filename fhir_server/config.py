@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         "own limit is 120 s); then 503 with Retry-After, or, when the commit was sent, "
         "the write is looked up: 2xx if it committed, 503 if not, 504 if still unknown.",
     )
+    read_preference: Literal["primary", "secondaryPreferred", "nearest"] = Field(
+        "primary",
+        description="Where searches read on a replica set: primary, or secondaryPreferred / "
+        "nearest to spread them over the secondaries. Reads stay causal for writes made "
+        "through the same API process (it waits for a secondary to apply them); another "
+        "process's or a worker's writes may show up to the replication lag later. Reads "
+        "by id, history and writes always use the primary.",
+    )
     supervisor_backoff_seconds: float = Field(
         1.0,
         gt=0,

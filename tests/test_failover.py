@@ -4,15 +4,18 @@ mongod, one ``fhir-server serve`` per test pointed at the set with a replicaSet 
 
 What a client is told must be the truth: 2xx only for what is stored (with its history),
 503 + Retry-After only for what is not (nothing half-applied), never 500, never a hang;
-and the server serves again once MongoDB has elected a new primary.
+and the server serves again once MongoDB has elected a new primary. On the same set:
+searches spread over the secondaries (FHIR_READ_PREFERENCE) still read their writes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,19 @@ def _pause_replication(rs: ReplicaSet, paused: bool) -> None:
             with MongoClient(host, directConnection=True) as client:
                 mode = "alwaysOn" if paused else "off"
                 client.admin.command("configureFailPoint", "stopReplProducer", mode=mode)
+
+
+def _replicating(rs: ReplicaSet, index: int, on: bool) -> None:
+    """Let member ``index`` (a secondary) fetch the primary's oplog, or stop it."""
+    with MongoClient(rs.hosts[index], directConnection=True) as client:
+        mode = "off" if on else "alwaysOn"
+        client.admin.command("configureFailPoint", "stopReplProducer", mode=mode)
+
+
+def _queries(rs: ReplicaSet, index: int) -> int:
+    """Find commands member ``index`` has served since it started."""
+    with MongoClient(rs.hosts[index], directConnection=True) as client:
+        return int(client.admin.command("serverStatus")["opcounters"]["query"])
 
 
 def _retrying(send: Callable[[], httpx.Response]) -> httpx.Response:
@@ -261,3 +277,61 @@ def test_b_primary_killed_under_load_loses_nothing(replica_set: ReplicaSet, tmp_
     # the killed member comes back on its port and catches up as a secondary
     replica_set.restart(killed)
     assert replica_set.members[killed].alive
+
+
+READ_ROUNDS = 40
+PAUSE = 1.0  # how long the lagging secondary is held back after each write
+
+
+def test_c_searches_on_secondaries_read_their_own_writes(
+    replica_set: ReplicaSet, tmp_path: Path
+) -> None:
+    """FHIR_READ_PREFERENCE=secondaryPreferred sends searches to the secondaries; one of
+    them is held behind every write (its replication paused: the other secondary makes
+    the majority that acknowledges it). A search right after a create must still find
+    it: MongoDB's causal consistency ("read your writes" with majority read and write
+    concerns) makes the lagging member wait until it has applied the write. Without the
+    causal session the search would answer from the lagging member without it, which
+    the direct read of that member shows is there to be missed."""
+    primary = replica_set.wait_for_primary(10)
+    lagging, _ = [i for i in range(len(replica_set.members)) if i != primary]
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    server = ServerProcess(
+        mongo_url=f"{replica_set.url}&appName={APP_NAME}",
+        database=database,
+        env={"FHIR_READ_PREFERENCE": "secondaryPreferred"},
+        log_file=tmp_path / "server.log",
+    )
+    before = {i: _queries(replica_set, i) for i in range(len(replica_set.members))}
+    waits: list[float] = []
+    rounds = 0
+    with (
+        server,
+        httpx.Client(base_url=server.base_url, timeout=30) as http,
+        MongoClient(replica_set.hosts[lagging], directConnection=True) as direct,
+    ):
+        while rounds < READ_ROUNDS and len(waits) < 2:
+            rounds += 1
+            tag = uuid.uuid4().hex
+            _replicating(replica_set, lagging, False)
+            created = _retrying(partial(http.post, "/Patient", json=_patient(tag)))
+            assert created.status_code == 201, created.text
+            # the lagging member does not have the write: a plain read there misses it
+            assert direct[database]["Patient"].find_one({"_id": created.json()["id"]}) is None
+            resume = threading.Timer(PAUSE, _replicating, (replica_set, lagging, True))
+            resume.start()
+            started = time.monotonic()
+            found = http.get("/Patient", params={"identifier": f"{SYSTEM}|{tag}"})
+            took = time.monotonic() - started
+            resume.join()
+            assert found.status_code == 200, found.text
+            assert found.json()["total"] == 1, (rounds, took, found.text)
+            assert found.json()["entry"][0]["resource"]["id"] == created.json()["id"]
+            if took >= PAUSE * 0.8:  # it was sent to the lagging member, which waited
+                waits.append(took)
+    # Each round's search went to one of the two secondaries at random: some went to
+    # the lagging one, and waited for the write there rather than answer without it.
+    assert len(waits) >= 2, f"no search reached the lagging secondary in {rounds} rounds"
+    after = {i: _queries(replica_set, i) for i in range(len(replica_set.members))}
+    on_secondaries = sum(after[i] - before[i] for i in after if i != primary)
+    assert on_secondaries >= rounds, (before, after, rounds)

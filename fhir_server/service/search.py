@@ -111,7 +111,7 @@ class SearchService:
     async def ids(
         self, resource_type: str, query: Filter, limit: int, session: Session | None = None
     ) -> list[str]:
-        cursor = self.storage.current(resource_type).find(
+        cursor = self.storage.searched(resource_type, session).find(
             query, {"_id": 1}, limit=limit, session=session
         )
         return [d["_id"] async for d in cursor]
@@ -131,7 +131,8 @@ class SearchService:
             {"$group": {"_id": "$r"}},
             {"$limit": limit},
         ]
-        cursor = await self.storage.current(resource_type).aggregate(pipeline, session=session)
+        collection = self.storage.searched(resource_type, session)
+        cursor = await collection.aggregate(pipeline, session=session)
         return [d["_id"] async for d in cursor if isinstance(d["_id"], str)]
 
     # --- authorization -----------------------------------------------------------------
@@ -148,7 +149,8 @@ class SearchService:
         is ANDed in, and so is each chained or ``_has`` type's (403 if one of those is
         not searchable), so no criterion can probe resources the token may not see.
         With a ``session`` the chained and ``_has`` sub-queries read inside it: a
-        transaction's own writes count (Subscriptions match within the write)."""
+        transaction's own writes count (Subscriptions match within the write), or a
+        search's causal session (``Storage.reading``) holds for them too."""
         base: Resolver = self if session is None else _SessionResolver(self, session)
         resolver: Resolver = base
         if policy is not None and not policy.unrestricted:
@@ -167,17 +169,28 @@ class SearchService:
         self, plan: SearchPlan, limit: int | None = None, policy: Policy | None = None
     ) -> int:
         """Matches of the plan (counting stops at ``limit`` when given)."""
+        async with self.storage.reading() as session:
+            return await self._count(plan, limit, policy, session)
+
+    async def _count(
+        self, plan: SearchPlan, limit: int | None, policy: Policy | None, session: Session | None
+    ) -> int:
         total = 0
         for t in plan.types:
-            query = await self.filter(t, plan, policy)
+            query = await self.filter(t, plan, policy, session=session)
             options: dict[str, Any] = {"limit": limit - total} if limit is not None else {}
-            total += await self.storage.current(t).count_documents(query, **options)
+            collection = self.storage.searched(t, session)
+            total += await collection.count_documents(query, session=session, **options)
             if limit is not None and total >= limit:
                 break
         return total
 
     async def _total(
-        self, plan: SearchPlan, result: SearchResult, policy: Policy | None
+        self,
+        plan: SearchPlan,
+        result: SearchResult,
+        policy: Policy | None,
+        session: Session | None,
     ) -> int | None:
         """Bundle.total. Asked for (``_total=accurate|estimate``): always counted.
         By default: on the first page only, exact when the matches fit the page or
@@ -186,24 +199,27 @@ class SearchService:
         if plan.total == "none":
             return None
         if plan.total in ("accurate", "estimate"):
-            return await self.count(plan, policy=policy)
+            return await self._count(plan, None, policy, session)
         if plan.cursor is not None:
             return None
         if result.next is None:
             return len(result.matches)
-        counted = await self.count(plan, DEFAULT_TOTAL_LIMIT, policy)
+        counted = await self._count(plan, DEFAULT_TOTAL_LIMIT, policy, session)
         return counted if counted < DEFAULT_TOTAL_LIMIT else None
 
     async def search(self, plan: SearchPlan, policy: Policy | None = None) -> SearchResult:
         """One page. With a ``policy`` every page (cursors included) is re-restricted:
-        a cursor only says where to resume, never what may be seen."""
-        if len(plan.types) == 1:
-            result = await self._search_type(plan, plan.types[0], policy)
-        else:
-            result = await self._search_types(plan, policy)
-        result.total = await self._total(plan, result, policy)
-        if plan.includes and result.matches:
-            result.included = await self.included(plan.includes, result, policy)
+        a cursor only says where to resume, never what may be seen.
+        All its reads are in one session (``Storage.reading``): on a secondary they
+        see this process's writes, and the page, total and includes agree."""
+        async with self.storage.reading() as session:
+            if len(plan.types) == 1:
+                result = await self._search_type(plan, plan.types[0], policy, session)
+            else:
+                result = await self._search_types(plan, policy, session)
+            result.total = await self._total(plan, result, policy, session)
+            if plan.includes and result.matches:
+                result.included = await self.included(plan.includes, result, policy, session)
         return result
 
     def _projection(self, plan: SearchPlan) -> dict[str, int]:
@@ -214,9 +230,9 @@ class SearchService:
         return projection
 
     async def _search_type(
-        self, plan: SearchPlan, resource_type: str, policy: Policy | None
+        self, plan: SearchPlan, resource_type: str, policy: Policy | None, session: Session | None
     ) -> SearchResult:
-        query = await self.filter(resource_type, plan, policy)
+        query = await self.filter(resource_type, plan, policy, session=session)
         fields = sort_fields(plan.sort)
         names = [f"{resource_type}:{f}:{d}" for f, d in fields]
         direction, values = "a", None
@@ -226,8 +242,8 @@ class SearchService:
         if values is not None:
             query = _all([query, keyset_filter(order, values)])
         docs = (
-            await self.storage.current(resource_type)
-            .find(query, self._projection(plan), sort=order, limit=plan.count + 1)
+            await self.storage.searched(resource_type, session)
+            .find(query, self._projection(plan), sort=order, limit=plan.count + 1, session=session)
             .to_list()
         )
         more = len(docs) > plan.count
@@ -249,7 +265,9 @@ class SearchService:
                 result.previous = await self.seal_position("b", first, names)
         return result
 
-    async def _search_types(self, plan: SearchPlan, policy: Policy | None) -> SearchResult:
+    async def _search_types(
+        self, plan: SearchPlan, policy: Policy | None, session: Session | None
+    ) -> SearchResult:
         """A system search over several types, in type order then id order."""
         if plan.sort and plan.sort[0].code != "_id":
             raise FhirError.of(
@@ -264,12 +282,13 @@ class SearchService:
         docs: list[tuple[int, dict[str, Any]]] = []
         for ti in range(start_type, len(plan.types)):
             t = plan.types[ti]
-            query = await self.filter(t, plan, policy)
+            query = await self.filter(t, plan, policy, session=session)
             if ti == start_type and last_id:
                 query = _all([query, {"_id": {"$gt": last_id}}])
+            projection = self._projection(plan)
             found = (
-                await self.storage.current(t)
-                .find(query, self._projection(plan), sort=[("_id", 1)], limit=remaining)
+                await self.storage.searched(t, session)
+                .find(query, projection, sort=[("_id", 1)], limit=remaining, session=session)
                 .to_list()
             )
             docs += [(ti, d) for d in found]
@@ -290,7 +309,11 @@ class SearchService:
     # --- _include / _revinclude ----------------------------------------------------------
 
     async def included(
-        self, includes: Sequence[Include], result: SearchResult, policy: Policy | None = None
+        self,
+        includes: Sequence[Include],
+        result: SearchResult,
+        policy: Policy | None = None,
+        session: Session | None = None,
     ) -> list[StoredVersion]:
         """The _include/_revinclude resources of a page. With a ``policy``, only those
         the token may read: the others are left out silently (search.html does not
@@ -306,9 +329,9 @@ class SearchService:
             found: list[StoredVersion] = []
             for include in active:
                 if include.reverse:
-                    docs = await self._revinclude(include, frontier, policy)
+                    docs = await self._revinclude(include, frontier, policy, session)
                 else:
-                    docs = await self._include(include, frontier, sp_by_key, policy)
+                    docs = await self._include(include, frontier, sp_by_key, policy, session)
                 for t, d in docs:
                     key = f"{t}/{d['_id']}"
                     if key in seen:
@@ -339,6 +362,7 @@ class SearchService:
         frontier: list[StoredVersion],
         sp_by_key: dict[str, Any],
         policy: Policy | None,
+        session: Session | None,
     ) -> list[tuple[str, dict[str, Any]]]:
         wanted: dict[str, set[str]] = {}
         for m in frontier:
@@ -358,16 +382,21 @@ class SearchService:
             allowed = await policy.try_restriction(t, "r") if policy else {}
             if allowed is None:
                 continue
-            cursor = self.storage.current(t).find(
+            cursor = self.storage.searched(t, session).find(
                 _all([{"_id": {"$in": sorted(ids)}, "del": False}, allowed]),
                 {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1},
                 limit=MAX_INCLUDED,
+                session=session,
             )
             out += [(t, d) async for d in cursor]
         return out
 
     async def _revinclude(
-        self, include: Include, frontier: list[StoredVersion], policy: Policy | None
+        self,
+        include: Include,
+        frontier: list[StoredVersion],
+        policy: Policy | None,
+        session: Session | None,
     ) -> list[tuple[str, dict[str, Any]]]:
         keys = [f"{m.type}/{m.id}" for m in frontier]
         codes = self._include_codes(include, include.source_type)
@@ -377,8 +406,11 @@ class SearchService:
         if allowed is None:
             return []
         query = _all([{"del": False, "$or": [{f"sp.{c}": {"$in": keys}} for c in codes]}, allowed])
-        cursor = self.storage.current(include.source_type).find(
-            query, {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1}, limit=MAX_INCLUDED
+        cursor = self.storage.searched(include.source_type, session).find(
+            query,
+            {"raw": 1, "v": 1, "lu": 1, "del": 1, "sp": 1},
+            limit=MAX_INCLUDED,
+            session=session,
         )
         return [(include.source_type, d) async for d in cursor]
 

@@ -6,12 +6,14 @@ import asyncio
 import contextvars
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import pymongo
+from bson.timestamp import Timestamp
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -32,6 +34,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import Nearest, SecondaryPreferred
 from pymongo.write_concern import WriteConcern
 
 from fhir_server.audit import seen
@@ -51,6 +54,14 @@ _MAX_ATTEMPTS = 20
 # at most the transaction's own time again): a new primary is usually elected within
 # MongoDB's 10 s election timeout plus a little.
 SETTLE_SECONDS = 10.0
+# FHIR_READ_PREFERENCE: where searches may read. A secondary further behind than this
+# (MongoDB's estimate; 90 s is its smallest allowed value) is not chosen: a causal read
+# there would wait for it to catch up.
+MAX_STALENESS_SECONDS = 90
+READ_PREFERENCES = {
+    "secondaryPreferred": SecondaryPreferred(max_staleness=MAX_STALENESS_SECONDS),
+    "nearest": Nearest(max_staleness=MAX_STALENESS_SECONDS),
+}
 
 
 _HISTORY_INDEXES = [
@@ -197,14 +208,28 @@ class Storage:
         database: str,
         *,
         transaction_timeout: float | None = None,
+        read_preference: str = "primary",
     ) -> None:
         """``transaction_timeout``: the longest a transaction may take, retries included
-        (None: PyMongo's 120 s retry limit)."""
+        (None: PyMongo's 120 s retry limit). ``read_preference``: where searches read
+        (``searched``), "primary" or a key of READ_PREFERENCES."""
         self.client = client
         self.transaction_timeout = transaction_timeout
         self.db = client.get_database(
             database, write_concern=_WRITE_CONCERN, read_concern=ReadConcern("majority")
         )
+        self.search_db = self.db
+        if read_preference != "primary":
+            self.search_db = client.get_database(
+                database,
+                write_concern=_WRITE_CONCERN,
+                read_concern=ReadConcern("majority"),
+                read_preference=READ_PREFERENCES[read_preference],
+            )
+        # The newest operation and cluster times of this process's committed writes:
+        # where a search's causal session starts (``reading``).
+        self._operation_time: Timestamp | None = None
+        self._cluster_time: Mapping[str, Any] | None = None
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
         self._ready: set[str] = set()
         self.hook: WriteHook | None = None
@@ -237,6 +262,46 @@ class Storage:
         self._ready.add(resource_type)
 
     # --- reads -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Session | None]:
+        """The session a search reads in. With the primary (the default): none, reads
+        are as they always were. With secondaries allowed: a causally consistent
+        session that starts after every write this process has committed, so a member
+        that has not applied them yet waits until it has (readConcern afterClusterTime)
+        and a client reads its own writes. Only writes made through this process: the
+        writes of other API processes and of the workers may not be seen yet."""
+        if self.search_db is self.db:
+            yield None
+            return
+        async with self.client.start_session(causal_consistency=True) as session:
+            if self._cluster_time is not None:
+                session.advance_cluster_time(self._cluster_time)
+            if self._operation_time is not None:
+                session.advance_operation_time(self._operation_time)
+            yield session
+
+    def searched(self, resource_type: str, session: Session | None) -> AsyncCollection[Any]:
+        """The collection a search reads ``resource_type`` from in ``session``: the
+        members FHIR_READ_PREFERENCE allows in a session from ``reading``; the primary
+        with no session or inside a transaction (a write's own conditions)."""
+        if session is None or session.in_transaction:
+            return self.current(resource_type)
+        return self.search_db[resource_type]
+
+    def _committed(self, session: Session) -> None:
+        """Move the searches' starting point past a write this process committed."""
+        if self.search_db is self.db:
+            return
+        operation, cluster = session.operation_time, session.cluster_time
+        if operation is not None and (
+            self._operation_time is None or operation > self._operation_time
+        ):
+            self._operation_time = operation
+        if cluster is not None and (
+            self._cluster_time is None or cluster["clusterTime"] > self._cluster_time["clusterTime"]
+        ):
+            self._cluster_time = cluster
 
     async def read_current(
         self, resource_type: str, resource_id: str, session: Session | None = None
@@ -364,6 +429,7 @@ class Storage:
             try:
                 async with self.client.start_session() as session:
                     unknown = await self._attempt(session, unless_unreachable, attempt)
+                    self._committed(session)  # committed, or perhaps (then harmless)
                     if unknown is None:
                         return attempt.result  # type: ignore[no-any-return]
                     # Never hand this session out again: it is killed below.
