@@ -516,7 +516,16 @@ def test_revinclude_iterate(meds):
 
 
 def test_deleted_resources_never_appear(client):
-    create_with_id(client, {"resourceType": "Patient", "name": [{"family": "Ghost"}]}, "ghost")
+    """A search leaves out ``del: false`` when a condition requires an index value (a
+    deleted resource keeps none; search.compile.excludes_deleted): each kind of
+    condition, positive and negative, still never finds the deleted one."""
+    ghost = {
+        "resourceType": "Patient",
+        "name": [{"family": "Ghost"}],
+        "gender": "male",
+        "birthDate": "1950-02-03",
+    }
+    create_with_id(client, ghost, "ghost")
     create_with_id(client, {"resourceType": "Patient", "name": [{"family": "Ghostly"}]}, "alive")
     create_with_id(client, observation(subject={"reference": "Patient/ghost"}), "haunt")
     create_with_id(client, observation(subject={"reference": "Patient/alive"}), "o-deleted")
@@ -525,6 +534,21 @@ def test_deleted_resources_never_appear(client):
     assert client.delete("/fhir/Observation/o-deleted").status_code in (200, 204)
     assert found(client, "Patient", {"family": "ghost"}) == {"alive"}
     assert found(client, "Patient", {"_id": "ghost"}) == set()
+    for negative in ({"gender:missing": "true"}, {"birthdate:missing": "true"}):
+        assert found(client, "Patient", negative) == {"alive"}, negative
+    for positive in (
+        {"gender": "male"},
+        {"gender:not": "female"},
+        {"birthdate": "ge1900"},
+        {"birthdate": "1950-02-03"},
+        {"family:exact": "Ghost"},
+        {"name:missing": "false"},
+        {"family": "ghost,nobody"},
+    ):
+        assert "ghost" not in found(client, "Patient", positive), positive
+    counted = search(client, "Patient", {"family": "ghost", "_total": "accurate"})
+    assert counted["total"] == 1
+    assert search(client, "Patient", {"gender": "male", "_summary": "count"})["total"] == 0
     assert found(client, "Patient", {}) == {"alive"}
     assert search(client, "Patient", {"_summary": "count"})["total"] == 1
     assert found(client, "Observation", {"subject.family": "ghost"}) == set()

@@ -302,13 +302,59 @@ class Compiler:
         conditions: Sequence[Condition],
         compartment: tuple[str, str] | None = None,
     ) -> Filter:
-        clauses: list[Filter] = [{"del": False}]
+        clauses: list[Filter] = []
         if compartment is not None:
             clauses.append({"comp": f"{compartment[0]}/{compartment[1]}"})
         for c in conditions:
             if c.resource_type == resource_type:
                 clauses.append(await self.condition(c))
+        if not any(map(excludes_deleted, clauses)):
+            clauses.insert(0, {"del": False})
         return _all(clauses)
+
+
+# Operators that no missing field satisfies: a condition using one on an index field
+# needs that field to be there.
+_NEEDS_FIELD = frozenset(
+    {"$eq", "$in", "$gt", "$gte", "$lt", "$lte", "$regex", "$elemMatch", "$all", "$exists"}
+)
+
+
+def excludes_deleted(clause: Filter) -> bool:
+    """Whether no deleted resource can match ``clause``: it requires an index value
+    (``sp.*``) or a compartment (``comp``), and a deleted resource's current document
+    has neither (``VersionWrite.current_document``). Then the filter needs no
+    ``del: false``, and a count of it is answered from the index alone, without reading
+    a document per match (most of the cost of a first page's Bundle.total)."""
+    for key, value in clause.items():
+        if key == "$and" and any(map(excludes_deleted, value)):
+            return True
+        if key == "$or" and value and all(map(excludes_deleted, value)):
+            return True
+        if (key == "comp" or key.startswith("sp.")) and _needs_field(value):
+            return True
+    return False
+
+
+def _needs_field(value: Any) -> bool:
+    """Whether a field condition fails on a missing field (conservatively: False when
+    in doubt). Conditions on one field are ANDed: one such operator is enough."""
+    if value is None or isinstance(value, list):
+        return False
+    if not isinstance(value, dict):
+        return True  # equality with a value: a missing field is null, not equal
+    for op, operand in value.items():
+        if op not in _NEEDS_FIELD or operand is None:
+            continue
+        if op == "$exists":
+            if operand is True:
+                return True
+        elif op in ("$in", "$all"):
+            if isinstance(operand, list) and operand and None not in operand:
+                return True
+        else:
+            return True
+    return False
 
 
 def sort_fields(keys: Sequence[SortKey]) -> list[tuple[str, int]]:

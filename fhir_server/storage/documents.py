@@ -90,15 +90,18 @@ class VersionWrite:
     content: dict[str, Any] | None = None  # ``raw`` as a dict, as rendered (not re-parsed)
 
     def current_document(self) -> dict[str, Any]:
+        # A deleted resource keeps no index values and no compartments: searches rely
+        # on it (search.compile.excludes_deleted) to leave out ``del: false``.
+        deleted = self.raw is None
         return {
             "_id": self.id,
             "v": self.version,
             "lu": self.last_updated,
-            "del": self.raw is None,
+            "del": deleted,
             "raw": self.raw,
-            "sp": self.sp,
-            "so": self.so,
-            "comp": self.comp,
+            "sp": {} if deleted else self.sp,
+            "so": {} if deleted else self.so,
+            "comp": [] if deleted else self.comp,
         }
 
     def history_document(self) -> dict[str, Any]:
