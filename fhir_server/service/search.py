@@ -222,8 +222,16 @@ class SearchService:
                 result.included = await self.included(plan.includes, result, policy, session)
         return result
 
-    def _projection(self, plan: SearchPlan) -> dict[str, int]:
-        projection = {"raw": 1, "v": 1, "lu": 1, "del": 1, "so": 1, "comp": 1}  # comp: audit
+    def _projection(
+        self, plan: SearchPlan, order: Sequence[tuple[str, int]] = ()
+    ) -> dict[str, int]:
+        """What a page reads of each match: of the sort keys only those of ``order``
+        (for the paging cursor); all of them would be decoded for nothing (a 50-entry
+        page of Observations spent a sixth of its time decoding BSON)."""
+        projection = {"raw": 1, "v": 1, "lu": 1, "del": 1, "comp": 1}  # comp: audit
+        for name, _ in order:
+            if name.startswith("so."):
+                projection[name] = 1
         for include in plan.includes:
             if not include.reverse:
                 projection["sp"] = 1  # the page's references, for _include
@@ -243,7 +251,13 @@ class SearchService:
             query = _all([query, keyset_filter(order, values)])
         docs = (
             await self.storage.searched(resource_type, session)
-            .find(query, self._projection(plan), sort=order, limit=plan.count + 1, session=session)
+            .find(
+                query,
+                self._projection(plan, order),
+                sort=order,
+                limit=plan.count + 1,
+                session=session,
+            )
             .to_list()
         )
         more = len(docs) > plan.count
