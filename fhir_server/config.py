@@ -53,10 +53,10 @@ class Settings(BaseSettings):
     read_preference: Literal["primary", "secondaryPreferred", "nearest"] = Field(
         "primary",
         description="Where searches read on a replica set: primary, or secondaryPreferred / "
-        "nearest to spread them over the secondaries. Reads stay causal for writes made "
-        "through the same API process (it waits for a secondary to apply them); another "
-        "process's or a worker's writes may show up to the replication lag later. Reads "
-        "by id, history and writes always use the primary.",
+        "nearest to spread them over the secondaries. A search still sees every write "
+        "acknowledged before it began, through any API process (it starts at the "
+        "primary's majority commit point; a secondary behind it waits). Reads by id, "
+        "history and writes always use the primary.",
     )
     supervisor_backoff_seconds: float = Field(
         1.0,

@@ -289,32 +289,38 @@ def test_c_searches_on_secondaries_read_their_own_writes(
     """FHIR_READ_PREFERENCE=secondaryPreferred sends searches to the secondaries; one of
     them is held behind every write (its replication paused: the other secondary makes
     the majority that acknowledges it). A search right after a create must still find
-    it: MongoDB's causal consistency ("read your writes" with majority read and write
-    concerns) makes the lagging member wait until it has applied the write. Without the
-    causal session the search would answer from the lagging member without it, which
-    the direct read of that member shows is there to be missed."""
+    it, whether the create went through the same API process or another one (a second
+    worker, another host): the search reads at or after the primary's majority commit
+    point as it starts (MongoDB's causal consistency: afterClusterTime), so the lagging
+    member waits until it has applied the write. Without that the search would answer
+    from the lagging member without it, as the direct read of that member shows."""
     primary = replica_set.wait_for_primary(10)
     lagging, _ = [i for i in range(len(replica_set.members)) if i != primary]
     database = f"test_{uuid.uuid4().hex[:12]}"
-    server = ServerProcess(
-        mongo_url=f"{replica_set.url}&appName={APP_NAME}",
-        database=database,
-        env={"FHIR_READ_PREFERENCE": "secondaryPreferred"},
-        log_file=tmp_path / "server.log",
+    url = f"{replica_set.url}&appName={APP_NAME}"
+    env = {"FHIR_READ_PREFERENCE": "secondaryPreferred"}
+    reader = ServerProcess(
+        mongo_url=url, database=database, env=env, log_file=tmp_path / "reader.log"
     )
+    other = ServerProcess(mongo_url=url, database=database, log_file=tmp_path / "other.log")
     before = {i: _queries(replica_set, i) for i in range(len(replica_set.members))}
-    waits: list[float] = []
+    waits: list[tuple[str, float]] = []
     rounds = 0
     with (
-        server,
-        httpx.Client(base_url=server.base_url, timeout=30) as http,
+        reader,
+        other,
+        httpx.Client(base_url=reader.base_url, timeout=30) as http,
+        httpx.Client(base_url=other.base_url, timeout=30) as elsewhere,
         MongoClient(replica_set.hosts[lagging], directConnection=True) as direct,
     ):
-        while rounds < READ_ROUNDS and len(waits) < 2:
+        writers = {"same process": http, "another process": elsewhere}
+        while rounds < READ_ROUNDS and {w for w, _ in waits} != set(writers):
             rounds += 1
+            writer = list(writers)[rounds % 2]
             tag = uuid.uuid4().hex
             _replicating(replica_set, lagging, False)
-            created = _retrying(partial(http.post, "/Patient", json=_patient(tag)))
+            body = _patient(tag)
+            created = _retrying(partial(writers[writer].post, "/Patient", json=body))
             assert created.status_code == 201, created.text
             # the lagging member does not have the write: a plain read there misses it
             assert direct[database]["Patient"].find_one({"_id": created.json()["id"]}) is None
@@ -325,13 +331,14 @@ def test_c_searches_on_secondaries_read_their_own_writes(
             took = time.monotonic() - started
             resume.join()
             assert found.status_code == 200, found.text
-            assert found.json()["total"] == 1, (rounds, took, found.text)
+            assert found.json()["total"] == 1, (writer, rounds, took, found.text)
             assert found.json()["entry"][0]["resource"]["id"] == created.json()["id"]
             if took >= PAUSE * 0.8:  # it was sent to the lagging member, which waited
-                waits.append(took)
+                waits.append((writer, took))
     # Each round's search went to one of the two secondaries at random: some went to
-    # the lagging one, and waited for the write there rather than answer without it.
-    assert len(waits) >= 2, f"no search reached the lagging secondary in {rounds} rounds"
+    # the lagging one, and waited for the write there rather than answer without it,
+    # for writes through either process.
+    assert {w for w, _ in waits} == set(writers), (rounds, waits)
     after = {i: _queries(replica_set, i) for i in range(len(replica_set.members))}
     on_secondaries = sum(after[i] - before[i] for i in after if i != primary)
     assert on_secondaries >= rounds, (before, after, rounds)

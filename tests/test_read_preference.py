@@ -86,9 +86,9 @@ def test_every_search_answers_as_on_the_primary(clients: tuple[TestClient, TestC
 
 
 def test_the_search_session_starts_after_the_last_write(settings: Settings) -> None:
-    """``reading`` hands out a causal session at the operation time of the newest
-    write this storage committed (afterClusterTime of the first read), and no session
-    at all with the primary."""
+    """``reading`` hands out a causal session at the primary's majority commit point,
+    never before the newest write this storage committed (the afterClusterTime of its
+    first read), and no session at all with the primary."""
 
     async def run() -> None:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
@@ -97,8 +97,9 @@ def test_the_search_session_starts_after_the_last_write(settings: Settings) -> N
             async with plain.reading() as none:
                 assert none is None
             storage = Storage(client, settings.database, read_preference="secondaryPreferred")
-            async with storage.reading() as fresh:
-                assert fresh is not None and fresh.operation_time is None
+            async with storage.reading() as fresh:  # no write yet: the majority point
+                assert fresh is not None and fresh.operation_time is not None
+                before = fresh.operation_time
 
             async def write(session: Any) -> Any:
                 await storage.db["things"].insert_one({"x": 1}, session=session)
@@ -107,11 +108,12 @@ def test_the_search_session_starts_after_the_last_write(settings: Settings) -> N
             await storage.db.create_collection("things")
             await storage.transaction(write)
             written = storage._operation_time
-            assert written is not None
+            assert written is not None and written > before
             async with storage.reading() as session:
                 assert session is not None
                 assert session.options.causal_consistency
-                assert session.operation_time == written
+                assert session.operation_time is not None
+                assert session.operation_time >= written
                 assert storage.searched("things", session).read_preference.mode == 3
                 assert storage.searched("things", None).read_preference.mode == 0
         finally:

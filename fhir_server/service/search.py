@@ -211,7 +211,7 @@ class SearchService:
         """One page. With a ``policy`` every page (cursors included) is re-restricted:
         a cursor only says where to resume, never what may be seen.
         All its reads are in one session (``Storage.reading``): on a secondary they
-        see this process's writes, and the page, total and includes agree."""
+        see every write acknowledged before it, and page, total and includes agree."""
         async with self.storage.reading() as session:
             if len(plan.types) == 1:
                 result = await self._search_type(plan, plan.types[0], policy, session)

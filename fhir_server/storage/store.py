@@ -34,7 +34,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 from pymongo.read_concern import ReadConcern
-from pymongo.read_preferences import Nearest, SecondaryPreferred
+from pymongo.read_preferences import Nearest, PrimaryPreferred, SecondaryPreferred
 from pymongo.write_concern import WriteConcern
 
 from fhir_server.audit import seen
@@ -58,6 +58,8 @@ SETTLE_SECONDS = 10.0
 # (MongoDB's estimate; 90 s is its smallest allowed value) is not chosen: a causal read
 # there would wait for it to catch up.
 MAX_STALENESS_SECONDS = 90
+# Where a search learns the majority commit point (``Storage._acknowledged``).
+_NEAREST_PRIMARY = PrimaryPreferred()
 READ_PREFERENCES = {
     "secondaryPreferred": SecondaryPreferred(max_staleness=MAX_STALENESS_SECONDS),
     "nearest": Nearest(max_staleness=MAX_STALENESS_SECONDS),
@@ -227,7 +229,7 @@ class Storage:
                 read_preference=READ_PREFERENCES[read_preference],
             )
         # The newest operation and cluster times of this process's committed writes:
-        # where a search's causal session starts (``reading``).
+        # where a search's causal session starts at the least (``reading``).
         self._operation_time: Timestamp | None = None
         self._cluster_time: Mapping[str, Any] | None = None
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
@@ -267,19 +269,44 @@ class Storage:
     async def reading(self) -> AsyncIterator[Session | None]:
         """The session a search reads in. With the primary (the default): none, reads
         are as they always were. With secondaries allowed: a causally consistent
-        session that starts after every write this process has committed, so a member
-        that has not applied them yet waits until it has (readConcern afterClusterTime)
-        and a client reads its own writes. Only writes made through this process: the
-        writes of other API processes and of the workers may not be seen yet."""
+        session that starts at the primary's majority commit point, so it sees every
+        write acknowledged before the search began, through any API process or worker
+        (a member that has not applied them yet waits until it has: readConcern
+        afterClusterTime), and a client reads its own writes."""
         if self.search_db is self.db:
             yield None
             return
         async with self.client.start_session(causal_consistency=True) as session:
-            if self._cluster_time is not None:
-                session.advance_cluster_time(self._cluster_time)
-            if self._operation_time is not None:
-                session.advance_operation_time(self._operation_time)
+            operation_time, cluster_time = await self._acknowledged()
+            if cluster_time is not None:
+                session.advance_cluster_time(cluster_time)
+            if operation_time is not None:
+                session.advance_operation_time(operation_time)
             yield session
+
+    async def _acknowledged(self) -> tuple[Timestamp | None, Mapping[str, Any] | None]:
+        """(operation time, cluster time) at or after every acknowledged write: the
+        majority commit point from a ``hello`` (one small round trip, on the primary;
+        on a secondary while there is none, its view of that point). Never before the
+        newest write this process committed, which also stands in when no member
+        answers or reports one (a ``mongos``)."""
+        operation_time, cluster_time = self._operation_time, self._cluster_time
+        try:
+            reply = await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
+        except PyMongoError as exc:
+            log.info("searching from this process's own writes: %s", exc)
+            return operation_time, cluster_time
+        majority = reply.get("lastWrite", {}).get("majorityOpTime", {}).get("ts")
+        if isinstance(majority, Timestamp) and (
+            operation_time is None or majority > operation_time
+        ):
+            operation_time = majority
+        gossiped = reply.get("$clusterTime")
+        if gossiped is not None and (
+            cluster_time is None or gossiped["clusterTime"] > cluster_time["clusterTime"]
+        ):
+            cluster_time = gossiped
+        return operation_time, cluster_time
 
     def searched(self, resource_type: str, session: Session | None) -> AsyncCollection[Any]:
         """The collection a search reads ``resource_type`` from in ``session``: the
