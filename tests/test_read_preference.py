@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
@@ -120,3 +120,50 @@ def test_the_search_session_starts_after_the_last_write(settings: Settings) -> N
             await client.close()
 
     asyncio.run(run())
+
+
+def test_searches_that_start_together_share_one_hello(settings: Settings) -> None:
+    """Each search needs a ``hello`` sent after it began; those that start while one is
+    in flight share the next, so 20 at once cost two commands at most, while searches
+    one after another each get their own."""
+
+    async def run() -> None:
+        hellos = _Hellos()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_url, event_listeners=[hellos]
+        )
+        storage = Storage(client, settings.database, read_preference="secondaryPreferred")
+
+        async def search() -> Any:
+            async with storage.reading() as session:
+                assert session is not None
+                return session.operation_time
+
+        try:
+            times = await asyncio.gather(*(search() for _ in range(20)))
+            assert all(t is not None for t in times)
+            assert 1 <= hellos.count <= 2, hellos.count
+            for expected in range(hellos.count + 1, hellos.count + 4):
+                await search()
+                assert hellos.count == expected
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+class _Hellos(monitoring.CommandListener):
+    """Counts the hello commands a client sends (its monitors' are not commands)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "hello":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

@@ -58,6 +58,8 @@ SETTLE_SECONDS = 10.0
 # (MongoDB's estimate; 90 s is its smallest allowed value) is not chosen: a causal read
 # there would wait for it to catch up.
 MAX_STALENESS_SECONDS = 90
+# The shared ``hello`` commands in flight (``Storage._hello``): held until done.
+_BACKGROUND: set[asyncio.Future[None]] = set()
 # Where a search learns the majority commit point (``Storage._acknowledged``).
 _NEAREST_PRIMARY = PrimaryPreferred()
 READ_PREFERENCES = {
@@ -232,6 +234,10 @@ class Storage:
         # where a search's causal session starts at the least (``reading``).
         self._operation_time: Timestamp | None = None
         self._cluster_time: Mapping[str, Any] | None = None
+        # The ``hello`` in flight, and the next one, which every search that starts
+        # meanwhile shares (``_hello``).
+        self._hello_sent: asyncio.Future[dict[str, Any]] | None = None
+        self._hello_next: asyncio.Future[dict[str, Any]] | None = None
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
         self._ready: set[str] = set()
         self.hook: WriteHook | None = None
@@ -292,7 +298,7 @@ class Storage:
         answers or reports one (a ``mongos``)."""
         operation_time, cluster_time = self._operation_time, self._cluster_time
         try:
-            reply = await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
+            reply = await self._hello()
         except PyMongoError as exc:
             log.info("searching from this process's own writes: %s", exc)
             return operation_time, cluster_time
@@ -307,6 +313,38 @@ class Storage:
         ):
             cluster_time = gossiped
         return operation_time, cluster_time
+
+    async def _hello(self) -> dict[str, Any]:
+        """A ``hello`` reply from a command sent after this call began. Searches that
+        start while one is in flight share the next one (it is sent once that one is
+        back), so a busy server sends about one per round trip, not one per search."""
+        if self._hello_next is None:
+            self._hello_next = asyncio.get_running_loop().create_future()
+            sending = asyncio.ensure_future(self._send_hello(self._hello_sent, self._hello_next))
+            _BACKGROUND.add(sending)
+            sending.add_done_callback(_BACKGROUND.discard)
+        return await asyncio.shield(self._hello_next)
+
+    async def _send_hello(
+        self, previous: asyncio.Future[dict[str, Any]] | None, mine: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        # From here on, a search that starts needs a later command: the next one.
+        self._hello_next, self._hello_sent = None, mine
+        try:
+            reply = await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
+        except asyncio.CancelledError:
+            mine.cancel()
+            raise
+        except Exception as exc:  # PyMongoError: the searches waiting on it fall back
+            mine.set_exception(exc)
+            mine.exception()  # retrieved, whether or not a search still waits
+        else:
+            mine.set_result(reply)
+        finally:
+            if self._hello_sent is mine:
+                self._hello_sent = None
 
     def searched(self, resource_type: str, session: Session | None) -> AsyncCollection[Any]:
         """The collection a search reads ``resource_type`` from in ``session``: the
