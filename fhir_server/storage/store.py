@@ -328,13 +328,13 @@ class Storage:
     async def _send_hello(
         self, previous: asyncio.Future[dict[str, Any]] | None, mine: asyncio.Future[dict[str, Any]]
     ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        # From here on, a search that starts needs a later command: the next one.
-        self._hello_next, self._hello_sent = None, mine
         try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            # From here on, a search that starts needs a later command: the next one.
+            self._hello_next, self._hello_sent = None, mine
             reply = await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the loop is closing
             mine.cancel()
             raise
         except Exception as exc:  # PyMongoError: the searches waiting on it fall back
@@ -345,6 +345,8 @@ class Storage:
         finally:
             if self._hello_sent is mine:
                 self._hello_sent = None
+            if self._hello_next is mine:  # never handed to a later search, done or not
+                self._hello_next = None
 
     def searched(self, resource_type: str, session: Session | None) -> AsyncCollection[Any]:
         """The collection a search reads ``resource_type`` from in ``session``: the
