@@ -303,16 +303,11 @@ class Storage:
             log.info("searching from this process's own writes: %s", exc)
             return operation_time, cluster_time
         majority = reply.get("lastWrite", {}).get("majorityOpTime", {}).get("ts")
-        if isinstance(majority, Timestamp) and (
-            operation_time is None or majority > operation_time
-        ):
-            operation_time = majority
-        gossiped = reply.get("$clusterTime")
-        if gossiped is not None and (
-            cluster_time is None or gossiped["clusterTime"] > cluster_time["clusterTime"]
-        ):
-            cluster_time = gossiped
-        return operation_time, cluster_time
+        if not isinstance(majority, Timestamp):
+            majority = None
+        return _later(operation_time, majority), _later_cluster(
+            cluster_time, reply.get("$clusterTime")
+        )
 
     async def _hello(self) -> dict[str, Any]:
         """A ``hello`` reply from a command sent after this call began. Searches that
@@ -360,15 +355,8 @@ class Storage:
         """Move the searches' starting point past a write this process committed."""
         if self.search_db is self.db:
             return
-        operation, cluster = session.operation_time, session.cluster_time
-        if operation is not None and (
-            self._operation_time is None or operation > self._operation_time
-        ):
-            self._operation_time = operation
-        if cluster is not None and (
-            self._cluster_time is None or cluster["clusterTime"] > self._cluster_time["clusterTime"]
-        ):
-            self._cluster_time = cluster
+        self._operation_time = _later(self._operation_time, session.operation_time)
+        self._cluster_time = _later_cluster(self._cluster_time, session.cluster_time)
 
     async def read_current(
         self, resource_type: str, resource_id: str, session: Session | None = None
@@ -676,6 +664,18 @@ class Storage:
         )
         if prepared is not None:
             await prepared.apply(session)
+
+
+def _later(a: Timestamp | None, b: Timestamp | None) -> Timestamp | None:
+    """The later of two operation times (None: unknown)."""
+    return a if b is None or (a is not None and a >= b) else b
+
+
+def _later_cluster(
+    a: Mapping[str, Any] | None, b: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The later of two cluster times (``$clusterTime`` documents)."""
+    return a if b is None or (a is not None and a["clusterTime"] >= b["clusterTime"]) else b
 
 
 def _retire(session: Session) -> None:
