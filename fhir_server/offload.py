@@ -15,7 +15,11 @@ Bounding the work (input_limits.py, the issue limit) is what makes any one reque
 cheap; this pool is what keeps it from delaying the others.
 
 Bodies below ``PARSE_INLINE_BYTES`` are parsed on the loop: under a millisecond, less
-than the hand-over to a thread.
+than the hand-over to a thread. A resource body below ``INLINE_BODY_BYTES`` is also
+validated and rendered on the loop (``parse_resource``, ``call_for_body``): the
+costliest such body holds the loop for a few milliseconds (docs/benchmarks.md, "Small
+bodies on the loop"), and a create then skips two hand-overs to the pool, which cost
+it more than that work under load.
 
 A thread cannot be stopped from outside, so work given to the pool is cancelled by
 asking: when the request awaiting it is cancelled (uvicorn's graceful timeout ran out,
@@ -46,6 +50,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 PARSE_INLINE_BYTES = 16 * 1024
+# A resource body below this is validated and rendered on the loop (``call_for_body``).
+INLINE_BODY_BYTES = 4 * 1024
+
+# Set for the rest of a request whose resource body was small (``parse_resource``).
+_SMALL_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "offload_small_body", default=False
+)
 
 _TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
     "offload_token", default=None
@@ -166,6 +177,22 @@ class Offload:
             raise
         finally:
             self._tokens.discard(token)
+
+    async def call_for_body(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call``, for work that grows with the request's resource body (validating
+        it, rendering its version): on the loop when that body was small."""
+        if _SMALL_BODY.get():
+            return fn(*args, **kwargs)
+        return await self.call(fn, *args, **kwargs)
+
+    async def parse_resource(
+        self, body: bytes, what: str = "request body", limits: InputLimits = DEFAULT_LIMITS
+    ) -> Any:
+        """``parse`` of a request's resource body; a small one marks the request (the
+        rest of its task), so that ``call_for_body`` runs its work on the loop."""
+        if len(body) < INLINE_BODY_BYTES:
+            _SMALL_BODY.set(True)
+        return await self.parse(body, what, limits)
 
     async def parse(
         self, body: bytes, what: str = "request body", limits: InputLimits = DEFAULT_LIMITS

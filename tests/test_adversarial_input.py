@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import heap
+from fhir_server.offload import INLINE_BODY_BYTES
 from fhir_server.testing import ServerProcess
 from fhir_server.validation.model import model
 from fhir_server.validation.primitives import XHTML_NS
@@ -354,3 +355,39 @@ def test_sigterm_during_heavy_requests_stops_within_the_graceful_timeout(
     assert 200 not in outcomes  # cancelled, not committed
     with httpx.Client(timeout=10) as http, pytest.raises(httpx.HTTPError):
         http.get(f"{server.base_url}/metadata")
+
+
+def many_names(size: int) -> bytes:
+    """The costliest shape per byte found for validation (docs/benchmarks.md, "Small
+    bodies on the loop"): a Patient of many one-element names, about ``size`` bytes."""
+    unit = b'{"family":"a"},'
+    n = (size - 60) // len(unit)
+    return b'{"resourceType":"Patient","name":[' + (unit * n)[:-1] + b"]}"
+
+
+def test_the_costliest_small_body_holds_the_loop_briefly(server: ServerProcess) -> None:
+    """Bodies under INLINE_BODY_BYTES are validated on the event loop (offload.py): the
+    costliest shape just under the bound, posted back to back, delays a concurrent
+    GET /metadata by milliseconds; at 250 times the size (1 MB) it is validated in the pool,
+    so /metadata keeps answering while it is, and the bound is what decides it."""
+    small = many_names(INLINE_BODY_BYTES - 1)
+    assert INLINE_BODY_BYTES - 100 < len(small) < INLINE_BODY_BYTES
+
+    def ten_small(client: httpx.Client) -> list[int]:
+        return [
+            client.post("/Patient", content=small, headers=FHIR_JSON).status_code for _ in range(10)
+        ]
+
+    statuses: list[int] = []
+    for _ in range(3):
+        answered, _, latencies = timed_with_metadata(server, ten_small)
+        statuses += cast(list[int], answered)
+        assert max(latencies) < 0.25, latencies
+    assert statuses == [201] * 30
+
+    large = many_names(250 * INLINE_BODY_BYTES)
+    response, seconds, latencies = timed_with_metadata(
+        server, lambda c: c.post("/Patient", content=large, headers=FHIR_JSON)
+    )
+    assert response.status_code == 201, response.text
+    assert len(latencies) > 2 and max(latencies) < seconds / 3, (seconds, latencies)

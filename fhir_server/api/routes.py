@@ -495,7 +495,8 @@ async def _resource_body(request: Request) -> Any:
     settings = services(request).settings
     limit = settings.max_body_bytes
     body = await neg.read_body(request, limit, neg.RESOURCE_BODY, "application/fhir+json")
-    return await services(request).resources.offload.parse(body, limits=settings.input_limits())
+    offload = services(request).resources.offload
+    return await offload.parse_resource(body, limits=settings.input_limits())
 
 
 def _writer(request: Request, rtype: str, interaction: str) -> tuple[str, Policy]:

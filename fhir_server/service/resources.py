@@ -182,12 +182,12 @@ class ResourceService:
         not loaded (they are loaded on the loop, never in the pool), it runs once more;
         after that they are cached."""
         if self.bindings is None:
-            return await self.offload.call(fn, None)
+            return await self.offload.call_for_body(fn, None)
         checking = asyncio.ensure_future(self.bindings.context())
         ctx = self.bindings.held()
         error: FhirError | None = None
         try:
-            result = await self.offload.call(fn, ctx)
+            result = await self.offload.call_for_body(fn, ctx)
         except FhirError as exc:
             error = exc
         except BaseException:
@@ -201,7 +201,7 @@ class ResourceService:
         if ctx.missing:
             await self.bindings.load(ctx.missing)
             fresh = await self.bindings.context()
-        return await self.offload.call(fn, fresh)
+        return await self.offload.call_for_body(fn, fresh)
 
     # --- checks ------------------------------------------------------------------------
 
@@ -534,7 +534,7 @@ class ResourceService:
                     )
                 if matches:
                     return WriteOutcome(matches[0], created=False)
-            write = await self.offload.call(
+            write = await self.offload.call_for_body(
                 self.new_version, resource_type, new_id, resource, None, "POST"
             )
             await self.storage.write([write], s)
@@ -564,7 +564,7 @@ class ResourceService:
             await self.check_update_as_create(policy, resource_type, resource_id, chosen)
         if current is not None and current.raw is not None and same_content(current.raw, resource):
             return WriteOutcome(current, created=False)  # no change: no new version
-        write = await self.offload.call(
+        write = await self.offload.call_for_body(
             self.new_version, resource_type, resource_id, resource, current, method
         )
         await self.storage.write([write], s)
