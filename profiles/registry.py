@@ -23,8 +23,8 @@ from typing import Any
 
 from fhir_server.offload import checkpoint
 from fhir_server.outcome import Issue
+from fhir_server.shared_read import SharedRead
 from fhir_server.storage import Storage
-from fhir_server.storage.documents import HISTORY
 from fhir_server.validation import DEFAULT_MAX_ISSUES
 from profiles.compile import CompiledProfile, ProfileError, compile_profile
 from profiles.extensions import Found, extension_issues
@@ -148,6 +148,11 @@ class ProfileRegistry:
         self.by_url: dict[str, tuple[Any, ...] | None] = {}  # canonical -> compiled key
         self.stamp: tuple[Any, ...] | None = None
         self.taken = float("-inf")
+        # the newest StructureDefinition version, read after the caller began; callers
+        # that start while one read is in flight share the next (shared_read.py)
+        self._stamps: SharedRead[tuple[Any, ...] | None] = SharedRead(
+            lambda: storage.newest_version(["StructureDefinition"])
+        )
         self.lock = asyncio.Lock()
 
     def invalidate(self) -> None:
@@ -162,7 +167,7 @@ class ProfileRegistry:
         wanted = list(dict.fromkeys(urls))
         if not wanted:
             return {}
-        stamp = await self._stamp()
+        stamp = await self._stamps.get()
         if stamp != self.stamp or time.monotonic() - self.taken > MAX_AGE:
             self.invalidate()
             self.stamp, self.taken = stamp, time.monotonic()
@@ -235,17 +240,7 @@ class ProfileRegistry:
     async def stamp_now(self) -> tuple[Any, ...] | None:
         """The newest StructureDefinition version anywhere (changes on every write of
         one, by any process): what caches derived from the stored profiles key on."""
-        return await self._stamp()
-
-    async def _stamp(self) -> tuple[Any, ...] | None:
-        """The newest StructureDefinition version anywhere: (lastUpdated, key)."""
-        doc = await self.storage.db[HISTORY].find_one(
-            {"t": "StructureDefinition"},
-            {"lu": 1},
-            sort=[("lu", -1), ("_id", -1)],
-            hint="type_history",
-        )
-        return None if doc is None else (doc["lu"], doc["_id"])
+        return await self._stamps.get()
 
 
 def required_gaps(

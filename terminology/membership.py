@@ -10,7 +10,8 @@ the few dozen value sets its resources use, and never expands one on the hot pat
 
 The snapshot is dropped when a CodeSystem or ValueSet is written by any process: each
 ``context()`` reads the newest such version in ``history`` (one indexed lookup, with
-``type_history``), and a different one starts a new, empty snapshot. A write that
+``type_history``; validations that start while one is in flight share the next,
+fhir_server/shared_read.py), and a different one starts a new, empty snapshot. A write that
 commits after a later-stamped one went unseen would be missed by that check, so a
 snapshot is also dropped after ``MAX_AGE`` seconds.
 
@@ -31,8 +32,8 @@ from pymongo.errors import PyMongoError
 
 from fhir_server.outcome import FhirError
 from fhir_server.search.values import SEP
+from fhir_server.shared_read import SharedRead
 from fhir_server.storage import Storage
-from fhir_server.storage.documents import HISTORY
 from fhir_server.validation.bindings import BindingContext, Terminology, ValueSetContent
 from terminology.concepts import ConceptStore, ensure_indexes
 from terminology.resolve import Resolver
@@ -57,11 +58,17 @@ class Membership:
         self.taken = float("-inf")  # monotonic time the snapshot was started
         self.lock = asyncio.Lock()
         self.indexed = False
+        # one stamp read at a time, shared by the validations that start meanwhile
+        # (the newest CodeSystem or ValueSet version: read after the validation began,
+        # so a code system or value set whose write was acknowledged before it is seen)
+        self._stamps: SharedRead[tuple[Any, ...] | None] = SharedRead(
+            lambda: storage.newest_version(WATCHED)
+        )
 
     async def context(self) -> BindingContext:
         """A fresh validation's view: the current snapshot, renewed first when a code
         system or value set was written since it was started."""
-        stamp = await self._stamp()
+        stamp = await self._stamps.get()
         if stamp != self.stamp or time.monotonic() - self.taken > MAX_AGE:
             async with self.lock:
                 if stamp != self.stamp or time.monotonic() - self.taken > MAX_AGE:
@@ -90,18 +97,6 @@ class Membership:
             contents = await asyncio.gather(*(self._content(url) for url in wanted))
             found = dict(zip(wanted, contents, strict=True))
             self.snapshot = Terminology({**known, **found}, self.snapshot.systems)
-
-    async def _stamp(self) -> tuple[Any, ...] | None:
-        """The newest CodeSystem or ValueSet version anywhere: (lastUpdated, key). The
-        two ``type_history`` ranges are merged (SORT_MERGE): one round trip, one index
-        key examined, no document read."""
-        doc = await self.storage.db[HISTORY].find_one(
-            {"t": {"$in": WATCHED}},
-            {"lu": 1},
-            sort=[("lu", -1), ("_id", -1)],
-            hint="type_history",  # never system_history: newer versions of other types
-        )
-        return None if doc is None else (doc["lu"], doc["_id"])
 
     async def _systems(self) -> frozenset[str]:
         """The canonical urls of the CodeSystems stored (deleted ones excluded)."""

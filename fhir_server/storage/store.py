@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +40,7 @@ from pymongo.write_concern import WriteConcern
 from fhir_server.audit import seen
 from fhir_server.audit.indexes import AUDIT_INDEXES
 from fhir_server.resource_types import resource_types
+from fhir_server.shared_read import SharedRead
 from fhir_server.storage.documents import HISTORY, StoredVersion, VersionWrite, history_key
 
 T = TypeVar("T")
@@ -58,8 +59,6 @@ SETTLE_SECONDS = 10.0
 # (MongoDB's estimate; 90 s is its smallest allowed value) is not chosen: a causal read
 # there would wait for it to catch up.
 MAX_STALENESS_SECONDS = 90
-# The shared ``hello`` commands in flight (``Storage._hello``): held until done.
-_BACKGROUND: set[asyncio.Future[None]] = set()
 # Where a search learns the majority commit point (``Storage._acknowledged``).
 _NEAREST_PRIMARY = PrimaryPreferred()
 READ_PREFERENCES = {
@@ -234,10 +233,9 @@ class Storage:
         # where a search's causal session starts at the least (``reading``).
         self._operation_time: Timestamp | None = None
         self._cluster_time: Mapping[str, Any] | None = None
-        # The ``hello`` in flight, and the next one, which every search that starts
-        # meanwhile shares (``_hello``).
-        self._hello_sent: asyncio.Future[dict[str, Any]] | None = None
-        self._hello_next: asyncio.Future[dict[str, Any]] | None = None
+        # The ``hello`` a search's session starts from: one at a time, shared by the
+        # searches that start while one is in flight.
+        self._hello: SharedRead[dict[str, Any]] = SharedRead(self._send_hello)
         self.history: AsyncCollection[dict[str, Any]] = self.db[HISTORY]
         self._ready: set[str] = set()
         self.hook: WriteHook | None = None
@@ -298,7 +296,7 @@ class Storage:
         answers or reports one (a ``mongos``)."""
         operation_time, cluster_time = self._operation_time, self._cluster_time
         try:
-            reply = await self._hello()
+            reply = await self._hello.get()
         except PyMongoError as exc:
             log.info("searching from this process's own writes: %s", exc)
             return operation_time, cluster_time
@@ -309,39 +307,8 @@ class Storage:
             cluster_time, reply.get("$clusterTime")
         )
 
-    async def _hello(self) -> dict[str, Any]:
-        """A ``hello`` reply from a command sent after this call began. Searches that
-        start while one is in flight share the next one (it is sent once that one is
-        back), so a busy server sends about one per round trip, not one per search."""
-        if self._hello_next is None:
-            self._hello_next = asyncio.get_running_loop().create_future()
-            sending = asyncio.ensure_future(self._send_hello(self._hello_sent, self._hello_next))
-            _BACKGROUND.add(sending)
-            sending.add_done_callback(_BACKGROUND.discard)
-        return await asyncio.shield(self._hello_next)
-
-    async def _send_hello(
-        self, previous: asyncio.Future[dict[str, Any]] | None, mine: asyncio.Future[dict[str, Any]]
-    ) -> None:
-        try:
-            if previous is not None:
-                await asyncio.wait([previous])
-            # From here on, a search that starts needs a later command: the next one.
-            self._hello_next, self._hello_sent = None, mine
-            reply = await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
-        except asyncio.CancelledError:  # the loop is closing
-            mine.cancel()
-            raise
-        except Exception as exc:  # PyMongoError: the searches waiting on it fall back
-            mine.set_exception(exc)
-            mine.exception()  # retrieved, whether or not a search still waits
-        else:
-            mine.set_result(reply)
-        finally:
-            if self._hello_sent is mine:
-                self._hello_sent = None
-            if self._hello_next is mine:  # never handed to a later search, done or not
-                self._hello_next = None
+    async def _send_hello(self) -> dict[str, Any]:
+        return await self.client.admin.command("hello", read_preference=_NEAREST_PRIMARY)
 
     def searched(self, resource_type: str, session: Session | None) -> AsyncCollection[Any]:
         """The collection a search reads ``resource_type`` from in ``session``: the
@@ -357,6 +324,20 @@ class Storage:
             return
         self._operation_time = _later(self._operation_time, session.operation_time)
         self._cluster_time = _later_cluster(self._cluster_time, session.cluster_time)
+
+    async def newest_version(self, resource_types: Iterable[str]) -> tuple[Any, ...] | None:
+        """The newest version of any of ``resource_types`` anywhere, as (lastUpdated,
+        history key): what caches derived from stored resources of those types (value
+        set members, compiled profiles) compare to learn of any process's writes. The
+        types' ``type_history`` ranges are merged (SORT_MERGE): one round trip, one index
+        key examined, no document read."""
+        doc = await self.history.find_one(
+            {"t": {"$in": list(resource_types)}},
+            {"lu": 1},
+            sort=[("lu", -1), ("_id", -1)],
+            hint="type_history",  # never system_history: newer versions of other types
+        )
+        return None if doc is None else (doc["lu"], doc["_id"])
 
     async def read_current(
         self, resource_type: str, resource_id: str, session: Session | None = None
