@@ -77,7 +77,13 @@ class ReplicaSet:
     priority, takes over later if it lost); a restarted member 0 takes the primary back
     once it has caught up (a step-down of the other). ``election_timeout_ms`` is how
     long secondaries wait without hearing from the primary before calling an election
-    (MongoDB's default is 10 s; tests lower it to keep the election short)."""
+    (MongoDB's default is 10 s; tests lower it to keep the election short).
+
+    Chained replication is off (``chainingAllowed: false``): every secondary fetches
+    from the primary. With chaining, a member that synced from the interim primary
+    during a failover kept fetching from it after it became a secondary again, so
+    holding that one member back (a test's fail point) also held back the other, and a
+    majority write waited until its timeout. On loopback, chaining saves nothing."""
 
     def __init__(
         self,
@@ -266,6 +272,7 @@ class ReplicaSet:
                 {"_id": i, "host": host, "priority": size - i} for i, host in enumerate(self.hosts)
             ],
             "settings": {
+                "chainingAllowed": False,
                 "electionTimeoutMillis": self.election_timeout_ms,
                 "heartbeatIntervalMillis": self.heartbeat_interval_ms,
             },

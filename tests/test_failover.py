@@ -116,6 +116,24 @@ def _end_waiting_fetches(rs: ReplicaSet, primary: int) -> None:
     time.sleep(0.3)
 
 
+def _await_fetching_from(rs: ReplicaSet, primary: int, limit: float = 60.0) -> None:
+    """Until every secondary fetches the oplog from the primary itself: one held back
+    must not hold back another that fetches from it (chaining is off in ReplicaSet,
+    and a member changes its sync source only at its next fetch)."""
+    host = rs.hosts[primary]
+    deadline = time.monotonic() + limit
+    while True:
+        sources = {}
+        for i in range(len(rs.hosts)):
+            if i != primary:
+                with MongoClient(rs.hosts[i], directConnection=True) as client:
+                    sources[i] = client.admin.command("replSetGetStatus").get("syncSourceHost")
+        if all(source == host for source in sources.values()):
+            return
+        assert time.monotonic() < deadline, f"secondaries fetch from {sources}, not {host}"
+        time.sleep(0.2)
+
+
 def _queries(rs: ReplicaSet, index: int) -> int:
     """Find commands member ``index`` has served since it started."""
     with MongoClient(rs.hosts[index], directConnection=True) as client:
@@ -314,6 +332,7 @@ def test_c_searches_on_secondaries_read_their_own_writes(
         time.sleep(0.2)
     primary = 0
     lagging = 1
+    _await_fetching_from(replica_set, primary)
     database = f"test_{uuid.uuid4().hex[:12]}"
     url = f"{replica_set.url}&appName={APP_NAME}"
     env = {"FHIR_READ_PREFERENCE": "secondaryPreferred"}
