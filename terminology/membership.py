@@ -1,12 +1,13 @@
 """The members of the value sets bound in the R4 base definitions, cached per process
 for the validator's binding checks (fhir_server/validation/bindings.py).
 
-Validation runs in the CPU pool and must not wait on MongoDB for each code, so it reads
-a ``Terminology`` snapshot: value set url -> its members (system, code, displays), and
-the code systems held. A value set is expanded (valueset.py's evaluation, over the
-concept store) the first time a validation meets it; until then that validation notes
-it as missing and the caller loads it and validates again. So a process only ever holds
-the few dozen value sets its resources use, and never expands one on the hot path.
+Validation runs in the CPU pool (a small body's on the loop) and must not wait on
+MongoDB for each code, so it reads a ``Terminology`` snapshot: value set url -> its
+members (system, code, displays), and the code systems held. A value set is expanded
+(valueset.py's evaluation, over the concept store) the first time a validation meets it;
+until then that validation notes it as missing and the caller loads it and validates
+again. So a process only ever holds the few dozen value sets its resources use, and
+never expands one on the hot path.
 
 The snapshot is dropped when a CodeSystem or ValueSet is written by any process: each
 ``context()`` reads the newest such version in ``history`` (one indexed lookup, with

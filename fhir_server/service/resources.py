@@ -174,10 +174,12 @@ class ResourceService:
         self.enforcement = Enforcement.of(settings)
 
     async def with_bindings(self, fn: Callable[[BindingContext | None], T]) -> T:
-        """``fn(bindings)`` in the pool: a validation, given the terminology snapshot.
+        """``fn(bindings)`` in the pool (on the loop for a small body, ``call_for_body``):
+        a validation, given the terminology snapshot.
 
-        The snapshot's freshness check (a round trip) runs while the pool validates
-        against the snapshot held: a write waits for the longer of the two, not both.
+        The snapshot's freshness check (a round trip, shared with the validations that
+        start meanwhile) runs while the pool validates against the snapshot held: a
+        write waits for the longer of the two, not both; on the loop, after it.
         If the snapshot was renewed meanwhile, or the validation met value sets it had
         not loaded (they are loaded on the loop, never in the pool), it runs once more;
         after that they are cached."""
